@@ -1,0 +1,871 @@
+//! # The plugin runtime
+//!
+//! Loads Stagecraft plugins (WebAssembly components of the `stagecraft:plugin/plugin`
+//! world, see `wit/plugin.wit`) and calls them inside a sandbox. It knows wasmtime
+//! and nothing of SQL or HTTP.
+//!
+//! ```no_run
+//! use stagecraft::runtime::{CallContext, Limits, Runtime};
+//! use stagecraft_plugin::{Customer, Metrics};
+//!
+//! let runtime = Runtime::new(Limits::default(), Some(".stagecraft/cache".into()))?;
+//! let plugin = runtime.load(&std::fs::read("value_tiers.wasm")?)?;
+//! println!("{} {}", plugin.manifest().name, plugin.manifest().version);
+//!
+//! let customers = vec![Customer { id: "c1", metrics: Metrics { orders: 3, ..Default::default() }, ..Default::default() }];
+//! let ctx = CallContext { now: 1_700_000_000_000, tenant: "acme".into() };
+//! let mut session = plugin.session(&ctx, None)?;   // fresh instance, default rules
+//! for score in session.score(&ctx, &customers)? {
+//!     println!("{score:?}");
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## How it is built, and why
+//! - **One [`wasmtime::Engine`]** with the pooling allocator: instance slots are
+//!   reserved up front, so a fresh instance costs a few microseconds. Every batch
+//!   or event gets a **fresh instance** ([`LoadedPlugin::session`]); nothing a
+//!   plugin keeps in memory survives to the next request or tenant.
+//! - **Compile once:** a component is compiled once per sha256 and cached on disk
+//!   ([`cache`]); its `InstancePre` (imports resolved and type-checked) is kept in
+//!   the [`LoadedPlugin`] and reused for every instance.
+//! - **Deadlines:** epoch interruption with a background ticker; each call gets
+//!   [`Limits::call_deadline`]. A plugin that loops forever traps with
+//!   [`RuntimeError::Deadline`]. Optional fuel ([`Limits::fuel`]) gives a budget that
+//!   does not depend on machine load, for when dry-runs must match live runs exactly.
+//! - **Memory:** a [`sandbox::MemoryCap`] limiter refuses growth past
+//!   [`Limits::memory_bytes`]; the call fails with [`RuntimeError::MemoryLimit`].
+//! - **Imports:** only our `host` interface and the WASI interfaces a Rust guest
+//!   links by default, wired to an empty, deterministic context ([`sandbox`]).
+//!   Anything else (sockets, HTTP, ...) is refused at load, naming the import.
+//! - **Bindings:** [`bindings`] is the one `bindgen!` site; the rest of the host sees
+//!   the domain types of [`types`].
+//! - **Outputs are proposals:** results are checked against the manifest (declared
+//!   reason codes, segments, stages) and size bounds before anyone sees them.
+
+mod bindings;
+pub mod cache;
+pub mod sandbox;
+pub mod types;
+
+pub use bindings::{HOST_IMPORT, PACK_EXPORT};
+pub use types::*;
+
+use bindings::{Plugin as WitPlugin, PluginPre, WitContext};
+use sandbox::PluginState;
+use stagecraft_plugin::snapshot::{self, Customer, Event};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+/// How often the epoch ticker advances; deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Bounds on what a plugin may return, so that a hostile plugin cannot flood the host.
+pub const MAX_REASONS: usize = 32;
+pub const MAX_MEMBERSHIPS: usize = 64;
+pub const MAX_ACTIONS: usize = 64;
+pub const MAX_TEXT: usize = 1024;
+pub const MAX_TAG: usize = 64;
+
+/// Limits applied to every plugin call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock budget of one call (a whole batch counts as one call).
+    pub call_deadline: Duration,
+    /// Linear memory an instance may grow to.
+    pub memory_bytes: usize,
+    /// Optional instruction budget per call (deterministic, unlike the deadline).
+    pub fuel: Option<u64>,
+    /// Instances that may exist at once (pooling allocator slots).
+    pub max_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            call_deadline: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+            fuel: None,
+            max_instances: 256,
+        }
+    }
+}
+
+/// What can go wrong loading or calling a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("not a WebAssembly binary: the file does not start with the wasm magic bytes")]
+    NotWasm,
+    #[error("a core WebAssembly module, not a component: build the plugin for wasm32-wasip2")]
+    NotComponent,
+    #[error("not a Stagecraft plugin: it does not export {PACK_EXPORT} (it exports: {0})")]
+    WrongWorld(String),
+    #[error("imports {0}, which Stagecraft does not grant to plugins")]
+    ForbiddenImport(String),
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    #[error("invalid manifest: {0}")]
+    BadManifest(String),
+    #[error("plugin {plugin} trapped: {message}")]
+    Trap { plugin: String, message: String },
+    #[error("plugin {plugin} went over its time budget of {budget_ms} ms")]
+    Deadline { plugin: String, budget_ms: u128 },
+    #[error("plugin {plugin} went over its memory cap of {cap_mib} MiB")]
+    MemoryLimit { plugin: String, cap_mib: usize },
+    #[error("plugin {plugin}: {error}")]
+    Plugin { plugin: String, error: PluginError },
+    #[error("plugin {plugin} returned an invalid result: {message}")]
+    BadOutput { plugin: String, message: String },
+    #[error("plugin {plugin} cannot be called again after a failure in this instance")]
+    Poisoned { plugin: String },
+    #[error("could not encode the customer snapshot: {0}")]
+    Snapshot(String),
+    #[error("engine: {0}")]
+    Engine(String),
+}
+
+impl RuntimeError {
+    /// Whether the plugin misbehaved (as opposed to being rejected at load).
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Trap { .. }
+                | RuntimeError::Deadline { .. }
+                | RuntimeError::MemoryLimit { .. }
+                | RuntimeError::BadOutput { .. }
+                | RuntimeError::Poisoned { .. }
+        )
+    }
+}
+
+/// The inputs of a call that do not come from the customer.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Evaluation time, ms since the Unix epoch. The plugin's only clock.
+    pub now: i64,
+    pub tenant: String,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    limits: Limits,
+    cache: Option<cache::ComponentCache>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The plugin runtime: an engine, a linker with the granted imports, limits and a
+/// cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// Builds the engine. `cache_dir` keeps compiled components across restarts.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Self, RuntimeError> {
+        let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(limits.max_instances)
+            .total_core_instances(limits.max_instances * 8)
+            .total_memories(limits.max_instances * 2)
+            .total_tables(limits.max_instances * 4)
+            .total_stacks(limits.max_instances)
+            .max_memory_size(limits.memory_bytes)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            // Keep a little of each freed memory resident: faster reuse, bounded RSS.
+            .linear_memory_keep_resident(64 * 1024);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            // Plugins are synchronous; skipping the component-model-async machinery
+            // makes every call cheaper (measured ~1 µs → ~0.3 µs for an empty call).
+            .concurrency_support(false)
+            .epoch_interruption(true)
+            .consume_fuel(limits.fuel.is_some())
+            .max_wasm_stack(512 * 1024)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(engine_err)?;
+
+        let mut linker = Linker::<PluginState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        WitPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+
+        let cache = match cache_dir {
+            Some(dir) => Some(
+                cache::ComponentCache::new(dir, &engine)
+                    .map_err(|e| RuntimeError::Engine(format!("compiled-component cache: {e}")))?,
+            ),
+            None => None,
+        };
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = stop_ticker.clone();
+            std::thread::Builder::new()
+                .name("stagecraft-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Engine(format!("epoch ticker: {e}")))?;
+        }
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                limits,
+                cache,
+                stop_ticker,
+            }),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Checks, compiles (or takes from the cache) and describes a plugin.
+    ///
+    /// Rejected, each with a message naming the problem: bytes that are not wasm, a
+    /// core module, a component that does not export our `pack` interface (another
+    /// world), one that imports anything not granted, one whose manifest is invalid
+    /// or whose own default rules its `configure` refuses.
+    pub fn load(&self, bytes: &[u8]) -> Result<LoadedPlugin, RuntimeError> {
+        check_binary(bytes)?;
+        let digest = cache::digest(bytes);
+        let engine = &self.inner.engine;
+        let component = match self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(engine, &digest))
+        {
+            Some(c) => c,
+            None => {
+                let c = Component::new(engine, bytes)
+                    .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+                if let Some(cache) = &self.inner.cache {
+                    if let Err(e) = cache.put(&digest, &c) {
+                        tracing::warn!("could not cache compiled component {digest}: {e:#}");
+                    }
+                }
+                c
+            }
+        };
+        check_world(engine, &component)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| {
+            RuntimeError::WrongWorld(format!("{PACK_EXPORT} with other types: {e:#}"))
+        })?;
+
+        let mut plugin = LoadedPlugin {
+            runtime: self.clone(),
+            digest: digest.clone(),
+            size: bytes.len(),
+            pre,
+            label: Arc::from(format!("sha256:{}", &digest[..12])),
+            manifest: None,
+        };
+        let ctx = CallContext {
+            now: 0,
+            tenant: String::new(),
+        };
+        let manifest: Manifest = {
+            let mut s = plugin.instantiate(&ctx)?;
+            s.guarded(|b, st| b.stagecraft_plugin_pack().call_describe(st))?
+                .into()
+        };
+        validate_manifest(&manifest)?;
+        plugin.label = Arc::from(format!("{}@{}", manifest.name, manifest.version));
+        plugin.manifest = Some(manifest);
+        // A plugin must accept its own default rules, or nobody can enable it.
+        plugin.session(&ctx, None).map_err(|e| match e {
+            RuntimeError::Plugin { error, .. } => RuntimeError::BadManifest(format!(
+                "the plugin rejects its own default rules: {error}"
+            )),
+            other => other,
+        })?;
+        Ok(plugin)
+    }
+}
+
+fn check_binary(bytes: &[u8]) -> Result<(), RuntimeError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(RuntimeError::NotWasm);
+    }
+    // Bytes 4..8: version (u16) and layer (u16); layer 1 is a component.
+    match bytes[6..8] {
+        [0, 0] => Err(RuntimeError::NotComponent),
+        [1, 0] => Ok(()),
+        _ => Err(RuntimeError::Invalid(
+            "unknown WebAssembly binary layer".into(),
+        )),
+    }
+}
+
+fn check_world(engine: &Engine, component: &Component) -> Result<(), RuntimeError> {
+    let ty = component.component_type();
+    let forbidden: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|n| !sandbox::import_allowed(n))
+        .collect();
+    if !forbidden.is_empty() {
+        return Err(RuntimeError::ForbiddenImport(forbidden.join(", ")));
+    }
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if !exports.iter().any(|e| e == PACK_EXPORT) {
+        let list = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        };
+        return Err(RuntimeError::WrongWorld(list));
+    }
+    Ok(())
+}
+
+fn is_slug(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Whether `tag` is a well-formed tag: lower-case `[a-z0-9:_-]`, 1..=64 bytes.
+pub fn is_valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= MAX_TAG
+        && tag.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b':')
+        })
+}
+
+fn validate_manifest(m: &Manifest) -> Result<(), RuntimeError> {
+    let bad = |msg: String| Err(RuntimeError::BadManifest(msg));
+    if !is_slug(&m.name, 64) {
+        return bad(format!(
+            "name {:?} must be 1-64 characters of [a-z0-9-_]",
+            m.name
+        ));
+    }
+    let v = &m.version;
+    let parts: Vec<&str> = v
+        .split(['-', '+'])
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .collect();
+    if parts.len() != 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad(format!(
+            "version {v:?} is not a semantic version like 1.2.3"
+        ));
+    }
+    if !(m.scoring || m.segmentation || m.lifecycle) {
+        return bad("declares no capability (scoring, segmentation or lifecycle)".into());
+    }
+    if m.lifecycle && m.stages.is_empty() {
+        return bad("owns the lifecycle but declares no stages".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &m.stages {
+        if !is_slug(&s.id, 64) || !seen.insert(("stage", s.id.as_str())) {
+            return bad(format!("stage id {:?} is malformed or repeated", s.id));
+        }
+    }
+    for s in &m.segments {
+        if !is_slug(&s.id, 64) || !seen.insert(("segment", s.id.as_str())) {
+            return bad(format!("segment id {:?} is malformed or repeated", s.id));
+        }
+    }
+    for r in &m.reasons {
+        if r.code.is_empty() || r.code.len() > 64 || !seen.insert(("reason", r.code.as_str())) {
+            return bad(format!("reason code {:?} is malformed or repeated", r.code));
+        }
+    }
+    if serde_json::from_str::<serde_json::Value>(&m.default_rules).is_err() {
+        return bad("default rules are not valid JSON".into());
+    }
+    if let Some(schema) = &m.rules_schema {
+        if serde_json::from_str::<serde_json::Value>(schema).is_err() {
+            return bad("rules schema is not valid JSON".into());
+        }
+    }
+    Ok(())
+}
+
+/// A checked, compiled plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    runtime: Runtime,
+    digest: String,
+    size: usize,
+    pre: PluginPre<PluginState>,
+    label: Arc<str>,
+    manifest: Option<Manifest>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("label", &self.label)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl LoadedPlugin {
+    pub fn manifest(&self) -> &Manifest {
+        self.manifest
+            .as_ref()
+            .expect("manifest is set by Runtime::load")
+    }
+    /// Hex sha256 of the component bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    pub fn size(&self) -> usize {
+        self.size
+    }
+    /// `name@version`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn instantiate(&self, ctx: &CallContext) -> Result<Session<'_>, RuntimeError> {
+        let limits = &self.runtime.inner.limits;
+        let state = PluginState::new(self.label.clone(), ctx.now, limits.memory_bytes);
+        let mut store = Store::new(&self.runtime.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let mut session = Session {
+            plugin: self,
+            store,
+            bindings: None,
+            failed: false,
+        };
+        let pre = self.pre.clone();
+        let bindings = session.run(|st| pre.instantiate(st)).map_err(|e| match e {
+            RuntimeError::Trap { plugin, message } => RuntimeError::Trap {
+                plugin,
+                message: format!("at start: {message}"),
+            },
+            other => other,
+        });
+        session.bindings = Some(bindings?);
+        Ok(session)
+    }
+
+    /// A fresh instance configured with `rules` (the manifest's defaults if `None`).
+    /// Use one session for one batch or one event.
+    pub fn session(
+        &self,
+        ctx: &CallContext,
+        rules: Option<&str>,
+    ) -> Result<Session<'_>, RuntimeError> {
+        let mut s = self.instantiate(ctx)?;
+        let rules = rules.unwrap_or(&self.manifest().default_rules).to_string();
+        s.guarded(|b, st| b.stagecraft_plugin_pack().call_configure(st, &rules))?
+            .map_err(|e| RuntimeError::Plugin {
+                plugin: self.label.to_string(),
+                error: e.into(),
+            })?;
+        Ok(s)
+    }
+
+    /// Checks a rule set by configuring a fresh instance with it.
+    pub fn check_rules(&self, rules: &str) -> Result<(), RuntimeError> {
+        self.session(
+            &CallContext {
+                now: 0,
+                tenant: String::new(),
+            },
+            Some(rules),
+        )
+        .map(|_| ())
+    }
+}
+
+/// One plugin instance, configured, for a batch or an event.
+pub struct Session<'p> {
+    plugin: &'p LoadedPlugin,
+    store: Store<PluginState>,
+    bindings: Option<WitPlugin>,
+    failed: bool,
+}
+
+impl Session<'_> {
+    fn arm(&mut self) {
+        let limits = &self.plugin.runtime.inner.limits;
+        let ticks = limits
+            .call_deadline
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1) as u64;
+        // +1: the current tick may be about to end.
+        self.store.set_epoch_deadline(ticks + 1);
+        if let Some(fuel) = limits.fuel {
+            // Fuel is only enabled on the engine when configured, so this cannot fail.
+            let _ = self.store.set_fuel(fuel);
+        }
+    }
+
+    /// Runs one call into the guest with its bindings; see [`Session::run`].
+    fn guarded<R>(
+        &mut self,
+        f: impl FnOnce(&WitPlugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R, RuntimeError> {
+        let Some(b) = self.bindings.take() else {
+            return Err(RuntimeError::Poisoned {
+                plugin: self.plugin.label.to_string(),
+            });
+        };
+        let r = self.run(|st| f(&b, st));
+        self.bindings = Some(b);
+        r
+    }
+
+    /// Runs guest code with a fresh deadline and turns any failure into a
+    /// [`RuntimeError`] that says what happened. After a failure the instance is
+    /// not used again: its memory may be in any state.
+    fn run<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R, RuntimeError> {
+        let plugin = self.plugin.label.to_string();
+        if self.failed {
+            return Err(RuntimeError::Poisoned { plugin });
+        }
+        self.arm();
+        let result = f(&mut self.store);
+        let said = self.store.data_mut().drain_stdio();
+        result.map_err(|e| {
+            self.failed = true;
+            let limits = &self.plugin.runtime.inner.limits;
+            if self.store.data().limiter.refused {
+                return RuntimeError::MemoryLimit {
+                    plugin,
+                    cap_mib: limits.memory_bytes >> 20,
+                };
+            }
+            let budget_ms = limits.call_deadline.as_millis();
+            match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => {
+                    RuntimeError::Deadline { plugin, budget_ms }
+                }
+                Some(trap) => {
+                    let mut message = trap.to_string();
+                    if let Some(line) = said {
+                        message.push_str(&format!(" (the plugin said: {line})"));
+                    }
+                    RuntimeError::Trap { plugin, message }
+                }
+                None => RuntimeError::Trap {
+                    plugin,
+                    message: format!("{:#}", e.root_cause()),
+                },
+            }
+        })
+    }
+
+    fn wit_ctx(ctx: &CallContext) -> WitContext {
+        WitContext {
+            now: ctx.now,
+            tenant: ctx.tenant.clone(),
+        }
+    }
+
+    fn bad_output(&self, message: String) -> RuntimeError {
+        RuntimeError::BadOutput {
+            plugin: self.plugin.label.to_string(),
+            message,
+        }
+    }
+
+    fn plugin_error(&self, e: bindings::stagecraft::plugin::types::PluginError) -> RuntimeError {
+        RuntimeError::Plugin {
+            plugin: self.plugin.label.to_string(),
+            error: e.into(),
+        }
+    }
+
+    /// Scores a batch: one result per customer, in order. A customer the plugin
+    /// could not score, or whose score breaks the rules of the manifest, gets an
+    /// error of its own; the others are unaffected.
+    pub fn score(
+        &mut self,
+        ctx: &CallContext,
+        batch: &[Customer<'_>],
+    ) -> Result<Vec<Result<Score, PluginError>>, RuntimeError> {
+        self.score_encoded(
+            ctx,
+            &encode_batch(batch, self.plugin.manifest().reads)?,
+            batch.len(),
+        )
+    }
+
+    /// Like [`Session::score`], for a batch already encoded (see [`encode_batch`]).
+    // The generated binding takes `&Vec<u8>` for `list<u8>`.
+    #[allow(clippy::ptr_arg)]
+    pub fn score_encoded(
+        &mut self,
+        ctx: &CallContext,
+        snapshot: &Vec<u8>,
+        count: usize,
+    ) -> Result<Vec<Result<Score, PluginError>>, RuntimeError> {
+        let wctx = Self::wit_ctx(ctx);
+        let out = self
+            .guarded(|b, st| b.stagecraft_plugin_pack().call_score(st, &wctx, snapshot))?
+            .map_err(|e| self.plugin_error(e))?;
+        if out.len() != count {
+            return Err(self.bad_output(format!("{} scores for {count} customers", out.len())));
+        }
+        let m = self.plugin.manifest();
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.map_err(PluginError::from)
+                    .and_then(|s| check_score(m, s.into()))
+            })
+            .collect())
+    }
+
+    /// The segments of each customer of a batch, in order.
+    pub fn segment(
+        &mut self,
+        ctx: &CallContext,
+        batch: &[Customer<'_>],
+    ) -> Result<Vec<Result<Vec<Membership>, PluginError>>, RuntimeError> {
+        let snapshot = encode_batch(batch, self.plugin.manifest().reads)?;
+        let wctx = Self::wit_ctx(ctx);
+        let out = self
+            .guarded(|b, st| {
+                b.stagecraft_plugin_pack()
+                    .call_segment(st, &wctx, &snapshot)
+            })?
+            .map_err(|e| self.plugin_error(e))?;
+        if out.len() != batch.len() {
+            return Err(self.bad_output(format!(
+                "{} segment lists for {} customers",
+                out.len(),
+                batch.len()
+            )));
+        }
+        let m = self.plugin.manifest();
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.map_err(PluginError::from)
+                    .and_then(|ms| check_memberships(m, ms.into_iter().map(Into::into).collect()))
+            })
+            .collect())
+    }
+
+    /// The actions the plugin proposes for an event just recorded for `customer`.
+    /// Actions that break the manifest (undeclared stage, malformed tag, too many)
+    /// fail the whole call: the pipeline applies all of a plugin's actions or none.
+    pub fn on_event(
+        &mut self,
+        ctx: &CallContext,
+        customer: &Customer<'_>,
+        event: &Event<'_>,
+    ) -> Result<Vec<Action>, RuntimeError> {
+        let reads = self.plugin.manifest().reads;
+        let c = encode_customer(customer, reads)?;
+        let e = snapshot::encode_event(event).map_err(|e| RuntimeError::Snapshot(e.0))?;
+        let wctx = Self::wit_ctx(ctx);
+        let out = self
+            .guarded(|b, st| b.stagecraft_plugin_pack().call_on_event(st, &wctx, &c, &e))?
+            .map_err(|e| self.plugin_error(e))?;
+        let actions: Vec<Action> = out.into_iter().map(Into::into).collect();
+        check_actions(self.plugin.manifest(), &actions).map_err(|m| self.bad_output(m))?;
+        Ok(actions)
+    }
+}
+
+fn check_reason(m: &Manifest, r: &Reason) -> Result<(), PluginError> {
+    if !m.has_reason(&r.code) {
+        return Err(PluginError::Failed(format!(
+            "reason code {:?} is not declared in the manifest",
+            r.code
+        )));
+    }
+    if !r.points.is_finite() || r.args.len() > 16 || r.args.iter().any(|a| !a.is_finite()) {
+        return Err(PluginError::Failed(format!(
+            "reason {:?} has non-finite numbers or too many args",
+            r.code
+        )));
+    }
+    Ok(())
+}
+
+fn check_score(m: &Manifest, s: Score) -> Result<Score, PluginError> {
+    if !s.value.is_finite() {
+        return Err(PluginError::Failed("score is not a finite number".into()));
+    }
+    if s.reasons.len() > MAX_REASONS {
+        return Err(PluginError::Failed(format!(
+            "{} reasons, at most {MAX_REASONS} allowed",
+            s.reasons.len()
+        )));
+    }
+    if let Some(b) = &s.band {
+        if b.is_empty() || b.len() > MAX_TAG {
+            return Err(PluginError::Failed("band must be 1-64 characters".into()));
+        }
+    }
+    for r in &s.reasons {
+        check_reason(m, r)?;
+    }
+    Ok(s)
+}
+
+fn check_memberships(m: &Manifest, ms: Vec<Membership>) -> Result<Vec<Membership>, PluginError> {
+    if ms.len() > MAX_MEMBERSHIPS {
+        return Err(PluginError::Failed(format!(
+            "{} segments, at most {MAX_MEMBERSHIPS} allowed",
+            ms.len()
+        )));
+    }
+    for x in &ms {
+        if !m.has_segment(&x.segment) {
+            return Err(PluginError::Failed(format!(
+                "segment {:?} is not declared in the manifest",
+                x.segment
+            )));
+        }
+        check_reason(m, &x.reason)?;
+    }
+    Ok(ms)
+}
+
+fn check_actions(m: &Manifest, actions: &[Action]) -> Result<(), String> {
+    if actions.len() > MAX_ACTIONS {
+        return Err(format!(
+            "{} actions, at most {MAX_ACTIONS} allowed",
+            actions.len()
+        ));
+    }
+    for a in actions {
+        match a {
+            Action::MoveToStage { stage, reason } => {
+                if !m.lifecycle {
+                    return Err(
+                        "moves a stage but does not declare the lifecycle capability".into(),
+                    );
+                }
+                if !m.has_stage(stage) {
+                    return Err(format!(
+                        "stage {stage:?} is not in the plugin's stage graph"
+                    ));
+                }
+                check_reason(m, reason).map_err(|e| e.to_string())?;
+            }
+            Action::AddTag(t) | Action::RemoveTag(t) => {
+                if !is_valid_tag(t) {
+                    return Err(format!(
+                        "tag {:?} is not 1-64 characters of [a-z0-9:_-]",
+                        truncate_for_message(t)
+                    ));
+                }
+            }
+            Action::SetField { key, value } => {
+                if !is_slug(key, 64) {
+                    return Err(format!(
+                        "field key {:?} is not 1-64 characters of [a-z0-9_-]",
+                        truncate_for_message(key)
+                    ));
+                }
+                if let FieldValue::Text(t) = value {
+                    if t.len() > MAX_TEXT {
+                        return Err(format!("field {key} is longer than {MAX_TEXT} bytes"));
+                    }
+                }
+                if let FieldValue::Number(n) = value {
+                    if !n.is_finite() {
+                        return Err(format!("field {key} is not a finite number"));
+                    }
+                }
+            }
+            Action::ScheduleFollowUp { due_in_hours, note } => {
+                if note.len() > MAX_TEXT || *due_in_hours > 24 * 366 * 2 {
+                    return Err(
+                        "follow-up note over 1024 bytes or due more than two years ahead".into(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn truncate_for_message(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// Encodes a batch with only the parts `reads` allows.
+pub fn encode_batch(batch: &[Customer<'_>], reads: Reads) -> Result<Vec<u8>, RuntimeError> {
+    let view: Vec<Customer<'_>> = batch.iter().map(|c| restrict(c, reads)).collect();
+    snapshot::encode_batch(&view).map_err(|e| RuntimeError::Snapshot(e.0))
+}
+
+fn encode_customer(c: &Customer<'_>, reads: Reads) -> Result<Vec<u8>, RuntimeError> {
+    snapshot::encode_customer(&restrict(c, reads)).map_err(|e| RuntimeError::Snapshot(e.0))
+}
+
+/// A shallow copy of `c` without the parts the plugin does not read.
+fn restrict<'a>(c: &Customer<'a>, reads: Reads) -> Customer<'a> {
+    Customer {
+        id: c.id,
+        stage: c.stage,
+        source: c.source,
+        created_at: c.created_at,
+        metrics: c.metrics,
+        tags: if reads.tags {
+            c.tags.clone()
+        } else {
+            Vec::new()
+        },
+        segments: if reads.segments {
+            c.segments.clone()
+        } else {
+            Vec::new()
+        },
+        fields: if reads.fields {
+            c.fields.clone()
+        } else {
+            Default::default()
+        },
+        events: if reads.events {
+            c.events.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}

@@ -1,0 +1,124 @@
+//! A plugin that misbehaves on purpose, for the sandbox tests. Its rule set picks
+//! the misbehaviour: `{"mode": "trap" | "loop" | "grow" | "recurse" | "flood" |
+//! "bad-stage" | "bad-reason" | "snoop" | "ok", "value": 1.0}`.
+
+use serde::Deserialize;
+use stagecraft_plugin::*;
+
+#[derive(Deserialize)]
+struct Hostile {
+    mode: String,
+    #[serde(default)]
+    value: f64,
+}
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(n % 256) as usize] = n as u8;
+    let mut next = *pad;
+    recurse(std::hint::black_box(n + 1), &mut next) + next[0] as u64
+}
+
+impl Hostile {
+    fn misbehave(&self) {
+        match self.mode.as_str() {
+            "trap" => panic!("hostile plugin panics on purpose"),
+            "loop" => {
+                let mut i: u64 = 0;
+                loop {
+                    i = std::hint::black_box(i.wrapping_add(1));
+                }
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                let mut pad = [0u8; 256];
+                std::hint::black_box(recurse(0, &mut pad));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Plugin for Hostile {
+    fn describe() -> Manifest {
+        Manifest::new("hostile", "0.1.0", "Misbehaves on purpose")
+            .scoring()
+            .segmentation()
+            .lifecycle()
+            .stage("start", "Start", None, 0)
+            .stage("end", "End", None, 1)
+            .segment("all", "Everyone")
+            .reason("ok", "value {0}", None)
+            .reason("snoop", "env {0}, file {1}, clock {2}, random {3}", None)
+            .default_rules(r#"{"mode": "ok", "value": 1.0}"#)
+    }
+
+    fn configure(rules: &str) -> Result<Self, PluginError> {
+        let h: Hostile = rules::parse(rules)?;
+        if h.mode == "trap-configure" {
+            panic!("hostile plugin panics while configuring");
+        }
+        Ok(h)
+    }
+
+    fn score(&self, ctx: &Context, _c: &Customer) -> Result<Score, PluginError> {
+        self.misbehave();
+        match self.mode.as_str() {
+            "bad-reason" => Ok(Score::new(1.0).reason(Reason::new("undeclared", 1.0))),
+            "snoop" => {
+                let env = std::env::vars().count() as f64;
+                let file = std::fs::read("/etc/passwd").is_ok() as u8 as f64;
+                let clock = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as f64)
+                    .unwrap_or(-1.0);
+                // A HashMap's RandomState seeds itself from the host's randomness.
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u8(1);
+                let random = (h.finish() >> 12) as f64;
+                let _ = ctx;
+                Ok(Score::new(0.0)
+                    .reason(Reason::new("snoop", 0.0).args([env, file, clock, random])))
+            }
+            _ => Ok(Score::new(self.value)
+                .band("ok")
+                .reason(Reason::new("ok", self.value).args([self.value]))),
+        }
+    }
+
+    fn segment(&self, _ctx: &Context, _c: &Customer) -> Result<Vec<Membership>, PluginError> {
+        self.misbehave();
+        Ok(vec![Membership::new("all", Reason::new("ok", 0.0))])
+    }
+
+    fn on_event(
+        &self,
+        _ctx: &Context,
+        _c: &Customer,
+        _e: &Event,
+    ) -> Result<Vec<Action>, PluginError> {
+        self.misbehave();
+        match self.mode.as_str() {
+            "bad-stage" => Ok(vec![Action::MoveToStage {
+                stage: "nowhere".into(),
+                reason: Reason::new("ok", 0.0),
+            }]),
+            "flood" => Ok((0..200_000)
+                .map(|i| Action::AddTag(format!("t{i}").into()))
+                .collect()),
+            _ => Ok(vec![Action::MoveToStage {
+                stage: "end".into(),
+                reason: Reason::new("ok", 0.0),
+            }]),
+        }
+    }
+}
+
+register_plugin!(Hostile);

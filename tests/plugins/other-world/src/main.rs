@@ -1,0 +1,4 @@
+//! A plain WASI command: a component of the `wasi:cli/command` world.
+fn main() {
+    println!("I am not a plugin");
+}
