@@ -1,1 +1,125 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's own build steps, so that a fresh clone
+//! needs nothing but cargo.
+//!
+//! - `plugins`  add the wasm32-wasip2 target if missing; build every plugin (release)
+//! - `test`     plugins, then every test of the workspace
+//! - `demo`     plugins, then run the value-tiers pack over the example customers
+//! - `bench [--quick]`  plugins, then the benchmarks (release build)
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("plugins") => plugins(&root).map(|_| ()),
+        Some("test") => test(&root, &args[1..]),
+        Some("demo") => demo(&root),
+        Some("bench") => bench(&root, &args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <plugins | test | demo | bench [--quick]>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
+        Ok(_) => run(Command::new("rustup").args(["target", "add", WASM_TARGET])),
+        Err(e) => bail!("rustup is needed to add the {WASM_TARGET} target: {e}"),
+    }
+}
+
+/// Crates built as plugin components: every pack under `plugins/` (not the SDK) and
+/// every test component under `tests/plugins/`.
+fn plugin_crates(root: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for dir in ["plugins", "tests/plugins"] {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))?.filter_map(|e| e.ok()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let manifest = e.path().join("Cargo.toml");
+            if !manifest.exists() || e.file_name() == "sdk" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&manifest)?;
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("name = ").map(|v| v.trim_matches('"').to_string()))
+                .with_context(|| format!("no package name in {}", manifest.display()))?;
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+fn plugins(root: &Path) -> Result<PathBuf> {
+    ensure_wasm_target()?;
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", WASM_TARGET]);
+    for name in plugin_crates(root)? {
+        cmd.args(["-p", &name]);
+    }
+    run(&mut cmd)?;
+    let out = root.join("target").join(WASM_TARGET).join("release");
+    for e in std::fs::read_dir(&out)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "wasm") {
+            eprintln!("  built {}", p.display());
+        }
+    }
+    Ok(out)
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    plugins(root)?;
+    // Default members: the host, the SDK, the packs (natively) and xtask. The test
+    // components under tests/plugins are only meaningful as wasm.
+    let mut cmd = cargo();
+    cmd.arg("test").args(extra);
+    run(&mut cmd)
+}
+
+fn demo(root: &Path) -> Result<()> {
+    let out = plugins(root)?;
+    let wasm = out.join("value_tiers.wasm");
+    run(cargo().args(["run", "--quiet", "-p", "stagecraft", "--", "plugin", "check"]).arg(&wasm))?;
+    run(cargo()
+        .args(["run", "--quiet", "-p", "stagecraft", "--", "plugin", "run"])
+        .arg(&wasm)
+        .args(["--customers", "examples/customers.json", "--now", "1732406400000"]))
+}
+
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    plugins(root)?;
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "stagecraft", "--bench", "plugin_call", "--"]);
+    if extra.iter().any(|a| a == "--quick") {
+        cmd.args(["--warm-up-time", "1", "--measurement-time", "2", "--sample-size", "20"]);
+    }
+    run(&mut cmd)
+}

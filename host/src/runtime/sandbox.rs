@@ -158,28 +158,30 @@ impl PluginState {
         }
     }
 
-    /// What the guest wrote to stdout and stderr, sent to the host log. Returns
-    /// the last non-empty line of stderr (a Rust panic message, typically).
+    /// Sends what the guest wrote to stdout and stderr since the last call to the
+    /// host log. Returns the last Rust panic message on stderr, if any, so that a
+    /// trap can say what the plugin said.
     pub fn drain_stdio(&mut self) -> Option<String> {
-        let mut last = None;
-        for (i, (name, pipe)) in [("stdout", &self.stdout), ("stderr", &self.stderr)]
-            .into_iter()
-            .enumerate()
-        {
+        let mut panic = None;
+        for (i, (name, pipe)) in [("stdout", &self.stdout), ("stderr", &self.stderr)].into_iter().enumerate() {
             let bytes = pipe.contents();
             if bytes.len() <= self.seen[i] {
                 continue;
             }
-            let text = String::from_utf8_lossy(&bytes[self.seen[i]..]);
+            let text = String::from_utf8_lossy(&bytes[self.seen[i]..]).into_owned();
             self.seen[i] = bytes.len();
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
+            while let Some(line) = lines.next() {
                 tracing::warn!(plugin = %self.label, stream = name, "{}", truncate(line, MAX_LOG_LINE));
-                if name == "stderr" {
-                    last = Some(truncate(line, MAX_LOG_LINE).to_string());
+                // Rust prints "thread '...' panicked at FILE:LINE:COL:" then the message.
+                if name == "stderr" && line.contains("panicked at") {
+                    if let Some(msg) = lines.peek() {
+                        panic = Some(truncate(msg, MAX_LOG_LINE).to_string());
+                    }
                 }
             }
         }
-        last
+        panic
     }
 }
 

@@ -1,5 +1,6 @@
 //! A plugin that misbehaves on purpose, for the sandbox tests. Its rule set picks
-//! the misbehaviour: `{"mode": "trap" | "loop" | "grow" | "recurse" | "flood" |
+//! the misbehaviour: `{"mode": "trap" | "loop" | "grow" | "recurse" | "recurse-wasm" |
+//! "flood" |
 //! "bad-stage" | "bad-reason" | "snoop" | "ok", "value": 1.0}`.
 
 use serde::Deserialize;
@@ -19,6 +20,12 @@ fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
     recurse(std::hint::black_box(n + 1), &mut next) + next[0] as u64
 }
 
+/// Recursion with nothing in linear memory: overflows the wasm stack itself.
+#[allow(unconditional_recursion)]
+fn recurse_wasm(n: u64) -> u64 {
+    recurse_wasm(std::hint::black_box(n + 1)).wrapping_add(n)
+}
+
 impl Hostile {
     fn misbehave(&self) {
         match self.mode.as_str() {
@@ -35,6 +42,9 @@ impl Hostile {
                     hoard.push(vec![1u8; 1 << 20]);
                     std::hint::black_box(&hoard);
                 }
+            }
+            "recurse-wasm" => {
+                std::hint::black_box(recurse_wasm(0));
             }
             "recurse" => {
                 let mut pad = [0u8; 256];
