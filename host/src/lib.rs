@@ -1,10 +1,24 @@
 //! Stagecraft: a CRM core that runs sandboxed WebAssembly plugins for
 //! segmentation, scoring and lifecycle-stage transitions.
 //!
-//! - [`runtime`]: the wasmtime sandbox that loads and calls plugins.
-//! - [`customer_file`]: customers as JSON files, for the CLI.
+//! The rooms, each knowing only what it must:
+//! - [`runtime`]: the wasmtime sandbox that loads and calls plugins (no SQL).
+//! - [`store`]: customers, events and everything else in SQLite or PostgreSQL (no HTTP, no plugins).
+//! - [`packs`]: the plugins each tenant has enabled, loaded and swappable.
+//! - [`pipeline`]: event → snapshot → plugins → validated actions → one transaction.
+//! - [`crm`] and [`import`]: the operations the API and the CLI share.
+//! - [`http`]: the axum API; it only translates.
 //! - [`cli`]: the `stagecraft` command.
 
 pub mod cli;
+pub mod crm;
 pub mod customer_file;
+pub mod http;
+pub mod import;
+pub mod model;
+pub mod packs;
+pub mod pipeline;
 pub mod runtime;
+pub mod store;
+
+pub use crm::Crm;

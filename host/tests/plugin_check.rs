@@ -13,7 +13,11 @@ fn stagecraft(args: &[&str]) -> (bool, String, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 fn check_fails_with(file: &std::path::Path, expected: &str) {
@@ -23,20 +27,40 @@ fn check_fails_with(file: &std::path::Path, expected: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{}", lines[0]);
-    assert!(lines[0].contains(expected), "{:?} does not contain {expected:?}", lines[0]);
+    assert!(
+        lines[0].contains(expected),
+        "{:?} does not contain {expected:?}",
+        lines[0]
+    );
 }
 
 #[test]
 fn check_accepts_value_tiers_and_prints_its_manifest() {
-    let (ok, stdout, stderr) = stagecraft(&["plugin", "check", wasm_path("value_tiers").to_str().unwrap()]);
+    let (ok, stdout, stderr) = stagecraft(&[
+        "plugin",
+        "check",
+        wasm_path("value_tiers").to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["manifest"]["name"], "value-tiers");
     assert_eq!(v["manifest"]["version"], "0.1.0");
     assert_eq!(v["manifest"]["scoring"], true);
-    let segments: Vec<&str> =
-        v["manifest"]["segments"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(segments, ["high-return", "medium-return", "low-return", "negative-return"]);
+    let segments: Vec<&str> = v["manifest"]["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        segments,
+        [
+            "high-return",
+            "medium-return",
+            "low-return",
+            "negative-return"
+        ]
+    );
     assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
 }
 
@@ -77,7 +101,10 @@ fn check_rejects_an_ungranted_import_naming_it() {
 fn check_reports_a_missing_file() {
     let (ok, _, stderr) = stagecraft(&["plugin", "check", "/nonexistent/plugin.wasm"]);
     assert!(!ok);
-    assert!(stderr.contains("cannot read /nonexistent/plugin.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read /nonexistent/plugin.wasm"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -96,15 +123,31 @@ fn run_scores_and_segments_the_example_customers() {
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let rows = v["customers"].as_array().unwrap();
-    let bands: Vec<(&str, &str)> =
-        rows.iter().map(|r| (r["id"].as_str().unwrap(), r["score"]["band"].as_str().unwrap())).collect();
+    let bands: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap(),
+                r["score"]["band"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
         bands,
-        [("acme-trading", "high"), ("blue-yoga", "medium"), ("corner-cafe", "low"), ("grumpy-gadgets", "negative")]
+        [
+            ("acme-trading", "high"),
+            ("blue-yoga", "medium"),
+            ("corner-cafe", "low"),
+            ("grumpy-gadgets", "negative")
+        ]
     );
     assert_eq!(rows[3]["segments"][0]["segment"], "negative-return");
-    let texts: Vec<&str> =
-        rows[0]["score"]["reasons"].as_array().unwrap().iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = rows[0]["score"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
     assert!(texts.contains(&"spent 18600 over 14 orders"), "{texts:?}");
 }
 
@@ -137,7 +180,10 @@ fn run_with_rules_from_a_file_and_chinese_reasons() {
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["customers"][0]["score"]["band"], "high");
-    assert_eq!(v["customers"][0]["score"]["reasons"][0]["text"], "2 笔订单共消费 300");
+    assert_eq!(
+        v["customers"][0]["score"]["reasons"][0]["text"],
+        "2 笔订单共消费 300"
+    );
 }
 
 #[test]
@@ -157,7 +203,10 @@ fn run_rejects_bad_rules_with_the_plugins_message() {
         rules.to_str().unwrap(),
     ]);
     assert!(!ok);
-    assert!(stderr.contains("plugin value-tiers@0.1.0: bad rules: invalid type: string \"lots\""), "{stderr}");
+    assert!(
+        stderr.contains("plugin value-tiers@0.1.0: bad rules: invalid type: string \"lots\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -174,4 +223,16 @@ fn run_rejects_malformed_customers_naming_the_file() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("c.json"), "{stderr}");
+}
+
+#[test]
+fn the_plugin_template_builds_into_a_valid_plugin() {
+    let (ok, stdout, stderr) = stagecraft(&[
+        "plugin",
+        "check",
+        wasm_path("plugin_template").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["manifest"]["name"], "engagement");
 }

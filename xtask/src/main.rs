@@ -3,7 +3,7 @@
 //!
 //! - `plugins`  add the wasm32-wasip2 target if missing; build every plugin (release)
 //! - `test`     plugins, then every test of the workspace
-//! - `demo`     plugins, then run the value-tiers pack over the example customers
+//! - `demo`     plugins, then `stagecraft demo`: fresh SQLite, packs enabled, CDNOW imported, serving
 //! - `bench [--quick]`  plugins, then the benchmarks (release build)
 
 use anyhow::{bail, Context, Result};
@@ -29,7 +29,10 @@ fn main() -> Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -38,7 +41,9 @@ fn cargo() -> Command {
 
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -46,20 +51,30 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn ensure_wasm_target() -> Result<()> {
-    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match out {
-        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
+        Ok(o)
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET) =>
+        {
+            Ok(())
+        }
         Ok(_) => run(Command::new("rustup").args(["target", "add", WASM_TARGET])),
         Err(e) => bail!("rustup is needed to add the {WASM_TARGET} target: {e}"),
     }
 }
 
-/// Crates built as plugin components: every pack under `plugins/` (not the SDK) and
-/// every test component under `tests/plugins/`.
+/// Crates built as plugin components: every pack under `plugins/` (not the SDK),
+/// every test component under `tests/plugins/` and the template under `examples/`.
 fn plugin_crates(root: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for dir in ["plugins", "tests/plugins"] {
-        let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))?.filter_map(|e| e.ok()).collect();
+    for dir in ["plugins", "tests/plugins", "examples"] {
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))?
+            .filter_map(|e| e.ok())
+            .collect();
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let manifest = e.path().join("Cargo.toml");
@@ -69,7 +84,10 @@ fn plugin_crates(root: &Path) -> Result<Vec<String>> {
             let text = std::fs::read_to_string(&manifest)?;
             let name = text
                 .lines()
-                .find_map(|l| l.strip_prefix("name = ").map(|v| v.trim_matches('"').to_string()))
+                .find_map(|l| {
+                    l.strip_prefix("name = ")
+                        .map(|v| v.trim_matches('"').to_string())
+                })
                 .with_context(|| format!("no package name in {}", manifest.display()))?;
             names.push(name);
         }
@@ -104,14 +122,37 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// The packs under `plugins/` (every crate but the SDK), as built components.
+fn pack_files(root: &Path, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut packs = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(root.join("plugins"))?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        if e.file_name() == "sdk" || !e.path().join("Cargo.toml").exists() {
+            continue;
+        }
+        let stem = e.file_name().to_string_lossy().replace('-', "_");
+        packs.push(out.join(format!("{stem}.wasm")));
+    }
+    // The pack with a stage graph goes first so that it owns the lifecycle.
+    packs.sort_by_key(|p| !p.to_string_lossy().contains("b2b_trade"));
+    Ok(packs)
+}
+
 fn demo(root: &Path) -> Result<()> {
     let out = plugins(root)?;
-    let wasm = out.join("value_tiers.wasm");
-    run(cargo().args(["run", "--quiet", "-p", "stagecraft", "--", "plugin", "check"]).arg(&wasm))?;
-    run(cargo()
-        .args(["run", "--quiet", "-p", "stagecraft", "--", "plugin", "run"])
-        .arg(&wasm)
-        .args(["--customers", "examples/customers.json", "--now", "1732406400000"]))
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet", "-p", "stagecraft", "--", "demo"]);
+    for p in pack_files(root, &out)? {
+        cmd.arg("--pack").arg(p);
+    }
+    cmd.args(["--cdnow", "examples/data/cdnow/CDNOW_master.txt"]);
+    if let Ok(listen) = std::env::var("STAGECRAFT_LISTEN") {
+        cmd.args(["--listen", &listen]);
+    }
+    run(&mut cmd)
 }
 
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
@@ -119,7 +160,65 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "stagecraft", "--bench", "plugin_call", "--"]);
     if extra.iter().any(|a| a == "--quick") {
-        cmd.args(["--warm-up-time", "1", "--measurement-time", "2", "--sample-size", "20"]);
+        cmd.args([
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "2",
+            "--sample-size",
+            "20",
+        ]);
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    report(&root.join("target/criterion"))
+}
+
+/// Mean time of one criterion benchmark, in ns per iteration.
+fn mean_ns(dir: &Path, group: &str, name: &str) -> Result<f64> {
+    let path = dir.join(group).join(name).join("new/estimates.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no results at {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    v["mean"]["point_estimate"]
+        .as_f64()
+        .with_context(|| format!("no mean in {}", path.display()))
+}
+
+/// Prints the figures the foundation issue asks for, with their targets and ratios.
+fn report(dir: &Path) -> Result<()> {
+    const BATCH: f64 = 1000.0;
+    let per = |name: &str| mean_ns(dir, "score", name).map(|ns| ns / BATCH);
+    let native = per("native")?;
+    println!();
+    println!("plugin call: value-tiers, customers with 10 fields, 5 tags, 10 events; per customer");
+    println!("{:<34} {:>12} {:>14}", "variant", "ns/customer", "x native");
+    for name in [
+        "native",
+        "wasm_batch_1000",
+        "wasm_batch_100",
+        "wasm_single",
+        "wasm_batch_1000_full_snapshot",
+        "encode_only_full_snapshot",
+    ] {
+        let ns = per(name)?;
+        println!("{name:<34} {ns:>12.1} {:>14.2}", ns / native);
+    }
+    let batch = per("wasm_batch_1000")?;
+    let verdict = if batch <= 5.0 * native {
+        "met"
+    } else {
+        "MISSED"
+    };
+    println!(
+        "target: batched wasm within 5x of native -> {:.2}x, {verdict}",
+        batch / native
+    );
+    let inst = mean_ns(dir, "instance", "fresh_configured_instance")?;
+    let call = mean_ns(dir, "instance", "empty_batch_call")?;
+    println!(
+        "fresh instance incl. configure(rules): {:.2} us; empty call on it: {:.2} us",
+        inst / 1000.0,
+        call / 1000.0
+    );
+    Ok(())
 }

@@ -122,6 +122,8 @@ pub enum RuntimeError {
     BadOutput { plugin: String, message: String },
     #[error("plugin {plugin} cannot be called again after a failure in this instance")]
     Poisoned { plugin: String },
+    #[error("all plugin instance slots are in use ({0}); try again shortly")]
+    Busy(u32),
     #[error("could not encode the customer snapshot: {0}")]
     Snapshot(String),
     #[error("engine: {0}")]
@@ -349,7 +351,8 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), RuntimeErro
     Ok(())
 }
 
-fn is_slug(s: &str, max: usize) -> bool {
+/// Whether `s` is 1..=`max` bytes of `[a-z0-9_-]` (keys, kinds, channels, ids in manifests).
+pub fn is_slug(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
         && s.bytes()
@@ -575,6 +578,11 @@ impl Session<'_> {
                 };
             }
             let budget_ms = limits.call_deadline.as_millis();
+            if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+            {
+                return RuntimeError::Busy(limits.max_instances);
+            }
             match e.downcast_ref::<Trap>() {
                 Some(Trap::Interrupt) | Some(Trap::OutOfFuel) => {
                     RuntimeError::Deadline { plugin, budget_ms }
@@ -867,5 +875,157 @@ fn restrict<'a>(c: &Customer<'a>, reads: Reads) -> Customer<'a> {
         } else {
             Vec::new()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "pack".into(),
+            version: "1.2.3".into(),
+            description: String::new(),
+            scoring: true,
+            segmentation: false,
+            lifecycle: true,
+            reads: Reads::default(),
+            stages: vec![Stage {
+                id: "lead".into(),
+                label: "Lead".into(),
+                label_zh: None,
+                rank: 0,
+            }],
+            segments: vec![],
+            reasons: vec![ReasonText {
+                code: "r".into(),
+                en: "r".into(),
+                zh: None,
+            }],
+            rules_schema: None,
+            default_rules: "{}".into(),
+            wants_fields: vec![],
+        }
+    }
+
+    fn rejects(change: impl FnOnce(&mut Manifest), expected: &str) {
+        let mut m = manifest();
+        change(&mut m);
+        match validate_manifest(&m) {
+            Err(RuntimeError::BadManifest(msg)) => assert!(msg.contains(expected), "{msg}"),
+            other => panic!("expected BadManifest containing {expected:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn manifest_rules() {
+        assert!(validate_manifest(&manifest()).is_ok());
+        rejects(|m| m.name = "Bad Name".into(), "name");
+        rejects(|m| m.version = "1.2".into(), "semantic version");
+        rejects(
+            |m| (m.scoring, m.lifecycle) = (false, false),
+            "no capability",
+        );
+        rejects(|m| m.stages.clear(), "declares no stages");
+        rejects(|m| m.stages.push(m.stages[0].clone()), "repeated");
+        rejects(|m| m.default_rules = "{".into(), "default rules");
+    }
+
+    #[test]
+    fn actions_are_checked_against_the_manifest() {
+        let m = manifest();
+        let reason = Reason {
+            code: "r".into(),
+            points: 0.0,
+            args: vec![],
+        };
+        let ok = vec![
+            Action::MoveToStage {
+                stage: "lead".into(),
+                reason: reason.clone(),
+            },
+            Action::AddTag("promo:spring".into()),
+            Action::SetField {
+                key: "churn_risk".into(),
+                value: FieldValue::Number(0.3),
+            },
+            Action::ScheduleFollowUp {
+                due_in_hours: 48,
+                note: "ask about the sample".into(),
+            },
+        ];
+        assert_eq!(check_actions(&m, &ok), Ok(()));
+        let bad = |a: Action| check_actions(&m, &[a]).unwrap_err();
+        assert!(bad(Action::MoveToStage {
+            stage: "vip".into(),
+            reason: reason.clone()
+        })
+        .contains("\"vip\""));
+        assert!(bad(Action::AddTag("Has Space".into())).contains("tag"));
+        assert!(bad(Action::AddTag("x".repeat(65))).contains("tag"));
+        assert!(bad(Action::SetField {
+            key: "n".into(),
+            value: FieldValue::Number(f64::NAN)
+        })
+        .contains("finite"));
+        assert!(bad(Action::ScheduleFollowUp {
+            due_in_hours: 1,
+            note: "x".repeat(2000)
+        })
+        .contains("1024"));
+        let undeclared = Reason {
+            code: "nope".into(),
+            points: 0.0,
+            args: vec![],
+        };
+        assert!(bad(Action::MoveToStage {
+            stage: "lead".into(),
+            reason: undeclared
+        })
+        .contains("not declared"));
+        let many: Vec<Action> = (0..65).map(|i| Action::AddTag(format!("t{i}"))).collect();
+        assert!(check_actions(&m, &many).unwrap_err().contains("65 actions"));
+    }
+
+    #[test]
+    fn binary_sniffing() {
+        assert!(matches!(
+            check_binary(b"hello world"),
+            Err(RuntimeError::NotWasm)
+        ));
+        assert!(matches!(
+            check_binary(b"\0asm\x01\0\0\0"),
+            Err(RuntimeError::NotComponent)
+        ));
+        assert!(check_binary(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn restricting_a_snapshot_drops_what_the_plugin_does_not_read() {
+        use stagecraft_plugin::snapshot::{decode_batch, Fields, Value};
+        let c = Customer {
+            id: "c",
+            tags: vec!["vip"],
+            segments: vec!["s"],
+            fields: Fields(vec![("k", Value::Number(1.0))]),
+            events: vec![Event {
+                kind: "order",
+                at: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let none = encode_batch(std::slice::from_ref(&c), Reads::default()).unwrap();
+        let got = decode_batch(&none).unwrap();
+        assert!(
+            got[0].tags.is_empty()
+                && got[0].segments.is_empty()
+                && got[0].fields.is_empty()
+                && got[0].events.is_empty()
+        );
+        let all = encode_batch(std::slice::from_ref(&c), Reads::ALL).unwrap();
+        assert_eq!(decode_batch(&all).unwrap()[0], c);
+        assert!(none.len() < all.len());
     }
 }

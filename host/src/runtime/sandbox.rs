@@ -163,7 +163,10 @@ impl PluginState {
     /// trap can say what the plugin said.
     pub fn drain_stdio(&mut self) -> Option<String> {
         let mut panic = None;
-        for (i, (name, pipe)) in [("stdout", &self.stdout), ("stderr", &self.stderr)].into_iter().enumerate() {
+        for (i, (name, pipe)) in [("stdout", &self.stdout), ("stderr", &self.stderr)]
+            .into_iter()
+            .enumerate()
+        {
             let bytes = pipe.contents();
             if bytes.len() <= self.seen[i] {
                 continue;

@@ -7,9 +7,16 @@ use std::time::Duration;
 
 /// The component built by `cargo xtask plugins` for crate file stem `stem`.
 pub fn wasm_path(stem: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let path = target.join("wasm32-wasip2/release").join(format!("{stem}.wasm"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{stem}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: build the plugins first with `cargo xtask plugins` (or run `cargo xtask test`)",
@@ -24,7 +31,12 @@ pub fn wasm(stem: &str) -> Vec<u8> {
 
 /// Small limits so tests are quick and many runtimes fit side by side.
 pub fn test_limits() -> Limits {
-    Limits { call_deadline: Duration::from_millis(500), memory_bytes: 32 << 20, fuel: None, max_instances: 16 }
+    Limits {
+        call_deadline: Duration::from_millis(500),
+        memory_bytes: 32 << 20,
+        fuel: None,
+        max_instances: 16,
+    }
 }
 
 pub fn runtime() -> Runtime {
@@ -37,9 +49,14 @@ pub fn runtime_with(limits: Limits) -> Runtime {
 }
 
 pub fn load(rt: &Runtime, stem: &str) -> LoadedPlugin {
-    rt.load(&wasm(stem)).unwrap_or_else(|e| panic!("loading {stem}: {e}"))
+    rt.load(&wasm(stem))
+        .unwrap_or_else(|e| panic!("loading {stem}: {e}"))
 }
 
 pub fn ctx(now: i64) -> CallContext {
-    CallContext { now, tenant: "acme".into() }
+    CallContext {
+        now,
+        tenant: "acme".into(),
+    }
 }
+pub mod server;

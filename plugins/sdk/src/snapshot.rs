@@ -54,7 +54,7 @@ pub enum Value<'a> {
     Time(Timestamp),
 }
 
-impl Value<'_> {
+impl<'a> Value<'a> {
     /// The number, if this is one.
     pub fn as_number(&self) -> Option<f64> {
         match self {
@@ -63,7 +63,7 @@ impl Value<'_> {
         }
     }
     /// The text, if this is text.
-    pub fn as_text(&self) -> Option<&str> {
+    pub fn as_text(&self) -> Option<&'a str> {
         match self {
             Value::Text(s) => Some(s),
             _ => None,
@@ -210,7 +210,7 @@ pub struct Customer<'a> {
 impl<'a> Customer<'a> {
     /// Whether the customer carries `tag`.
     pub fn has_tag(&self, tag: &str) -> bool {
-        self.tags.iter().any(|t| *t == tag)
+        self.tags.contains(&tag)
     }
     /// Whole days from `at` to `now`, or `None` if `at` is absent.
     pub fn days_since(now: Timestamp, at: Option<Timestamp>) -> Option<f64> {

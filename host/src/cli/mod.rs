@@ -1,4 +1,7 @@
-//! The `stagecraft` command line.
+//! The `stagecraft` command line. Plugin checks run without a database; the
+//! rest ([`service`]) open the store.
+
+pub mod service;
 
 use crate::customer_file;
 use crate::runtime::{CallContext, Lang, LoadedPlugin, Manifest, Reason, Runtime, RuntimeError};
@@ -14,14 +17,10 @@ use std::process::ExitCode;
     about = "A CRM core with sandboxed WebAssembly plugins"
 )]
 pub struct Cli {
-    /// Where compiled plugins are cached.
-    #[arg(
-        long,
-        env = "STAGECRAFT_DATA_DIR",
-        default_value = ".stagecraft",
-        global = true
-    )]
-    pub data_dir: PathBuf,
+    /// Where the SQLite database (by default) and compiled plugins live
+    /// [default: .stagecraft].
+    #[arg(long, env = "STAGECRAFT_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,6 +32,76 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Run the HTTP service.
+    Serve {
+        #[command(flatten)]
+        db: service::DbArgs,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "STAGECRAFT_LISTEN")]
+        listen: Option<String>,
+    },
+    /// A fresh demo: SQLite, a demo tenant, packs enabled, sample data; then serve.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// A plugin component to enable (repeatable); the first with a stage graph owns the lifecycle.
+        #[arg(long = "pack")]
+        packs: Vec<PathBuf>,
+        /// CDNOW order history to import.
+        #[arg(long)]
+        cdnow: Option<PathBuf>,
+    },
+    /// Import a file (streamed, with progress on a terminal); prints the report.
+    Import {
+        kind: service::ImportKind,
+        file: PathBuf,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The time plugins are told, in ms (for replaying history); defaults to now.
+        #[arg(long)]
+        now: Option<i64>,
+        #[command(flatten)]
+        db: service::DbArgs,
+    },
+    /// Manage bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token (and the tenant if it is new); prints it once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        #[arg(long, default_value = "cli")]
+        label: String,
+        #[command(flatten)]
+        db: service::DbArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Viewer,
+    Agent,
+    Integrator,
+    Admin,
+}
+
+impl From<RoleArg> for crate::model::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Viewer => Self::Viewer,
+            RoleArg::Agent => Self::Agent,
+            RoleArg::Integrator => Self::Integrator,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -63,6 +132,23 @@ pub enum PluginCommand {
         #[arg(long, value_enum, default_value = "en")]
         lang: LangArg,
     },
+    /// Store a component for a tenant (checked like `check`) and optionally enable it.
+    Install {
+        file: PathBuf,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// JSON rule set to store with it (checked by the plugin's `configure`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Enable it for the tenant.
+        #[arg(long)]
+        enable: bool,
+        /// Make it the owner of the tenant's lifecycle stages.
+        #[arg(long)]
+        owns_lifecycle: bool,
+        #[command(flatten)]
+        db: service::DbArgs,
+    },
 }
 
 /// Errors of the command line, each printed as one line.
@@ -80,6 +166,85 @@ pub enum CliError {
     },
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    #[error("{0:#}")]
+    Service(anyhow::Error),
+}
+
+const DEFAULT_DATA_DIR: &str = ".stagecraft";
+
+/// The database-backed commands.
+async fn run_service(cli: Cli) -> anyhow::Result<Value> {
+    let given = cli.data_dir.is_some();
+    let data_dir = cli.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+    let settings = |db: &service::DbArgs, listen: Option<String>| {
+        service::Settings::resolve(db, listen, &data_dir, given)
+    };
+    match cli.command {
+        Command::Serve { db, listen } => {
+            let s = settings(&db, listen)?;
+            let crm = service::open(&s).await?;
+            service::serve(crm, &s.listen, None).await?;
+            Ok(Value::Null)
+        }
+        Command::Demo {
+            listen,
+            packs,
+            cdnow,
+        } => {
+            service::demo(&data_dir, &listen, &packs, cdnow.as_deref()).await?;
+            Ok(Value::Null)
+        }
+        Command::Import {
+            kind,
+            file,
+            tenant,
+            now,
+            db,
+        } => {
+            let crm = service::open(&settings(&db, None)?).await?;
+            let mut tx = crm.store.begin().await?;
+            crate::store::ensure_tenant(tx.conn(), &tenant, &tenant).await?;
+            tx.commit().await?;
+            let report = service::import_file(&crm, &tenant, kind, &file, now).await?;
+            Ok(json!(report))
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    tenant,
+                    role,
+                    label,
+                    db,
+                },
+        } => {
+            let crm = service::open(&settings(&db, None)?).await?;
+            Ok(json!(crm.create_token(&tenant, role.into(), &label).await?))
+        }
+        Command::Plugin {
+            command:
+                PluginCommand::Install {
+                    file,
+                    tenant,
+                    rules,
+                    enable,
+                    owns_lifecycle,
+                    db,
+                },
+        } => {
+            let crm = service::open(&settings(&db, None)?).await?;
+            let rules = match rules {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+                ),
+                None => None,
+            };
+            service::install_plugin(&crm, &tenant, &file, rules, enable, owns_lifecycle).await
+        }
+        Command::Plugin { .. } => {
+            unreachable!("plugin check and run are handled without a database")
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -91,7 +256,17 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match cli.command {
+        Command::Plugin {
+            command: PluginCommand::Check { .. } | PluginCommand::Run { .. },
+        } => run(cli),
+        _ => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run_service(cli)))
+            .map_err(CliError::Service),
+    };
+    match result {
+        Ok(Value::Null) => ExitCode::SUCCESS,
         Ok(out) => {
             println!(
                 "{}",
@@ -119,13 +294,20 @@ fn load(cli_data_dir: &std::path::Path, file: &PathBuf) -> Result<LoadedPlugin, 
     Ok(runtime.load(&bytes)?)
 }
 
+fn data_dir(cli: &Cli) -> PathBuf {
+    cli.data_dir
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
+}
+
 /// Runs a parsed command; returns what to print.
 pub fn run(cli: Cli) -> Result<Value, CliError> {
+    let data_dir = data_dir(&cli);
     match cli.command {
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {
-            let plugin = load(&cli.data_dir, &file)?;
+            let plugin = load(&data_dir, &file)?;
             Ok(json!({
                 "digest": format!("sha256:{}", plugin.digest()),
                 "size": plugin.size(),
@@ -143,7 +325,7 @@ pub fn run(cli: Cli) -> Result<Value, CliError> {
                     lang,
                 },
         } => {
-            let plugin = load(&cli.data_dir, &file)?;
+            let plugin = load(&data_dir, &file)?;
             let text = String::from_utf8_lossy(&read(&customers)?).into_owned();
             let list = customer_file::parse(&text).map_err(|source| CliError::Json {
                 path: customers.clone(),
@@ -213,6 +395,7 @@ pub fn run(cli: Cli) -> Result<Value, CliError> {
                 .collect();
             Ok(json!({ "plugin": plugin.label(), "now": now, "customers": out }))
         }
+        _ => unreachable!("database commands run through run_service"),
     }
 }
 

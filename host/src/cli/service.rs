@@ -1,0 +1,258 @@
+//! The commands that work on a database: `serve`, `demo`, `import`, `token`,
+//! `plugin install`.
+
+use crate::crm::Crm;
+use crate::import::ImportReport;
+use crate::model::{now_ms, Role};
+use crate::packs::Packs;
+use crate::runtime::{Limits, Runtime};
+use crate::store::{self, Store};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Settings for a database-backed command, from flags, environment and an
+/// optional TOML config file, in that order of precedence.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DbArgs {
+    /// Database URL: `sqlite:path/to/file.db` or `postgres://user@host/db`.
+    /// Defaults to `sqlite:<data-dir>/stagecraft.db`.
+    #[arg(long, env = "STAGECRAFT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// TOML file with `listen`, `database_url` and `data_dir`.
+    #[arg(long, env = "STAGECRAFT_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The settings after flags, environment, the config file and defaults are merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Settings {
+    pub fn resolve(
+        db: &DbArgs,
+        listen: Option<String>,
+        data_dir: &Path,
+        data_dir_given: bool,
+    ) -> anyhow::Result<Settings> {
+        let file: ConfigFile = match &db.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        let data_dir = if data_dir_given {
+            data_dir.to_path_buf()
+        } else {
+            file.data_dir.unwrap_or_else(|| data_dir.to_path_buf())
+        };
+        let database_url = db
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("stagecraft.db").display()));
+        Ok(Settings {
+            listen: listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            database_url,
+            data_dir,
+        })
+    }
+}
+
+/// Opens the store and loads every tenant's enabled plugins.
+pub async fn open(settings: &Settings) -> anyhow::Result<Crm> {
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let store = Store::connect(&settings.database_url).await?;
+    let runtime = Runtime::new(Limits::default(), Some(settings.data_dir.join("cache")))?;
+    let packs = Packs::new(runtime);
+    packs.reload(&store, None).await?;
+    Ok(Crm::new(store, packs))
+}
+
+/// Serves until Ctrl-C.
+pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    eprintln!("stagecraft listening on http://{addr}");
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    crate::http::serve(listener, crm, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// Stores a plugin component for a tenant and, with `enable`, enables it.
+pub async fn install_plugin(
+    crm: &Crm,
+    tenant: &str,
+    file: &Path,
+    rules: Option<String>,
+    enable: bool,
+    owns_lifecycle: bool,
+) -> anyhow::Result<Value> {
+    let wasm =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let packs = crm.packs.clone();
+    let plugin = {
+        let wasm = wasm.clone();
+        tokio::task::spawn_blocking(move || packs.runtime().load(&wasm)).await??
+    };
+    if let Some(r) = &rules {
+        plugin.check_rules(r)?;
+    }
+    let m = plugin.manifest().clone();
+    let at = now_ms();
+    let mut tx = crm.store.begin().await?;
+    store::ensure_tenant(tx.conn(), tenant, tenant).await?;
+    let new = store::save_plugin_version(tx.conn(), tenant, &m, plugin.digest(), &wasm, at).await?;
+    let rules_version = match &rules {
+        Some(r) => Some(store::save_rule_set(tx.conn(), tenant, &m.name, r, at).await?),
+        None => None,
+    };
+    if enable {
+        store::enable_plugin(
+            tx.conn(),
+            tenant,
+            &m.name,
+            &m.version,
+            rules_version,
+            owns_lifecycle && m.lifecycle,
+            at,
+        )
+        .await?;
+    }
+    store::audit(
+        tx.conn(),
+        tenant,
+        "cli",
+        if enable {
+            "plugin.install+enable"
+        } else {
+            "plugin.install"
+        },
+        &format!("{}@{}", m.name, m.version),
+        &json!({ "digest": plugin.digest(), "rules_version": rules_version }),
+    )
+    .await?;
+    tx.commit().await?;
+    crm.packs.reload(&crm.store, Some(tenant)).await?;
+    Ok(json!({
+        "name": m.name, "version": m.version, "digest": plugin.digest(),
+        "stored": new, "enabled": enable, "rules_version": rules_version,
+    }))
+}
+
+/// Which importer a file goes to.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ImportKind {
+    Customers,
+    Events,
+    Cdnow,
+}
+
+/// Imports a file with a progress bar (drawn only on a terminal).
+pub async fn import_file(
+    crm: &Crm,
+    tenant: &str,
+    kind: ImportKind,
+    file: &Path,
+    now: Option<i64>,
+) -> anyhow::Result<ImportReport> {
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let len = f.metadata().await?.len();
+    let bar = indicatif::ProgressBar::new(len).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("progress template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("importing {}", file.display()));
+    let reader = bar.wrap_async_read(f);
+    let quiet = |_| {};
+    let report = match kind {
+        ImportKind::Customers => crm.import_customers(tenant, reader, &quiet).await?,
+        ImportKind::Events => crm.import_events(tenant, reader, now, &quiet).await?,
+        ImportKind::Cdnow => crm.import_cdnow(tenant, reader, now, &quiet).await?,
+    };
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// `stagecraft demo`: a fresh SQLite database with a demo tenant, the given
+/// packs enabled, the CDNOW sample imported; prints the URL and an admin token
+/// and serves.
+pub async fn demo(
+    data_dir: &Path,
+    listen: &str,
+    packs: &[PathBuf],
+    cdnow: Option<&Path>,
+) -> anyhow::Result<()> {
+    let dir = data_dir.join("demo");
+    for f in ["stagecraft.db", "stagecraft.db-wal", "stagecraft.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let settings = Settings {
+        listen: listen.to_string(),
+        database_url: format!("sqlite:{}", dir.join("stagecraft.db").display()),
+        data_dir: dir,
+    };
+    let crm = open(&settings).await?;
+    let tenant = "demo";
+    let token = crm.create_token(tenant, Role::Admin, "demo admin").await?;
+    let mut lifecycle_taken = false;
+    for p in packs {
+        let out = install_plugin(&crm, tenant, p, None, true, !lifecycle_taken).await?;
+        let owns = crm
+            .packs
+            .for_tenant(tenant)
+            .lifecycle_owner()
+            .is_some_and(|o| o.name() == out["name"]);
+        lifecycle_taken |= owns;
+        eprintln!(
+            "enabled {}@{}",
+            out["name"].as_str().unwrap_or("?"),
+            out["version"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(file) = cdnow {
+        // The data ends in June 1998: plugins are told it is 1 July 1998.
+        let report = import_file(&crm, tenant, ImportKind::Cdnow, file, Some(DEMO_NOW)).await?;
+        eprintln!(
+            "imported {} CDNOW orders ({} rows, {} errors)",
+            report.imported, report.rows, report.error_count
+        );
+    }
+    let listener_addr = listen.to_string();
+    let banner = format!(
+        "\nStagecraft demo is ready.\n  URL:   http://{listener_addr}\n  token: {}\n\nTry:\n  curl -H 'Authorization: Bearer {}' http://{listener_addr}/v1/analytics/segments\n",
+        token.token, token.token
+    );
+    serve(crm, listen, Some(banner)).await
+}
+
+/// 1998-07-01T00:00:00Z, the day after the CDNOW data ends.
+pub const DEMO_NOW: i64 = 899_251_200_000;

@@ -1,0 +1,222 @@
+//! The CRM's own records, shared by the store, the pipeline and the HTTP layer.
+//!
+//! Times are milliseconds since the Unix epoch, UTC. Field values travel as plain
+//! JSON (a string, a number, a boolean, or `{"time": ms}`), so API clients never
+//! see the plugin contract's encoding.
+
+use crate::runtime::FieldValue;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+use stagecraft_plugin::snapshot::{self, Metrics, DAY_MS};
+
+/// Keys that are sensitive whatever the client says: they are withheld from plugins.
+pub const ALWAYS_SENSITIVE: [&str; 3] = ["phone", "email", "national_id"];
+
+/// Upper bounds on what one request may carry.
+pub const MAX_FIELDS: usize = 64;
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TEXT: usize = 1024;
+pub const MAX_ID: usize = 128;
+
+/// What a token may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Agent,
+    Integrator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Agent => "agent",
+            Role::Integrator => "integrator",
+            Role::Admin => "admin",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "viewer" => Role::Viewer,
+            "agent" => Role::Agent,
+            "integrator" => Role::Integrator,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// Who is asking: the tenant and role of a valid token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+    pub role: Role,
+    pub token_id: String,
+}
+
+/// A field on a customer, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldEntry {
+    pub key: String,
+    pub value: FieldValue,
+    pub sensitive: bool,
+}
+
+/// A customer with what the pipeline needs to build a snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerRecord {
+    pub id: String,
+    pub name: Option<String>,
+    pub source: Option<String>,
+    pub stage: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Stored metrics; `touchpoints_90d` is filled in relative to a `now`.
+    pub metrics: Metrics,
+    pub fields: Vec<FieldEntry>,
+    pub tags: Vec<String>,
+    pub segments: Vec<String>,
+}
+
+/// One recorded event, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub id: String,
+    pub kind: String,
+    pub channel: Option<String>,
+    pub at: i64,
+    pub amount_cents: Option<i64>,
+    pub fields: Vec<(String, FieldValue)>,
+}
+
+impl EventRecord {
+    pub fn snapshot(&self) -> snapshot::Event<'_> {
+        snapshot::Event {
+            kind: &self.kind,
+            channel: self.channel.as_deref(),
+            at: self.at,
+            amount_cents: self.amount_cents,
+            fields: snapshot::Fields(
+                self.fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), snapshot_value(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A customer as a plugin sees it: sensitive fields are left out.
+pub fn customer_snapshot<'a>(
+    c: &'a CustomerRecord,
+    events: &'a [EventRecord],
+) -> snapshot::Customer<'a> {
+    snapshot::Customer {
+        id: &c.id,
+        stage: c.stage.as_deref(),
+        source: c.source.as_deref(),
+        created_at: c.created_at,
+        metrics: c.metrics,
+        tags: c.tags.iter().map(String::as_str).collect(),
+        segments: c.segments.iter().map(String::as_str).collect(),
+        fields: snapshot::Fields(
+            c.fields
+                .iter()
+                .filter(|f| !f.sensitive)
+                .map(|f| (f.key.as_str(), snapshot_value(&f.value)))
+                .collect(),
+        ),
+        events: events.iter().map(EventRecord::snapshot).collect(),
+    }
+}
+
+fn snapshot_value(v: &FieldValue) -> snapshot::Value<'_> {
+    match v {
+        FieldValue::Text(t) => snapshot::Value::Text(t),
+        FieldValue::Number(n) => snapshot::Value::Number(*n),
+        FieldValue::Boolean(b) => snapshot::Value::Boolean(*b),
+        FieldValue::Time(t) => snapshot::Value::Time(*t),
+    }
+}
+
+/// A field value from its JSON form.
+pub fn field_value_from_json(key: &str, v: &Json) -> Result<FieldValue, String> {
+    Ok(match v {
+        Json::String(s) if s.len() <= MAX_TEXT => FieldValue::Text(s.clone()),
+        Json::String(_) => return Err(format!("field {key} is longer than {MAX_TEXT} bytes")),
+        Json::Number(n) => match n.as_f64() {
+            Some(x) if x.is_finite() => FieldValue::Number(x),
+            _ => return Err(format!("field {key} is not a finite number")),
+        },
+        Json::Bool(b) => FieldValue::Boolean(*b),
+        Json::Object(o) if o.len() == 1 && o.get("time").is_some_and(Json::is_i64) => {
+            FieldValue::Time(o["time"].as_i64().unwrap_or_default())
+        }
+        _ => {
+            return Err(format!(
+                "field {key} must be a string, a number, a boolean or {{\"time\": ms}}"
+            ))
+        }
+    })
+}
+
+/// The JSON form of a field value.
+pub fn field_value_to_json(v: &FieldValue) -> Json {
+    match v {
+        FieldValue::Text(t) => json!(t),
+        FieldValue::Number(n) => json!(n),
+        FieldValue::Boolean(b) => json!(b),
+        FieldValue::Time(t) => json!({ "time": t }),
+    }
+}
+
+/// `true` for 1-64 characters of `[a-z0-9_-]` (field keys, event kinds, channels).
+pub fn is_slug(s: &str) -> bool {
+    crate::runtime::is_slug(s, 64)
+}
+
+/// `true` for a customer id: 1-128 printable ASCII characters without `/`.
+pub fn is_customer_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_ID && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+}
+
+/// The UTC day number of a timestamp: purchase days are counted in these.
+pub fn day_of(at: i64) -> i64 {
+    at.div_euclid(DAY_MS)
+}
+
+/// How an event changes the stored metrics. `new_purchase_day` says whether no
+/// order was recorded on the event's day before.
+pub fn apply_event(
+    m: &mut Metrics,
+    kind: &str,
+    at: i64,
+    amount: Option<i64>,
+    new_purchase_day: bool,
+) {
+    match kind {
+        "order" => {
+            m.orders += 1;
+            m.total_spend_cents += amount.unwrap_or(0);
+            if new_purchase_day {
+                m.purchase_days += 1;
+            }
+            m.first_order_at = Some(m.first_order_at.map_or(at, |f| f.min(at)));
+            m.last_order_at = Some(m.last_order_at.map_or(at, |l| l.max(at)));
+        }
+        "complaint" => m.complaints += 1,
+        "referral" => m.referrals += 1,
+        _ => {}
+    }
+    m.last_contact_at = Some(m.last_contact_at.map_or(at, |l| l.max(at)));
+}
+
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

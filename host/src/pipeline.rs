@@ -1,0 +1,528 @@
+//! Event → customer snapshot → the tenant's plugins → validated actions → one
+//! transaction.
+//!
+//! [`record_event`] is the whole path for one event inside a transaction the
+//! caller owns (the HTTP route commits one event per transaction, the importer a
+//! chunk of rows). Each plugin runs in a fresh instance and its output is taken
+//! whole or not at all: if any of its calls fails, none of its actions apply and
+//! the failure goes on the customer's timeline. The event itself is always stored.
+
+use crate::model::{
+    self, apply_event, customer_snapshot, CustomerRecord, EventRecord, FieldEntry, ALWAYS_SENSITIVE,
+};
+use crate::packs::{ActivePack, TenantPacks};
+use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError};
+use crate::store::{self, PluginFailure, RenderedReason, StageMove, StoreError, StoredScore, Tx};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// How many recent events a plugin sees with the customer.
+pub const RECENT_EVENTS: i64 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("customer {0} not found")]
+    UnknownCustomer(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("idempotency key {0:?} was already used for customer {1}")]
+    KeyReused(String, String),
+}
+
+/// An event as a client sends it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    pub kind: String,
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// When it happened (ms since the epoch); defaults to now.
+    #[serde(default)]
+    pub at: Option<i64>,
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    #[serde(default)]
+    pub fields: BTreeMap<String, serde_json::Value>,
+}
+
+impl EventInput {
+    /// Checks the input and turns it into a record with a fresh id.
+    pub fn validate(&self, now: i64) -> Result<EventRecord, PipelineError> {
+        let bad = |m: String| Err(PipelineError::Invalid(m));
+        if !model::is_slug(&self.kind) {
+            return bad(format!(
+                "kind {:?} must be 1-64 characters of a-z, 0-9, _ and -",
+                trunc(&self.kind)
+            ));
+        }
+        if let Some(c) = &self.channel {
+            if !model::is_slug(c) {
+                return bad(format!(
+                    "channel {:?} must be 1-64 characters of a-z, 0-9, _ and -",
+                    trunc(c)
+                ));
+            }
+        }
+        let at = self.at.unwrap_or(now);
+        if !(0..=now + stagecraft_plugin::snapshot::DAY_MS).contains(&at) {
+            return bad(format!(
+                "at {at} is before 1970 or more than a day in the future"
+            ));
+        }
+        match (self.kind.as_str(), self.amount_cents) {
+            ("order", None) => return bad("an order needs amount_cents".into()),
+            ("order", Some(a)) if a < 0 => {
+                return bad("an order's amount_cents cannot be negative".into())
+            }
+            (_, Some(a)) if a.abs() > 1_000_000_000_000 => {
+                return bad("amount_cents is out of range".into())
+            }
+            _ => {}
+        }
+        if self.fields.len() > model::MAX_FIELDS {
+            return bad(format!("at most {} fields", model::MAX_FIELDS));
+        }
+        let mut fields = Vec::with_capacity(self.fields.len());
+        for (k, v) in &self.fields {
+            if !model::is_slug(k) {
+                return bad(format!(
+                    "field key {:?} must be 1-64 characters of a-z, 0-9, _ and -",
+                    trunc(k)
+                ));
+            }
+            fields.push((
+                k.clone(),
+                model::field_value_from_json(k, v).map_err(PipelineError::Invalid)?,
+            ));
+        }
+        Ok(EventRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: self.kind.clone(),
+            channel: self.channel.clone(),
+            at,
+            amount_cents: self.amount_cents,
+            fields,
+        })
+    }
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// What an event caused; also the body of the event route's response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    pub event_id: String,
+    pub customer_id: String,
+    pub stage: Option<StageChange>,
+    pub tags_added: Vec<String>,
+    pub tags_removed: Vec<String>,
+    pub fields_set: BTreeMap<String, serde_json::Value>,
+    pub follow_ups: Vec<FollowUpScheduled>,
+    pub scores: BTreeMap<String, ScoreChange>,
+    pub segments_joined: Vec<String>,
+    pub segments_left: Vec<String>,
+    pub failures: Vec<FailureReport>,
+    /// Set when this is the stored answer to an earlier request with the same key.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageChange {
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    pub plugin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpScheduled {
+    pub due_at: i64,
+    pub note: String,
+    pub plugin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreChange {
+    pub version: String,
+    pub value: f64,
+    pub band: Option<String>,
+    pub previous_value: Option<f64>,
+    pub previous_band: Option<String>,
+    pub reasons: Vec<RenderedReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureReport {
+    pub plugin: String,
+    pub version: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// What one plugin proposed for one event, checked and complete.
+#[derive(Debug, Clone)]
+struct PluginOutput {
+    pack: ActivePack,
+    name: String,
+    version: String,
+    owns_lifecycle: bool,
+    actions: Vec<Action>,
+    score: Option<StoredScore>,
+    segments: Option<Vec<(String, RenderedReason)>>,
+}
+
+/// Renders a reason in English for storage; the API can re-render on request.
+fn render(pack: &ActivePack, r: &Reason) -> RenderedReason {
+    RenderedReason {
+        code: r.code.clone(),
+        points: r.points,
+        args: r.args.clone(),
+        text: pack.plugin.manifest().render(r, Lang::En),
+    }
+}
+
+fn failure_kind(e: &RuntimeError) -> &'static str {
+    match e {
+        RuntimeError::Trap { .. } => "trap",
+        RuntimeError::Deadline { .. } => "deadline",
+        RuntimeError::MemoryLimit { .. } => "memory",
+        RuntimeError::BadOutput { .. } => "bad_output",
+        RuntimeError::Plugin { .. } => "plugin_error",
+        RuntimeError::Busy(_) => "busy",
+        _ => "runtime",
+    }
+}
+
+/// Runs one plugin over the customer (as updated by the plugins before it) and
+/// the event. Blocking: call from a blocking thread.
+fn run_plugin(
+    pack: &ActivePack,
+    ctx: &CallContext,
+    customer: &CustomerRecord,
+    recent: &[EventRecord],
+    event: &EventRecord,
+) -> Result<PluginOutput, FailureReport> {
+    let m = pack.plugin.manifest();
+    let fail = |kind: &str, message: String| FailureReport {
+        plugin: m.name.clone(),
+        version: m.version.clone(),
+        kind: kind.to_string(),
+        message,
+    };
+    let from_runtime = |e: RuntimeError| fail(failure_kind(&e), e.to_string());
+    let mut session = pack
+        .plugin
+        .session(ctx, pack.rules.as_deref())
+        .map_err(from_runtime)?;
+    let mut out = PluginOutput {
+        pack: pack.clone(),
+        name: m.name.clone(),
+        version: m.version.clone(),
+        owns_lifecycle: pack.owns_lifecycle,
+        actions: Vec::new(),
+        score: None,
+        segments: None,
+    };
+    let snap = customer_snapshot(customer, recent);
+    out.actions = session
+        .on_event(ctx, &snap, &event.snapshot())
+        .map_err(from_runtime)?;
+    for a in &out.actions {
+        match a {
+            Action::MoveToStage { .. } if !pack.owns_lifecycle => {
+                return Err(fail(
+                    "bad_output",
+                    "moves a stage but another plugin owns this tenant's lifecycle".into(),
+                ))
+            }
+            Action::SetField { key, .. }
+                if ALWAYS_SENSITIVE.contains(&key.as_str())
+                    || customer.fields.iter().any(|f| f.key == *key && f.sensitive) =>
+            {
+                return Err(fail(
+                    "bad_output",
+                    format!("tries to set the sensitive field {key}"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    // Score and segment see the customer as this plugin's own actions left it.
+    let mut after = customer.clone();
+    apply_to_record(&mut after, &out.actions);
+    let snap = customer_snapshot(&after, recent);
+    let batch = std::slice::from_ref(&snap);
+    if m.scoring {
+        let s = session
+            .score(ctx, batch)
+            .map_err(from_runtime)?
+            .pop()
+            .expect("one score per customer")
+            .map_err(|e| fail("plugin_error", e.to_string()))?;
+        out.score = Some(StoredScore {
+            plugin: m.name.clone(),
+            plugin_version: m.version.clone(),
+            value: s.value,
+            band: s.band,
+            reasons: s.reasons.iter().map(|r| render(pack, r)).collect(),
+            updated_at: ctx.now,
+        });
+    }
+    if m.segmentation {
+        let ms = session
+            .segment(ctx, batch)
+            .map_err(from_runtime)?
+            .pop()
+            .expect("one segment list per customer")
+            .map_err(|e| fail("plugin_error", e.to_string()))?;
+        out.segments = Some(
+            ms.iter()
+                .map(|x| (x.segment.clone(), render(pack, &x.reason)))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// Applies actions to the in-memory record, so later plugins see them.
+fn apply_to_record(c: &mut CustomerRecord, actions: &[Action]) {
+    for a in actions {
+        match a {
+            Action::MoveToStage { stage, .. } => c.stage = Some(stage.clone()),
+            Action::AddTag(t) => {
+                if !c.tags.contains(t) {
+                    c.tags.push(t.clone());
+                    c.tags.sort();
+                }
+            }
+            Action::RemoveTag(t) => c.tags.retain(|x| x != t),
+            Action::SetField { key, value } => match c.fields.iter_mut().find(|f| f.key == *key) {
+                Some(f) => f.value = value.clone(),
+                None => c.fields.push(FieldEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                    sensitive: false,
+                }),
+            },
+            Action::ScheduleFollowUp { .. } => {}
+        }
+    }
+}
+
+/// Runs every plugin in turn. Blocking.
+fn evaluate(
+    packs: &TenantPacks,
+    ctx: &CallContext,
+    mut customer: CustomerRecord,
+    recent: &[EventRecord],
+    event: &EventRecord,
+) -> (Vec<PluginOutput>, Vec<FailureReport>) {
+    let mut outputs = Vec::new();
+    let mut failures = Vec::new();
+    for pack in &packs.packs {
+        match run_plugin(pack, ctx, &customer, recent, event) {
+            Ok(o) => {
+                apply_to_record(&mut customer, &o.actions);
+                if let Some(segs) = &o.segments {
+                    customer
+                        .segments
+                        .extend(segs.iter().map(|(s, _)| s.clone()));
+                }
+                outputs.push(o);
+            }
+            Err(f) => {
+                tracing::warn!(plugin = %f.plugin, version = %f.version, kind = %f.kind, "plugin failed: {}", f.message);
+                failures.push(f);
+            }
+        }
+    }
+    (outputs, failures)
+}
+
+/// Records one event for `customer_id` with everything it causes, inside `tx`.
+/// The caller commits. `now` is the time the plugins are told.
+pub async fn record_event(
+    tx: &mut Tx,
+    packs: Arc<TenantPacks>,
+    tenant: &str,
+    customer_id: &str,
+    event: EventRecord,
+    idempotency_key: Option<&str>,
+    now: i64,
+) -> Result<EventOutcome, PipelineError> {
+    if let Some(key) = idempotency_key {
+        if let Some((_, owner, outcome)) = store::event_by_key(tx.conn(), tenant, key).await? {
+            if owner != customer_id {
+                return Err(PipelineError::KeyReused(key.to_string(), owner));
+            }
+            let mut o: EventOutcome =
+                serde_json::from_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            o.replayed = true;
+            return Ok(o);
+        }
+    }
+    let backend = tx.backend();
+    let mut customer = store::load_customer(tx.conn(), backend, tenant, customer_id, true)
+        .await?
+        .ok_or_else(|| PipelineError::UnknownCustomer(customer_id.to_string()))?;
+    let new_day = event.kind == "order"
+        && !store::has_order_on_day(tx.conn(), tenant, customer_id, event.at).await?;
+    apply_event(
+        &mut customer.metrics,
+        &event.kind,
+        event.at,
+        event.amount_cents,
+        new_day,
+    );
+    let stored_metrics = customer.metrics;
+    // The snapshot counts the new event among the recent touchpoints.
+    let in_window = event.at > now - 90 * stagecraft_plugin::snapshot::DAY_MS && event.at <= now;
+    customer.metrics.touchpoints_90d =
+        store::touchpoints_90d(tx.conn(), tenant, customer_id, now).await? + in_window as u32;
+    let mut recent = vec![event.clone()];
+    recent.extend(store::recent_events(tx.conn(), tenant, customer_id, RECENT_EVENTS - 1).await?);
+    recent.sort_by_key(|e| std::cmp::Reverse(e.at));
+
+    let ctx = CallContext {
+        now,
+        tenant: tenant.to_string(),
+    };
+    let before = customer.clone();
+    let (outputs, failures) = if packs.packs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let ev = event.clone();
+        tokio::task::spawn_blocking(move || evaluate(&packs, &ctx, customer, &recent, &ev))
+            .await
+            .expect("plugin evaluation task")
+    };
+
+    let mut outcome = EventOutcome {
+        event_id: event.id.clone(),
+        customer_id: customer_id.to_string(),
+        failures,
+        ..Default::default()
+    };
+    let ev_id = Some(event.id.as_str());
+    store::save_metrics(tx.conn(), tenant, customer_id, &stored_metrics, now).await?;
+    let mut stage = before.stage.clone();
+    for o in &outputs {
+        for a in &o.actions {
+            match a {
+                Action::MoveToStage { stage: to, reason } if o.owns_lifecycle => {
+                    if stage.as_deref() == Some(to.as_str()) {
+                        continue;
+                    }
+                    let mv = StageMove {
+                        from: stage.clone(),
+                        to: to.clone(),
+                        reason: reason.clone(),
+                        reason_text: render(&o.pack, reason).text,
+                        plugin: o.name.clone(),
+                        plugin_version: o.version.clone(),
+                    };
+                    store::move_stage(tx.conn(), tenant, customer_id, &mv, ev_id, now).await?;
+                    outcome.stage = Some(StageChange {
+                        from: stage.clone(),
+                        to: to.clone(),
+                        reason: mv.reason_text.clone(),
+                        plugin: o.name.clone(),
+                    });
+                    stage = Some(to.clone());
+                }
+                Action::MoveToStage { .. } => {}
+                Action::AddTag(t) => {
+                    if store::add_tag(tx.conn(), tenant, customer_id, t).await? {
+                        outcome.tags_removed.retain(|x| x != t);
+                        outcome.tags_added.push(t.clone());
+                    }
+                }
+                Action::RemoveTag(t) => {
+                    if store::remove_tag(tx.conn(), tenant, customer_id, t).await? {
+                        outcome.tags_added.retain(|x| x != t);
+                        outcome.tags_removed.push(t.clone());
+                    }
+                }
+                Action::SetField { key, value } => {
+                    let f = FieldEntry {
+                        key: key.clone(),
+                        value: value.clone(),
+                        sensitive: false,
+                    };
+                    store::set_field(tx.conn(), tenant, customer_id, &f).await?;
+                    outcome
+                        .fields_set
+                        .insert(key.clone(), model::field_value_to_json(value));
+                }
+                Action::ScheduleFollowUp { due_in_hours, note } => {
+                    let due_at = now + *due_in_hours as i64 * 3_600_000;
+                    store::add_follow_up(
+                        tx.conn(),
+                        tenant,
+                        customer_id,
+                        due_at,
+                        note,
+                        Some(&o.name),
+                        ev_id,
+                        now,
+                    )
+                    .await?;
+                    outcome.follow_ups.push(FollowUpScheduled {
+                        due_at,
+                        note: note.clone(),
+                        plugin: o.name.clone(),
+                    });
+                }
+            }
+        }
+        if let Some(s) = &o.score {
+            let prev = store::save_score(tx.conn(), tenant, customer_id, s, ev_id).await?;
+            outcome.scores.insert(
+                o.name.clone(),
+                ScoreChange {
+                    version: o.version.clone(),
+                    value: s.value,
+                    band: s.band.clone(),
+                    previous_value: prev.as_ref().map(|p| p.value),
+                    previous_band: prev.and_then(|p| p.band),
+                    reasons: s.reasons.clone(),
+                },
+            );
+        }
+        if let Some(segs) = &o.segments {
+            let (joined, left) =
+                store::replace_memberships(tx.conn(), tenant, customer_id, &o.name, segs, now)
+                    .await?;
+            outcome.segments_joined.extend(joined);
+            outcome.segments_left.extend(left);
+        }
+    }
+    for f in &outcome.failures {
+        let pf = PluginFailure {
+            plugin: f.plugin.clone(),
+            plugin_version: f.version.clone(),
+            kind: f.kind.clone(),
+            message: f.message.clone(),
+        };
+        store::record_failure(tx.conn(), tenant, customer_id, &pf, ev_id, now).await?;
+    }
+    let body = json!(outcome);
+    store::insert_event(
+        tx.conn(),
+        tenant,
+        customer_id,
+        &event,
+        idempotency_key,
+        &body,
+        now,
+    )
+    .await?;
+    Ok(outcome)
+}

@@ -1,0 +1,636 @@
+//! Customers, their fields, tags, segments, scores and follow-ups.
+
+use super::{from_json, to_json, Backend, Result, StoreError};
+use crate::model::{CustomerRecord, FieldEntry};
+use crate::runtime::Reason;
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+use stagecraft_plugin::snapshot::Metrics;
+
+/// A customer to create.
+#[derive(Debug, Clone, Default)]
+pub struct NewCustomer {
+    pub id: String,
+    pub name: Option<String>,
+    pub source: Option<String>,
+    pub created_at: i64,
+    pub fields: Vec<FieldEntry>,
+    pub tags: Vec<String>,
+}
+
+/// Inserts a customer; a duplicate id is a conflict.
+pub async fn insert_customer(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    c: &NewCustomer,
+) -> Result<()> {
+    let r = sqlx::query(
+        "INSERT INTO customers (tenant_id, id, name, source, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant_id, id) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(&c.id)
+    .bind(&c.name)
+    .bind(&c.source)
+    .bind(c.created_at)
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "customer {} already exists",
+            c.id
+        )));
+    }
+    for f in &c.fields {
+        set_field(conn, tenant, &c.id, f).await?;
+    }
+    for t in &c.tags {
+        add_tag(conn, tenant, &c.id, t).await?;
+    }
+    Ok(())
+}
+
+/// Whether the customer exists.
+pub async fn customer_exists(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Loads a customer with fields, tags and segments. With `lock` (inside a
+/// transaction on PostgreSQL) the row stays locked until the transaction ends.
+pub async fn load_customer(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    tenant: &str,
+    id: &str,
+    lock: bool,
+) -> Result<Option<CustomerRecord>> {
+    let sql = if lock && backend == Backend::Postgres {
+        "SELECT * FROM customers WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+    } else {
+        "SELECT * FROM customers WHERE tenant_id = $1 AND id = $2"
+    };
+    let Some(row) = sqlx::query(sql)
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let metrics = Metrics {
+        orders: row.try_get::<i64, _>("orders")? as u32,
+        purchase_days: row.try_get::<i64, _>("purchase_days")? as u32,
+        total_spend_cents: row.try_get("spend_cents")?,
+        first_order_at: row.try_get("first_order_at")?,
+        last_order_at: row.try_get("last_order_at")?,
+        last_contact_at: row.try_get("last_contact_at")?,
+        complaints: row.try_get::<i64, _>("complaints")? as u32,
+        referrals: row.try_get::<i64, _>("referrals")? as u32,
+        touchpoints_90d: 0,
+    };
+    let mut c = CustomerRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        source: row.try_get("source")?,
+        stage: row.try_get("stage")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        metrics,
+        fields: Vec::new(),
+        tags: Vec::new(),
+        segments: Vec::new(),
+    };
+    for r in sqlx::query(
+        "SELECT key, value, sensitive FROM customer_fields WHERE tenant_id = $1 AND customer_id = $2 ORDER BY key",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let value: serde_json::Value = from_json(&r.try_get::<String, _>("value")?)?;
+        c.fields.push(FieldEntry {
+            key: r.try_get("key")?,
+            value: crate::model::field_value_from_json("stored", &value)
+                .map_err(StoreError::Corrupt)?,
+            sensitive: r.try_get::<i64, _>("sensitive")? != 0,
+        });
+    }
+    c.tags = sqlx::query_scalar(
+        "SELECT tag FROM customer_tags WHERE tenant_id = $1 AND customer_id = $2 ORDER BY tag",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    c.segments = sqlx::query_scalar(
+        "SELECT DISTINCT segment FROM memberships WHERE tenant_id = $1 AND customer_id = $2 ORDER BY segment",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(c))
+}
+
+/// Writes the stored metrics of a customer.
+pub async fn save_metrics(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    m: &Metrics,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE customers SET orders = $1, purchase_days = $2, spend_cents = $3, first_order_at = $4, \
+         last_order_at = $5, last_contact_at = $6, complaints = $7, referrals = $8, updated_at = $9 \
+         WHERE tenant_id = $10 AND id = $11",
+    )
+    .bind(m.orders as i64)
+    .bind(m.purchase_days as i64)
+    .bind(m.total_spend_cents)
+    .bind(m.first_order_at)
+    .bind(m.last_order_at)
+    .bind(m.last_contact_at)
+    .bind(m.complaints as i64)
+    .bind(m.referrals as i64)
+    .bind(at)
+    .bind(tenant)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Changes name and source; `None` leaves a value as it is.
+pub async fn update_profile(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    name: Option<&str>,
+    source: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE customers SET name = COALESCE($1, name), source = COALESCE($2, source), updated_at = $3 \
+         WHERE tenant_id = $4 AND id = $5",
+    )
+    .bind(name)
+    .bind(source)
+    .bind(at)
+    .bind(tenant)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_field(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    f: &FieldEntry,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO customer_fields (tenant_id, customer_id, key, value, sensitive) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id, customer_id, key) DO UPDATE SET value = excluded.value, \
+         sensitive = CASE WHEN customer_fields.sensitive = 1 THEN 1 ELSE excluded.sensitive END",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(&f.key)
+    .bind(to_json(&crate::model::field_value_to_json(&f.value)))
+    .bind(f.sensitive as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn remove_field(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    key: &str,
+) -> Result<()> {
+    sqlx::query(
+        "DELETE FROM customer_fields WHERE tenant_id = $1 AND customer_id = $2 AND key = $3",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Adds a tag; returns whether it was new.
+pub async fn add_tag(conn: &mut AnyConnection, tenant: &str, id: &str, tag: &str) -> Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO customer_tags (tenant_id, customer_id, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(tag)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Removes a tag; returns whether it was there.
+pub async fn remove_tag(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    tag: &str,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "DELETE FROM customer_tags WHERE tenant_id = $1 AND customer_id = $2 AND tag = $3",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(tag)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// A stage change and why it happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageMove {
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: Reason,
+    /// The reason in words.
+    pub reason_text: String,
+    /// The plugin that moved it, or `manual` for a person.
+    pub plugin: String,
+    pub plugin_version: String,
+}
+
+pub async fn move_stage(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    m: &StageMove,
+    event_id: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE customers SET stage = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
+    )
+    .bind(&m.to)
+    .bind(at)
+    .bind(tenant)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO stage_moves (tenant_id, customer_id, from_stage, to_stage, reason, plugin, plugin_version, event_id, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(&m.from)
+    .bind(&m.to)
+    .bind(to_json(&(&m.reason, &m.reason_text)))
+    .bind(&m.plugin)
+    .bind(&m.plugin_version)
+    .bind(event_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A score as stored, with its reasons already in words.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct StoredScore {
+    pub plugin: String,
+    pub plugin_version: String,
+    pub value: f64,
+    pub band: Option<String>,
+    pub reasons: Vec<RenderedReason>,
+    pub updated_at: i64,
+}
+
+/// A reason with its text.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RenderedReason {
+    pub code: String,
+    pub points: f64,
+    pub args: Vec<f64>,
+    pub text: String,
+}
+
+/// Stores a score; returns the previous one. History gets a row only when the
+/// value or band changed, so the timeline shows changes, not repetitions.
+pub async fn save_score(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    s: &StoredScore,
+    event_id: Option<&str>,
+) -> Result<Option<StoredScore>> {
+    let prev = sqlx::query(
+        "SELECT plugin, plugin_version, value, band, reasons, updated_at FROM scores \
+         WHERE tenant_id = $1 AND customer_id = $2 AND plugin = $3",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(&s.plugin)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| score_from_row(&r))
+    .transpose()?;
+    let reasons = to_json(&s.reasons);
+    sqlx::query(
+        "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET \
+         plugin_version = excluded.plugin_version, value = excluded.value, band = excluded.band, \
+         reasons = excluded.reasons, updated_at = excluded.updated_at",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(&s.plugin)
+    .bind(&s.plugin_version)
+    .bind(s.value)
+    .bind(&s.band)
+    .bind(&reasons)
+    .bind(s.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    let changed = prev
+        .as_ref()
+        .is_none_or(|p| p.value != s.value || p.band != s.band);
+    if changed {
+        sqlx::query(
+            "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, event_id, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(&s.plugin)
+        .bind(&s.plugin_version)
+        .bind(s.value)
+        .bind(&s.band)
+        .bind(&reasons)
+        .bind(event_id)
+        .bind(s.updated_at)
+        .execute(conn)
+        .await?;
+    }
+    Ok(prev)
+}
+
+fn score_from_row(r: &sqlx::any::AnyRow) -> Result<StoredScore> {
+    Ok(StoredScore {
+        plugin: r.try_get("plugin")?,
+        plugin_version: r.try_get("plugin_version")?,
+        value: r.try_get("value")?,
+        band: r.try_get("band")?,
+        reasons: from_json(&r.try_get::<String, _>("reasons")?)?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+pub async fn scores_of(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+) -> Result<Vec<StoredScore>> {
+    sqlx::query(
+        "SELECT plugin, plugin_version, value, band, reasons, updated_at FROM scores \
+         WHERE tenant_id = $1 AND customer_id = $2 ORDER BY plugin",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(score_from_row)
+    .collect()
+}
+
+/// A segment a customer is in, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct SegmentMembership {
+    pub plugin: String,
+    pub segment: String,
+    pub reason: RenderedReason,
+    pub since: i64,
+}
+
+/// Replaces a plugin's memberships of a customer; returns (joined, left) segment ids.
+pub async fn replace_memberships(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    plugin: &str,
+    now: &[(String, RenderedReason)],
+    at: i64,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let before: Vec<String> = sqlx::query_scalar(
+        "SELECT segment FROM memberships WHERE tenant_id = $1 AND customer_id = $2 AND plugin = $3",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(plugin)
+    .fetch_all(&mut *conn)
+    .await?;
+    let left: Vec<String> = before
+        .iter()
+        .filter(|b| !now.iter().any(|(s, _)| s == *b))
+        .cloned()
+        .collect();
+    let joined: Vec<String> = now
+        .iter()
+        .filter(|(s, _)| !before.contains(s))
+        .map(|(s, _)| s.clone())
+        .collect();
+    for s in &left {
+        sqlx::query(
+            "DELETE FROM memberships WHERE tenant_id = $1 AND customer_id = $2 AND plugin = $3 AND segment = $4",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(plugin)
+        .bind(s)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (s, reason) in now {
+        // `since` stays the day the customer joined; the reason follows the latest evaluation.
+        sqlx::query(
+            "INSERT INTO memberships (tenant_id, customer_id, plugin, segment, reason, since) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(plugin)
+        .bind(s)
+        .bind(to_json(reason))
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok((joined, left))
+}
+
+pub async fn memberships_of(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+) -> Result<Vec<SegmentMembership>> {
+    sqlx::query(
+        "SELECT plugin, segment, reason, since FROM memberships WHERE tenant_id = $1 AND customer_id = $2 \
+         ORDER BY plugin, segment",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(SegmentMembership {
+            plugin: r.try_get("plugin")?,
+            segment: r.try_get("segment")?,
+            reason: from_json(&r.try_get::<String, _>("reason")?)?,
+            since: r.try_get("since")?,
+        })
+    })
+    .collect()
+}
+
+/// A reminder for staff to contact a customer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FollowUp {
+    pub id: i64,
+    pub due_at: i64,
+    pub note: String,
+    pub status: String,
+    pub plugin: Option<String>,
+    pub created_at: i64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn add_follow_up(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    due_at: i64,
+    note: &str,
+    plugin: Option<&str>,
+    event_id: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO follow_ups (tenant_id, customer_id, due_at, note, status, plugin, event_id, created_at) \
+         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(due_at)
+    .bind(note)
+    .bind(plugin)
+    .bind(event_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn open_follow_ups(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+) -> Result<Vec<FollowUp>> {
+    sqlx::query(
+        "SELECT seq, due_at, note, status, plugin, created_at FROM follow_ups \
+         WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open' ORDER BY due_at",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(FollowUp {
+            id: r.try_get("seq")?,
+            due_at: r.try_get("due_at")?,
+            note: r.try_get("note")?,
+            status: r.try_get("status")?,
+            plugin: r.try_get("plugin")?,
+            created_at: r.try_get("created_at")?,
+        })
+    })
+    .collect()
+}
+
+/// Filters for the customer list.
+#[derive(Debug, Clone, Default)]
+pub struct CustomerFilter {
+    pub stage: Option<String>,
+    pub segment: Option<String>,
+    pub tag: Option<String>,
+    /// Only customers whose id sorts after this one (the cursor).
+    pub after: Option<String>,
+    pub limit: i64,
+}
+
+/// A row of the customer list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerSummary {
+    pub id: String,
+    pub name: Option<String>,
+    pub stage: Option<String>,
+    pub source: Option<String>,
+    pub orders: i64,
+    pub spend_cents: i64,
+    pub updated_at: i64,
+}
+
+/// Customers in id order, filtered, at most `limit`.
+pub async fn list_customers(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    f: &CustomerFilter,
+) -> Result<Vec<CustomerSummary>> {
+    // Every filter is optional: `$n IS NULL OR ...` keeps one statement for all cases.
+    sqlx::query(
+        "SELECT c.id, c.name, c.stage, c.source, c.orders, c.spend_cents, c.updated_at FROM customers c \
+         WHERE c.tenant_id = $1 \
+         AND ($2 IS NULL OR c.stage = $2) \
+         AND ($3 IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.tenant_id = c.tenant_id AND m.customer_id = c.id AND m.segment = $3)) \
+         AND ($4 IS NULL OR EXISTS (SELECT 1 FROM customer_tags t WHERE t.tenant_id = c.tenant_id AND t.customer_id = c.id AND t.tag = $4)) \
+         AND ($5 IS NULL OR c.id > $5) \
+         ORDER BY c.id LIMIT $6",
+    )
+    .bind(tenant)
+    .bind(&f.stage)
+    .bind(&f.segment)
+    .bind(&f.tag)
+    .bind(&f.after)
+    .bind(f.limit)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(CustomerSummary {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            stage: r.try_get("stage")?,
+            source: r.try_get("source")?,
+            orders: r.try_get("orders")?,
+            spend_cents: r.try_get("spend_cents")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    })
+    .collect()
+}

@@ -1,0 +1,379 @@
+//! Events (touchpoints, orders, complaints, referrals...), plugin failures, the
+//! metrics computed from events, and the timeline.
+
+use super::{from_json, to_json, Result};
+use crate::model::{day_of, field_value_from_json, field_value_to_json, EventRecord};
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+use stagecraft_plugin::snapshot::{Metrics, DAY_MS};
+
+/// An event already recorded under an idempotency key: its id and the response it got.
+pub async fn event_by_key(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    key: &str,
+) -> Result<Option<(String, String, serde_json::Value)>> {
+    let row = sqlx::query(
+        "SELECT id, customer_id, outcome FROM events WHERE tenant_id = $1 AND idempotency_key = $2",
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok((
+            r.try_get("id")?,
+            r.try_get("customer_id")?,
+            from_json(&r.try_get::<String, _>("outcome")?)?,
+        ))
+    })
+    .transpose()
+}
+
+/// Whether the customer has an order on the UTC day of `at`.
+pub async fn has_order_on_day(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    at: i64,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "SELECT 1 FROM events WHERE tenant_id = $1 AND customer_id = $2 AND kind = 'order' AND day = $3 LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .bind(day_of(at))
+    .fetch_optional(conn)
+    .await?
+    .is_some())
+}
+
+pub async fn insert_event(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    e: &EventRecord,
+    idempotency_key: Option<&str>,
+    outcome: &serde_json::Value,
+    recorded_at: i64,
+) -> Result<()> {
+    let fields: serde_json::Map<String, serde_json::Value> = e
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), field_value_to_json(v)))
+        .collect();
+    sqlx::query(
+        "INSERT INTO events (id, tenant_id, customer_id, kind, channel, at, day, amount_cents, fields, \
+         idempotency_key, outcome, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&e.id)
+    .bind(tenant)
+    .bind(customer)
+    .bind(&e.kind)
+    .bind(&e.channel)
+    .bind(e.at)
+    .bind(day_of(e.at))
+    .bind(e.amount_cents)
+    .bind(to_json(&fields))
+    .bind(idempotency_key)
+    .bind(to_json(outcome))
+    .bind(recorded_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn event_from_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {
+    let fields: serde_json::Map<String, serde_json::Value> =
+        from_json(&r.try_get::<String, _>("fields")?)?;
+    Ok(EventRecord {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        channel: r.try_get("channel")?,
+        at: r.try_get("at")?,
+        amount_cents: r.try_get("amount_cents")?,
+        fields: fields
+            .iter()
+            .filter_map(|(k, v)| field_value_from_json(k, v).ok().map(|v| (k.clone(), v)))
+            .collect(),
+    })
+}
+
+/// The customer's latest `limit` events, newest first.
+pub async fn recent_events(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    limit: i64,
+) -> Result<Vec<EventRecord>> {
+    sqlx::query(
+        "SELECT id, kind, channel, at, amount_cents, fields FROM events WHERE tenant_id = $1 AND customer_id = $2 \
+         ORDER BY at DESC, seq DESC LIMIT $3",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(event_from_row)
+    .collect()
+}
+
+/// Touchpoints (events of any kind) in the 90 days up to `now`.
+pub async fn touchpoints_90d(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    now: i64,
+) -> Result<u32> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events WHERE tenant_id = $1 AND customer_id = $2 AND at > $3 AND at <= $4",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .bind(now - 90 * DAY_MS)
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(n as u32)
+}
+
+/// The metrics computed from scratch from the raw events, as of `now`. The stored,
+/// incrementally kept metrics must always equal this.
+pub async fn recompute_metrics(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    now: i64,
+) -> Result<Metrics> {
+    let r = sqlx::query(
+        "SELECT \
+           CAST(COALESCE(SUM(CASE WHEN kind = 'order' THEN 1 ELSE 0 END), 0) AS BIGINT) AS orders, \
+           CAST(COUNT(DISTINCT CASE WHEN kind = 'order' THEN day END) AS BIGINT) AS purchase_days, \
+           CAST(COALESCE(SUM(CASE WHEN kind = 'order' THEN COALESCE(amount_cents, 0) ELSE 0 END), 0) AS BIGINT) AS spend, \
+           MIN(CASE WHEN kind = 'order' THEN at END) AS first_order_at, \
+           MAX(CASE WHEN kind = 'order' THEN at END) AS last_order_at, \
+           MAX(at) AS last_contact_at, \
+           CAST(COALESCE(SUM(CASE WHEN kind = 'complaint' THEN 1 ELSE 0 END), 0) AS BIGINT) AS complaints, \
+           CAST(COALESCE(SUM(CASE WHEN kind = 'referral' THEN 1 ELSE 0 END), 0) AS BIGINT) AS referrals \
+         FROM events WHERE tenant_id = $1 AND customer_id = $2",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Metrics {
+        orders: r.try_get::<i64, _>("orders")? as u32,
+        purchase_days: r.try_get::<i64, _>("purchase_days")? as u32,
+        total_spend_cents: r.try_get("spend")?,
+        first_order_at: r.try_get("first_order_at")?,
+        last_order_at: r.try_get("last_order_at")?,
+        last_contact_at: r.try_get("last_contact_at")?,
+        complaints: r.try_get::<i64, _>("complaints")? as u32,
+        referrals: r.try_get::<i64, _>("referrals")? as u32,
+        touchpoints_90d: touchpoints_90d(conn, tenant, customer, now).await?,
+    })
+}
+
+/// A plugin failure, kept on the customer's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginFailure {
+    pub plugin: String,
+    pub plugin_version: String,
+    /// `trap`, `deadline`, `memory`, `bad_output`, `plugin_error`, ...
+    pub kind: String,
+    pub message: String,
+}
+
+pub async fn record_failure(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    f: &PluginFailure,
+    event_id: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO plugin_failures (tenant_id, customer_id, plugin, plugin_version, kind, message, event_id, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .bind(&f.plugin)
+    .bind(&f.plugin_version)
+    .bind(&f.kind)
+    .bind(&f.message)
+    .bind(event_id)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One entry of a customer's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TimelineEntry {
+    Event {
+        at: i64,
+        id: String,
+        kind: String,
+        channel: Option<String>,
+        amount_cents: Option<i64>,
+        fields: serde_json::Value,
+    },
+    StageMove {
+        at: i64,
+        from: Option<String>,
+        to: String,
+        reason: String,
+        plugin: String,
+        plugin_version: String,
+        event_id: Option<String>,
+    },
+    ScoreChange {
+        at: i64,
+        plugin: String,
+        plugin_version: String,
+        value: f64,
+        band: Option<String>,
+        reasons: Vec<super::RenderedReason>,
+        event_id: Option<String>,
+    },
+    FollowUp {
+        at: i64,
+        due_at: i64,
+        note: String,
+        status: String,
+        plugin: Option<String>,
+    },
+    PluginFailure {
+        at: i64,
+        plugin: String,
+        plugin_version: String,
+        kind: String,
+        message: String,
+        event_id: Option<String>,
+    },
+}
+
+impl TimelineEntry {
+    pub fn at(&self) -> i64 {
+        match self {
+            TimelineEntry::Event { at, .. }
+            | TimelineEntry::StageMove { at, .. }
+            | TimelineEntry::ScoreChange { at, .. }
+            | TimelineEntry::FollowUp { at, .. }
+            | TimelineEntry::PluginFailure { at, .. } => *at,
+        }
+    }
+}
+
+/// The customer's timeline, newest first, at most `limit` entries.
+pub async fn timeline(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    limit: i64,
+) -> Result<Vec<TimelineEntry>> {
+    let mut out = Vec::new();
+    let q = |sql: &'static str| sqlx::query(sql).bind(tenant).bind(customer).bind(limit);
+    for r in q(
+        "SELECT id, kind, channel, at, amount_cents, fields FROM events \
+                WHERE tenant_id = $1 AND customer_id = $2 ORDER BY at DESC, seq DESC LIMIT $3",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        out.push((
+            0,
+            TimelineEntry::Event {
+                at: r.try_get("at")?,
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                channel: r.try_get("channel")?,
+                amount_cents: r.try_get("amount_cents")?,
+                fields: from_json(&r.try_get::<String, _>("fields")?)?,
+            },
+        ));
+    }
+    for r in q("SELECT from_stage, to_stage, reason, plugin, plugin_version, event_id, at FROM stage_moves \
+                WHERE tenant_id = $1 AND customer_id = $2 ORDER BY at DESC, seq DESC LIMIT $3")
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let (_, text): (serde_json::Value, String) = from_json(&r.try_get::<String, _>("reason")?)?;
+        out.push((
+            1,
+            TimelineEntry::StageMove {
+                at: r.try_get("at")?,
+                from: r.try_get("from_stage")?,
+                to: r.try_get("to_stage")?,
+                reason: text,
+                plugin: r.try_get("plugin")?,
+                plugin_version: r.try_get("plugin_version")?,
+                event_id: r.try_get("event_id")?,
+            },
+        ));
+    }
+    for r in q(
+        "SELECT plugin, plugin_version, value, band, reasons, event_id, at FROM score_history \
+                WHERE tenant_id = $1 AND customer_id = $2 ORDER BY at DESC, seq DESC LIMIT $3",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        out.push((
+            2,
+            TimelineEntry::ScoreChange {
+                at: r.try_get("at")?,
+                plugin: r.try_get("plugin")?,
+                plugin_version: r.try_get("plugin_version")?,
+                value: r.try_get("value")?,
+                band: r.try_get("band")?,
+                reasons: from_json(&r.try_get::<String, _>("reasons")?)?,
+                event_id: r.try_get("event_id")?,
+            },
+        ));
+    }
+    for r in q("SELECT due_at, note, status, plugin, created_at FROM follow_ups \
+                WHERE tenant_id = $1 AND customer_id = $2 ORDER BY created_at DESC, seq DESC LIMIT $3")
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        out.push((
+            3,
+            TimelineEntry::FollowUp {
+                at: r.try_get("created_at")?,
+                due_at: r.try_get("due_at")?,
+                note: r.try_get("note")?,
+                status: r.try_get("status")?,
+                plugin: r.try_get("plugin")?,
+            },
+        ));
+    }
+    for r in q(
+        "SELECT plugin, plugin_version, kind, message, event_id, at FROM plugin_failures \
+                WHERE tenant_id = $1 AND customer_id = $2 ORDER BY at DESC, seq DESC LIMIT $3",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        out.push((
+            4,
+            TimelineEntry::PluginFailure {
+                at: r.try_get("at")?,
+                plugin: r.try_get("plugin")?,
+                plugin_version: r.try_get("plugin_version")?,
+                kind: r.try_get("kind")?,
+                message: r.try_get("message")?,
+                event_id: r.try_get("event_id")?,
+            },
+        ));
+    }
+    // Newest first; at the same instant, what an event caused is listed above the event.
+    out.sort_by(|(ka, a), (kb, b)| b.at().cmp(&a.at()).then(kb.cmp(ka)));
+    out.truncate(limit as usize);
+    Ok(out.into_iter().map(|(_, e)| e).collect())
+}

@@ -1,0 +1,172 @@
+//! The database commands of the `stagecraft` binary, run as a user would:
+//! `token create`, `plugin install`, `import`, and `serve` configured by a file,
+//! the environment and flags.
+
+mod common;
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn stagecraft(data_dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stagecraft"));
+    c.arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("STAGECRAFT_DATABASE_URL")
+        .env_remove("STAGECRAFT_LISTEN");
+    c
+}
+
+fn json_out(cmd: &mut Command) -> Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_healthy(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::blocking::get(format!("{base}/healthz")) {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{base} did not become healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tokens_imports_and_a_configured_server_work_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crm.db");
+    let db_url = format!("sqlite:{}", db.display());
+    let with_db = |c: &mut Command| {
+        c.args(["--database-url", &db_url]);
+    };
+
+    let mut c = stagecraft(dir.path());
+    c.args(["token", "create", "--tenant", "shop", "--role", "agent"]);
+    with_db(&mut c);
+    let token = json_out(&mut c);
+    assert_eq!(token["role"], "agent");
+    let secret = token["token"].as_str().unwrap().to_string();
+
+    let mut c = stagecraft(dir.path());
+    c.args(["plugin", "install", "--tenant", "shop", "--enable"])
+        .arg(common::wasm_path("value_tiers"));
+    with_db(&mut c);
+    let installed = json_out(&mut c);
+    assert_eq!(
+        (installed["name"].as_str(), installed["enabled"].as_bool()),
+        (Some("value-tiers"), Some(true))
+    );
+
+    let orders = dir.path().join("orders.txt");
+    std::fs::write(&orders, " 00001 19970101  1   11.77\n 00002 19970112  1   12.00\n 00002 19970112  5   77.00\n 00003 1997XX02  2   20.76\n").unwrap();
+    let mut c = stagecraft(dir.path());
+    c.args([
+        "import",
+        "cdnow",
+        "--tenant",
+        "shop",
+        "--now",
+        "899251200000",
+    ])
+    .arg(&orders);
+    with_db(&mut c);
+    let report = json_out(&mut c);
+    assert_eq!(
+        (report["rows"].as_u64(), report["imported"].as_u64()),
+        (Some(4), Some(3)),
+        "{report}"
+    );
+    assert_eq!(report["errors"][0]["line"], 4);
+
+    // The config file says one database and port; the environment overrides the
+    // database, the flag overrides the port.
+    let port = free_port();
+    let config = dir.path().join("stagecraft.toml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    writeln!(
+        f,
+        "listen = \"127.0.0.1:1\"\ndatabase_url = \"sqlite:{}/wrong.db\"",
+        dir.path().display()
+    )
+    .unwrap();
+    let mut c = stagecraft(dir.path());
+    c.args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("STAGECRAFT_DATABASE_URL", &db_url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Server(c.spawn().unwrap());
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base);
+    let client = reqwest::blocking::Client::new();
+    let c2: Value = client
+        .get(format!("{base}/v1/customers/00002"))
+        .bearer_auth(&secret)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(c2["metrics"]["orders"], 2, "{c2}");
+    assert_eq!(c2["metrics"]["purchase_days"], 1);
+    assert_eq!(
+        c2["scores"]["value-tiers"]["plugin_version"],
+        installed["version"]
+    );
+    assert!(
+        !dir.path().join("wrong.db").exists(),
+        "the environment overrides the config file"
+    );
+}
+
+#[test]
+fn a_bad_database_url_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stagecraft(dir.path())
+        .args([
+            "token",
+            "create",
+            "--tenant",
+            "t",
+            "--role",
+            "admin",
+            "--database-url",
+            "mysql://nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: database URL \"mysql://nope\""),
+        "{err}"
+    );
+}

@@ -1,0 +1,202 @@
+//! A real Stagecraft server on a loopback socket, over a fresh SQLite file or a
+//! fresh PostgreSQL database, for the API tests.
+//!
+//! PostgreSQL tests read `STAGECRAFT_TEST_POSTGRES_URL` (a server URL whose user
+//! may create databases; `.ci/run` sets it). Unset: those tests say so and skip.
+//! Set but unreachable: they fail.
+
+use super::{test_limits, wasm_path};
+use serde_json::Value;
+use stagecraft::cli::service;
+use stagecraft::model::Role;
+use stagecraft::packs::Packs;
+use stagecraft::runtime::Runtime;
+use stagecraft::store::Store;
+use stagecraft::Crm;
+use std::path::PathBuf;
+
+pub const PG_ENV: &str = "STAGECRAFT_TEST_POSTGRES_URL";
+
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Db {
+    /// The PostgreSQL server to test against, if configured.
+    pub fn postgres() -> Option<Db> {
+        match std::env::var(PG_ENV) {
+            Ok(url) if !url.is_empty() => Some(Db::Postgres(url)),
+            _ => {
+                eprintln!("SKIPPED: {PG_ENV} is not set, so this PostgreSQL test did not run");
+                None
+            }
+        }
+    }
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub token: String,
+    pub tenant: String,
+    pub crm: Crm,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A plugin to enable: the wasm file stem and an optional rule set.
+pub struct Pack<'a> {
+    pub stem: &'a str,
+    pub rules: Option<&'a str>,
+    pub owns_lifecycle: bool,
+}
+
+pub fn pack(stem: &str) -> Pack<'_> {
+    Pack {
+        stem,
+        rules: None,
+        owns_lifecycle: false,
+    }
+}
+
+async fn fresh_database(db: &Db, dir: &std::path::Path) -> (String, Option<(String, String)>) {
+    match db {
+        Db::Sqlite => (format!("sqlite:{}", dir.join("test.db").display()), None),
+        Db::Postgres(server) => {
+            sqlx::any::install_default_drivers();
+            let name = format!("stagecraft_test_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{PG_ENV} is set but PostgreSQL at {server} is unreachable: {e}")
+                });
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(server);
+            (format!("{base}/{name}"), Some((server.clone(), name)))
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start(db: Db, packs: &[Pack<'_>]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg) = fresh_database(&db, dir.path()).await;
+        let store = Store::connect(&url).await.unwrap();
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
+        let runtime = Runtime::new(test_limits(), Some(cache)).unwrap();
+        let crm = Crm::new(store, Packs::new(runtime));
+        let tenant = "acme".to_string();
+        let token = crm
+            .create_token(&tenant, Role::Admin, "test")
+            .await
+            .unwrap()
+            .token;
+        for p in packs {
+            let rules = p.rules.map(str::to_string);
+            service::install_plugin(
+                &crm,
+                &tenant,
+                &wasm_path(p.stem),
+                rules,
+                true,
+                p.owns_lifecycle,
+            )
+            .await
+            .unwrap();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let serving = crm.clone();
+        let task = tokio::spawn(async move {
+            stagecraft::http::serve(listener, serving, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            base,
+            token,
+            tenant,
+            crm,
+            client: reqwest::Client::new(),
+            _dir: dir,
+            pg,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with the admin token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        send(self.req(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        send(self.req(reqwest::Method::PATCH, path).json(&body)).await
+    }
+
+    /// A token of another role for the same tenant.
+    pub async fn token_for(&self, role: Role) -> String {
+        self.crm
+            .create_token(&self.tenant, role, "test")
+            .await
+            .unwrap()
+            .token
+    }
+
+    /// Stops the server and drops its PostgreSQL database.
+    pub async fn finish(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.crm.store.close().await;
+        if let Some((server, name)) = self.pg.take() {
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&server)
+                .await
+                .unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Sends a request; returns the status and the JSON body (`Null` if none).
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("request reaches the server");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    (status, body)
+}
