@@ -743,3 +743,42 @@ async fn customers_can_be_updated_by_hand(db: Db) {
         .any(|e| e["type"] == "stage_move" && e["plugin"] == "manual"));
     s.finish().await;
 }
+
+/// The curl walkthrough in `examples/` runs as written against a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_curl_walkthrough_runs_as_documented() {
+    let s = TestServer::start(Db::Sqlite, &standard_packs()).await;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/walkthrough.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .env("STAGECRAFT_URL", &s.base)
+        .env("STAGECRAFT_TOKEN", &s.token)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        r#""to":"prospect""#,
+        "Answer their question: Price for 500 units, FOB Hamburg?",
+        r#""to":"first-purchase""#,
+        r#""band":"medium""#,
+        r#""to":"repeat""#,
+        r#""band":"high""#,
+        r#""replayed":true"#,
+        r#""sensitive_fields":["email"]"#,
+        r#""type":"stage_move""#,
+        r#""owner":"b2b-trade""#,
+    ] {
+        assert!(
+            text.contains(expected),
+            "the walkthrough output lacks {expected}:\n{text}"
+        );
+    }
+    s.finish().await;
+}

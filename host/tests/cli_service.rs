@@ -46,17 +46,22 @@ impl Drop for Server {
     }
 }
 
-fn wait_healthy(base: &str) {
+/// Whether `base` answers /healthz within 30 s.
+fn healthy(base: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    while Instant::now() < deadline {
         if let Ok(r) = reqwest::blocking::get(format!("{base}/healthz")) {
             if r.status().is_success() {
-                return;
+                return true;
             }
         }
-        assert!(Instant::now() < deadline, "{base} did not become healthy");
         std::thread::sleep(Duration::from_millis(100));
     }
+    false
+}
+
+fn wait_healthy(base: &str) {
+    assert!(healthy(base), "{base} did not become healthy");
 }
 
 #[test]
@@ -169,4 +174,71 @@ fn a_bad_database_url_is_one_clear_line() {
         err.starts_with("error: database URL \"mysql://nope\""),
         "{err}"
     );
+}
+
+#[test]
+fn the_demo_starts_fresh_with_packs_and_data_and_prints_a_working_token() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let orders = dir.path().join("orders.txt");
+    std::fs::write(&orders, "customer_id date number_of_cds dollar_value\n 00001 19970101 1 11.77\n 00002 19970112 1 12.00\n 00002 19970301 5 77.00\n 00003 19970102 2 20.76\n").unwrap();
+    for round in 0..2 {
+        let port = free_port();
+        let mut c = stagecraft(dir.path());
+        c.args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--cdnow"])
+            .arg(&orders)
+            .args(["--cdnow-lines", "3", "--pack"])
+            .arg(common::wasm_path("b2b_trade"))
+            .arg("--pack")
+            .arg(common::wasm_path("value_tiers"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join(format!("demo-{round}.log"))).unwrap());
+        let mut server = Server(c.spawn().unwrap());
+        let stdout = std::io::BufReader::new(server.0.stdout.take().unwrap());
+        let mut lines = stdout.lines();
+        let token = lines
+            .by_ref()
+            .map(|l| l.unwrap())
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("token:")
+                    .map(|t| t.trim().to_string())
+            })
+            .expect("the demo prints a token");
+        // Stop reading here: the server must keep serving even if nobody reads its stdout.
+        drop(lines);
+        let base = format!("http://127.0.0.1:{port}");
+        if !healthy(&base) {
+            let log =
+                std::fs::read_to_string(dir.path().join(format!("demo-{round}.log"))).unwrap();
+            panic!("round {round}: the demo did not become healthy:\n{log}");
+        }
+        let client = reqwest::blocking::Client::new();
+        let get = |path: &str| -> Value {
+            client
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap()
+        };
+        let funnel = get("/v1/analytics/funnel");
+        assert_eq!(funnel["owner"], "b2b-trade", "round {round}: {funnel}");
+        let plugins = get("/v1/plugins");
+        assert_eq!(plugins["plugins"].as_array().unwrap().len(), 2);
+        // Three order lines after the header: 00001 once, 00002 twice, not 00003; and a
+        // fresh database each round (the second round would double the orders otherwise).
+        let list = get("/v1/customers");
+        let ids: Vec<&str> = list["customers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["00001", "00002"], "round {round}");
+        let c2 = get("/v1/customers/00002");
+        assert_eq!(c2["metrics"]["orders"], 2, "round {round}");
+        assert_eq!(c2["stage"], "repeat");
+    }
 }

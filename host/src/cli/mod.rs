@@ -50,6 +50,10 @@ pub enum Command {
         /// CDNOW order history to import.
         #[arg(long)]
         cdnow: Option<PathBuf>,
+        /// Import only the first N lines of it (whole customer histories: the file is
+        /// sorted by customer); `stagecraft import cdnow` takes the rest later.
+        #[arg(long)]
+        cdnow_lines: Option<usize>,
     },
     /// Import a file (streamed, with progress on a terminal); prints the report.
     Import {
@@ -190,8 +194,9 @@ async fn run_service(cli: Cli) -> anyhow::Result<Value> {
             listen,
             packs,
             cdnow,
+            cdnow_lines,
         } => {
-            service::demo(&data_dir, &listen, &packs, cdnow.as_deref()).await?;
+            service::demo(&data_dir, &listen, &packs, cdnow.as_deref(), cdnow_lines).await?;
             Ok(Value::Null)
         }
         Command::Import {

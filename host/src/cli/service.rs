@@ -93,7 +93,9 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
     let addr = listener.local_addr()?;
     eprintln!("stagecraft listening on http://{addr}");
     if let Some(b) = banner {
-        println!("{b}");
+        // Whoever started us may have stopped reading: a closed stdout must not stop the server.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{b}").and_then(|_| std::io::stdout().flush());
     }
     crate::http::serve(listener, crm, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -210,6 +212,7 @@ pub async fn demo(
     listen: &str,
     packs: &[PathBuf],
     cdnow: Option<&Path>,
+    cdnow_lines: Option<usize>,
 ) -> anyhow::Result<()> {
     let dir = data_dir.join("demo");
     for f in ["stagecraft.db", "stagecraft.db-wal", "stagecraft.db-shm"] {
@@ -239,6 +242,17 @@ pub async fn demo(
         );
     }
     if let Some(file) = cdnow {
+        let sample = settings.data_dir.join("cdnow-sample.txt");
+        let file = match cdnow_lines {
+            Some(n) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                let head: String = text.lines().take(n + 1).map(|l| format!("{l}\n")).collect();
+                std::fs::write(&sample, head)?;
+                sample.as_path()
+            }
+            None => file,
+        };
         // The data ends in June 1998: plugins are told it is 1 July 1998.
         let report = import_file(&crm, tenant, ImportKind::Cdnow, file, Some(DEMO_NOW)).await?;
         eprintln!(

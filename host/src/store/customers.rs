@@ -130,13 +130,17 @@ pub async fn load_customer(
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
+    // Sorted and deduplicated here: with DISTINCT/ORDER BY, SQLite's planner picks
+    // the tenant-wide segment index and scans every membership of the tenant.
     c.segments = sqlx::query_scalar(
-        "SELECT DISTINCT segment FROM memberships WHERE tenant_id = $1 AND customer_id = $2 ORDER BY segment",
+        "SELECT segment FROM memberships WHERE tenant_id = $1 AND customer_id = $2",
     )
     .bind(tenant)
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
+    c.segments.sort();
+    c.segments.dedup();
     Ok(Some(c))
 }
 
