@@ -19,12 +19,6 @@ pub struct Crm {
     pub packs: Packs,
 }
 
-impl std::fmt::Debug for Packs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Packs")
-    }
-}
-
 /// A customer as a client creates it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -346,7 +340,7 @@ impl Crm {
         let mut tx = self.store.begin().await?;
         let result = pipeline::record_event(
             &mut tx,
-            packs,
+            packs.clone(),
             tenant,
             customer_id,
             event,
@@ -357,7 +351,14 @@ impl Crm {
         match result {
             Ok(o) if o.replayed => Ok(o),
             Ok(o) => match tx.commit().await {
-                Ok(()) => Ok(o),
+                Ok(()) => {
+                    for p in &packs.packs {
+                        let failure = o.failures.iter().find(|f| f.plugin == p.name());
+                        self.record_health(tenant, p, failure.map(|f| f.message.as_str()))
+                            .await;
+                    }
+                    Ok(o)
+                }
                 Err(e) => self.replay_on_race(tenant, idempotency_key, e).await,
             },
             Err(PipelineError::Store(e)) => {

@@ -6,7 +6,8 @@
 //! - [`store`]: customers, events and everything else in SQLite or PostgreSQL (no HTTP, no plugins).
 //! - [`packs`]: the plugins each tenant has enabled, loaded and swappable.
 //! - [`pipeline`]: event → snapshot → plugins → validated actions → one transaction.
-//! - [`crm`] and [`import`]: the operations the API and the CLI share.
+//! - [`crm`], [`import`] and [`registry`]: the operations the API and the CLI share
+//!   (customers and events; bulk import; plugin versions, rule sets, hot swap).
 //! - [`http`]: the axum API; it only translates.
 //! - [`cli`]: the `stagecraft` command.
 
@@ -18,6 +19,7 @@ pub mod import;
 pub mod model;
 pub mod packs;
 pub mod pipeline;
+pub mod registry;
 pub mod runtime;
 pub mod store;
 

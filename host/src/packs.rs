@@ -4,11 +4,19 @@
 //! for its whole life, so a change of enabled plugins never shows a request a mix:
 //! requests in flight finish on what they took, later ones get the new set.
 //! Compiled plugins are shared by digest across tenants.
+//!
+//! Every change of what a tenant runs bumps the tenant's generation in the
+//! database. [`Packs::watch`] keeps this host in step with the others: on
+//! PostgreSQL it listens for `NOTIFY stagecraft_changes` and reloads at once, and
+//! on every database it re-reads the generations every 250 ms in case a
+//! notification was missed, so a change anywhere is served everywhere within a
+//! second.
 
 use crate::runtime::{LoadedPlugin, Runtime, RuntimeError};
 use crate::store::{self, Store, StoreError};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 /// One enabled plugin: the loaded component and the rules it runs with.
 #[derive(Debug, Clone)]
@@ -31,6 +39,8 @@ impl ActivePack {
 #[derive(Debug, Clone, Default)]
 pub struct TenantPacks {
     pub packs: Vec<ActivePack>,
+    /// The tenant's generation this set was read at.
+    pub generation: i64,
 }
 
 impl TenantPacks {
@@ -51,13 +61,43 @@ pub enum PacksError {
     },
 }
 
+/// How one plugin version has fared for one tenant since this host started.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VersionHealth {
+    pub calls: u64,
+    pub failures: u64,
+    pub consecutive_failures: u32,
+    pub last_failure: Option<String>,
+    pub last_failure_at: Option<i64>,
+}
+
+/// (tenant, plugin, version)
+type HealthKey = (String, String, String);
+
 /// The enabled plugins of every tenant.
 #[derive(Clone)]
 pub struct Packs {
     runtime: Runtime,
     tenants: Arc<RwLock<HashMap<String, Arc<TenantPacks>>>>,
     by_digest: Arc<RwLock<HashMap<String, Arc<LoadedPlugin>>>>,
+    health: Arc<Mutex<HashMap<HealthKey, VersionHealth>>>,
+    /// Consecutive failures after which a version is suspended for a tenant.
+    pub breaker_threshold: u32,
 }
+
+impl std::fmt::Debug for Packs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packs")
+            .field("breaker_threshold", &self.breaker_threshold)
+            .finish()
+    }
+}
+
+/// The default for [`Packs::breaker_threshold`].
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+
+/// The PostgreSQL channel that carries "tenant X changed".
+pub const CHANGES_CHANNEL: &str = "stagecraft_changes";
 
 impl Packs {
     pub fn new(runtime: Runtime) -> Packs {
@@ -65,7 +105,54 @@ impl Packs {
             runtime,
             tenants: Default::default(),
             by_digest: Default::default(),
+            health: Default::default(),
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
         }
+    }
+
+    /// Counts a call of a plugin version for a tenant; returns its health after it.
+    pub fn record_call(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        version: &str,
+        failure: Option<&str>,
+        at: i64,
+    ) -> VersionHealth {
+        let mut map = self.health.lock().expect("health lock");
+        let h = map
+            .entry((tenant.into(), plugin.into(), version.into()))
+            .or_default();
+        h.calls += 1;
+        match failure {
+            Some(m) => {
+                h.failures += 1;
+                h.consecutive_failures += 1;
+                h.last_failure = Some(m.chars().take(300).collect());
+                h.last_failure_at = Some(at);
+            }
+            None => h.consecutive_failures = 0,
+        }
+        h.clone()
+    }
+
+    /// The health of a plugin version for a tenant.
+    pub fn health(&self, tenant: &str, plugin: &str, version: &str) -> VersionHealth {
+        self.health
+            .lock()
+            .expect("health lock")
+            .get(&(tenant.into(), plugin.into(), version.into()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Starts again from zero for a version (after it is suspended or re-activated).
+    pub fn reset_health(&self, tenant: &str, plugin: &str, version: &str) {
+        self.health.lock().expect("health lock").remove(&(
+            tenant.into(),
+            plugin.into(),
+            version.into(),
+        ));
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -98,6 +185,9 @@ impl Packs {
     /// Re-reads what `tenant` (or every tenant) has enabled and swaps it in.
     pub async fn reload(&self, store: &Store, tenant: Option<&str>) -> Result<(), PacksError> {
         let mut conn = store.conn().await?;
+        // The generation first: a change after it is read gets another reload.
+        let generations: HashMap<String, i64> =
+            store::generations(&mut conn).await?.into_iter().collect();
         let enabled = store::enabled_plugins(&mut conn, tenant).await?;
         drop(conn);
         let mut fresh: HashMap<String, TenantPacks> = HashMap::new();
@@ -129,8 +219,73 @@ impl Packs {
         }
         for (t, mut p) in fresh {
             p.packs.sort_by_key(|a| !a.owns_lifecycle);
+            p.generation = generations.get(&t).copied().unwrap_or(0);
             tenants.insert(t, Arc::new(p));
         }
         Ok(())
+    }
+
+    /// Reloads every tenant whose generation in the database moved past ours.
+    pub async fn sync(&self, store: &Store) -> Result<(), PacksError> {
+        let mut conn = store.conn().await?;
+        let generations = store::generations(&mut conn).await?;
+        drop(conn);
+        for (tenant, generation) in generations {
+            let ours = self.for_tenant(&tenant).generation;
+            if generation > ours {
+                self.reload(store, Some(&tenant)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps this host in step with changes made by any host (see the module doc).
+    /// Runs until the returned task is aborted.
+    pub fn watch(&self, store: Store) -> tokio::task::JoinHandle<()> {
+        let packs = self.clone();
+        tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+            if store.backend() == store::Backend::Postgres {
+                let url = store.url().to_string();
+                tokio::spawn(listen(url, tx));
+            }
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    Some(tenant) = rx.recv() => {
+                        if let Err(e) = packs.reload(&store, Some(&tenant)).await {
+                            tracing::warn!(%tenant, "reload after a notification failed: {e}");
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if let Err(e) = packs.sync(&store).await {
+                            tracing::debug!("generation check failed: {e}");
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Forwards `NOTIFY stagecraft_changes, '<tenant>'` to `tx`, reconnecting after errors.
+async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut l) => {
+                if let Err(e) = l.listen(CHANGES_CHANNEL).await {
+                    tracing::warn!("LISTEN failed: {e}");
+                } else {
+                    while let Ok(n) = l.recv().await {
+                        if tx.send(n.payload().to_string()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("cannot connect to listen for changes: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

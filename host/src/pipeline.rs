@@ -179,7 +179,7 @@ struct PluginOutput {
 }
 
 /// Renders a reason in English for storage; the API can re-render on request.
-fn render(pack: &ActivePack, r: &Reason) -> RenderedReason {
+pub(crate) fn render(pack: &ActivePack, r: &Reason) -> RenderedReason {
     RenderedReason {
         code: r.code.clone(),
         points: r.points,

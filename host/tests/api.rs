@@ -47,6 +47,7 @@ on_both_databases!(
     customers_list_filters_and_pages,
     roles_and_tenants_are_enforced,
     customers_can_be_updated_by_hand,
+    a_lapsed_customer_steps_back_and_returns_with_an_order,
 );
 
 fn standard_packs() -> Vec<Pack<'static>> {
@@ -780,5 +781,29 @@ async fn the_curl_walkthrough_runs_as_documented() {
             "the walkthrough output lacks {expected}:\n{text}"
         );
     }
+    s.finish().await;
+}
+
+async fn a_lapsed_customer_steps_back_and_returns_with_an_order(db: Db) {
+    let s = TestServer::start(db, &standard_packs()).await;
+    create(&s, json!({"id": "old"})).await;
+    let now = now_ms();
+    for days_ago in [400, 330, 260, 200] {
+        event(
+            &s,
+            "old",
+            json!({"kind": "order", "amount_cents": 10_000, "at": now - days_ago * DAY}),
+        )
+        .await;
+    }
+    let (_, c) = s.get("/v1/customers/old").await;
+    assert_eq!(c["stage"], "long-term");
+    let o = event(&s, "old", json!({"kind": "call", "channel": "phone"})).await;
+    assert_eq!(o["stage"]["to"], "repeat", "{o}");
+    assert_eq!(o["stage"]["reason"], "no order for 200 days");
+    assert_eq!(o["tags_added"], json!(["lapsed"]));
+    let o = event(&s, "old", json!({"kind": "order", "amount_cents": 10_000})).await;
+    assert_eq!(o["tags_removed"], json!(["lapsed"]), "{o}");
+    assert_eq!(o["stage"]["to"], "long-term");
     s.finish().await;
 }

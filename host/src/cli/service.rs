@@ -97,6 +97,10 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{b}").and_then(|_| std::io::stdout().flush());
     }
+    // Follow changes made by other hosts, and share bulk work with them.
+    let watcher = crm.packs.watch(crm.store.clone());
+    let helper = crm.help_with_jobs();
+    let _stop = AbortOnDrop(vec![watcher, helper]);
     crate::http::serve(listener, crm, async {
         let _ = tokio::signal::ctrl_c().await;
     })
@@ -133,16 +137,23 @@ pub async fn install_plugin(
         None => None,
     };
     if enable {
-        store::enable_plugin(
+        let pair = store::Pair {
+            version: m.version.clone(),
+            rules_version,
+        };
+        let owns = owns_lifecycle && m.lifecycle;
+        store::activate(
             tx.conn(),
             tenant,
             &m.name,
-            &m.version,
-            rules_version,
-            owns_lifecycle && m.lifecycle,
+            &pair,
+            Some(owns),
+            "cli",
+            "install",
             at,
         )
         .await?;
+        store::notify_change(&mut tx, tenant).await?;
     }
     store::audit(
         tx.conn(),
@@ -270,3 +281,14 @@ pub async fn demo(
 
 /// 1998-07-01T00:00:00Z, the day after the CDNOW data ends.
 pub const DEMO_NOW: i64 = 899_251_200_000;
+
+/// Aborts background tasks when the server stops.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}

@@ -1,5 +1,4 @@
-//! `/v1/analytics/*` (stage funnel, segment sizes, score distribution) and the
-//! list of enabled plugins.
+//! `/v1/analytics/*`: stage funnel, segment sizes, score distribution.
 
 use super::{ApiError, AppState, Auth};
 use crate::model::{now_ms, Role};
@@ -14,7 +13,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/analytics/funnel", get(funnel))
         .route("/v1/analytics/segments", get(segments))
         .route("/v1/analytics/scores", get(scores))
-        .route("/v1/plugins", get(plugins))
 }
 
 /// Customers per stage, in the order of the lifecycle owner's graph.
@@ -70,23 +68,4 @@ async fn scores(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, Ap
     let end_of_today = (crate::model::day_of(now_ms()) + 1) * stagecraft_plugin::snapshot::DAY_MS;
     let due = store::follow_ups_due(&mut conn, auth.tenant(), end_of_today).await?;
     Ok(Json(json!({ "scores": dist, "follow_ups_due_today": due })))
-}
-
-async fn plugins(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
-    auth.require(Role::Viewer)?;
-    let packs = s.crm.packs.for_tenant(auth.tenant());
-    let list: Vec<Value> = packs
-        .packs
-        .iter()
-        .map(|p| {
-            let m = p.plugin.manifest();
-            json!({
-                "name": m.name, "version": p.version, "digest": p.plugin.digest(),
-                "rules_version": p.rules_version, "owns_lifecycle": p.owns_lifecycle,
-                "capabilities": { "scoring": m.scoring, "segmentation": m.segmentation, "lifecycle": m.lifecycle },
-                "description": m.description,
-            })
-        })
-        .collect();
-    Ok(Json(json!({ "plugins": list })))
 }

@@ -5,6 +5,7 @@
 use crate::crm::CrmError;
 use crate::import::ImportError;
 use crate::pipeline::PipelineError;
+use crate::registry::RegistryError;
 use crate::store::StoreError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -154,5 +155,19 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::bad_request("bad_query", r.body_text())
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Store(s) => s.into(),
+            RegistryError::NotFound(m) => ApiError::NotFound(m),
+            e @ RegistryError::Rejected(_) => ApiError::Unprocessable(e.to_string()),
+            e @ RegistryError::BadRules(_) => ApiError::Unprocessable(e.to_string()),
+            RegistryError::Conflict(m) => ApiError::Conflict(m),
+            RegistryError::Invalid(m) => ApiError::Unprocessable(m),
+            e @ RegistryError::TooLarge(_) => ApiError::TooLarge(e.to_string()),
+        }
     }
 }

@@ -6,6 +6,7 @@ mod analytics;
 mod customers;
 pub mod error;
 mod import;
+mod plugins;
 
 pub use error::ApiError;
 
@@ -35,6 +36,7 @@ pub fn app(crm: Crm) -> Router {
         .merge(customers::routes())
         .merge(import::routes())
         .merge(analytics::routes())
+        .merge(plugins::routes())
         .route("/v1/audit", get(audit))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))

@@ -12,8 +12,8 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::stagecraft::plugin::pack::Context as WitContext;
-pub use stagecraft::plugin::host::Level as WitLevel;
-use stagecraft::plugin::types as w;
+pub use self::stagecraft::plugin::host::Level as WitLevel;
+use self::stagecraft::plugin::types as w;
 
 /// The interface a plugin must export, with its version.
 pub const PACK_EXPORT: &str = "stagecraft:plugin/pack@0.1.0";

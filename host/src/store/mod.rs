@@ -15,12 +15,14 @@ mod analytics;
 mod auth;
 mod customers;
 mod events;
+mod jobs;
 mod plugins;
 
 pub use analytics::*;
 pub use auth::*;
 pub use customers::*;
 pub use events::*;
+pub use jobs::*;
 pub use plugins::*;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -82,6 +84,7 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: String,
     /// SQLite only: one writer at a time, taken before `BEGIN`.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
 }
@@ -143,12 +146,18 @@ impl Store {
         Ok(Store {
             pool,
             backend,
+            url: url.clone(),
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The URL the store was opened with.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Starts a write transaction.

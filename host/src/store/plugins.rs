@@ -167,3 +167,397 @@ pub async fn enabled_plugins(
     })
     .collect()
 }
+
+/// A stored version with what the registry lists about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredVersion {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub size: i64,
+    pub created_at: i64,
+    pub manifest: Manifest,
+}
+
+/// The stored versions of one plugin (or all plugins) of a tenant, oldest first.
+pub async fn plugin_versions(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    name: Option<&str>,
+) -> Result<Vec<StoredVersion>> {
+    sqlx::query(
+        "SELECT name, version, digest, CAST(LENGTH(wasm) AS BIGINT) AS size, created_at, manifest FROM plugin_versions \
+         WHERE tenant_id = $1 AND ($2 IS NULL OR name = $2) ORDER BY name, created_at, version",
+    )
+    .bind(tenant)
+    .bind(name)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(StoredVersion {
+            name: r.try_get("name")?,
+            version: r.try_get("version")?,
+            digest: r.try_get("digest")?,
+            size: r.try_get("size")?,
+            created_at: r.try_get("created_at")?,
+            manifest: from_json(&r.try_get::<String, _>("manifest")?)?,
+        })
+    })
+    .collect()
+}
+
+/// The bytes and manifest of one stored version.
+pub async fn plugin_component(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    name: &str,
+    version: &str,
+) -> Result<Option<(String, Manifest, Vec<u8>)>> {
+    sqlx::query(
+        "SELECT digest, manifest, wasm FROM plugin_versions WHERE tenant_id = $1 AND name = $2 AND version = $3",
+    )
+    .bind(tenant)
+    .bind(name)
+    .bind(version)
+    .fetch_optional(conn)
+    .await?
+    .map(|r| {
+        Ok((
+            r.try_get("digest")?,
+            from_json(&r.try_get::<String, _>("manifest")?)?,
+            r.try_get("wasm")?,
+        ))
+    })
+    .transpose()
+}
+
+/// A stored rule set.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleSet {
+    pub version: i64,
+    pub rules: serde_json::Value,
+    pub created_at: i64,
+}
+
+pub async fn rule_sets(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+) -> Result<Vec<RuleSet>> {
+    sqlx::query(
+        "SELECT version, rules, created_at FROM rule_sets WHERE tenant_id = $1 AND plugin = $2 ORDER BY version",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(RuleSet {
+            version: r.try_get("version")?,
+            rules: from_json(&r.try_get::<String, _>("rules")?)?,
+            created_at: r.try_get("created_at")?,
+        })
+    })
+    .collect()
+}
+
+pub async fn rule_set(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    version: i64,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT rules FROM rule_sets WHERE tenant_id = $1 AND plugin = $2 AND version = $3",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .bind(version)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// What a tenant runs of one plugin: a (version, rule-set version) pair.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Pair {
+    pub version: String,
+    pub rules_version: Option<i64>,
+}
+
+/// One line of a plugin's activation history.
+#[derive(Debug, Clone, Serialize)]
+pub struct Activation {
+    pub version: String,
+    pub rules_version: Option<i64>,
+    pub status: String,
+    pub actor: String,
+    pub reason: String,
+    pub at: i64,
+}
+
+pub async fn activations(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+) -> Result<Vec<Activation>> {
+    sqlx::query(
+        "SELECT version, rules_version, status, actor, reason, at FROM activations \
+         WHERE tenant_id = $1 AND plugin = $2 ORDER BY seq DESC LIMIT 50",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Activation {
+            version: r.try_get("version")?,
+            rules_version: r.try_get("rules_version")?,
+            status: r.try_get("status")?,
+            actor: r.try_get("actor")?,
+            reason: r.try_get("reason")?,
+            at: r.try_get("at")?,
+        })
+    })
+    .collect()
+}
+
+/// The pair a tenant runs now, if the plugin is enabled.
+pub async fn active_pair(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+) -> Result<Option<(Pair, bool)>> {
+    sqlx::query(
+        "SELECT version, rules_version, owns_lifecycle FROM enabled_plugins WHERE tenant_id = $1 AND plugin = $2",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .fetch_optional(conn)
+    .await?
+    .map(|r| {
+        Ok((
+            Pair {
+                version: r.try_get("version")?,
+                rules_version: r.try_get("rules_version")?,
+            },
+            r.try_get::<i64, _>("owns_lifecycle")? != 0,
+        ))
+    })
+    .transpose()
+}
+
+/// Bumps the tenant's generation: every host reloads what it runs.
+pub async fn bump_generation(conn: &mut AnyConnection, tenant: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO tenant_generations (tenant_id, generation) VALUES ($1, 1) \
+         ON CONFLICT (tenant_id) DO UPDATE SET generation = tenant_generations.generation + 1 RETURNING generation",
+    )
+    .bind(tenant)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Every tenant's generation.
+pub async fn generations(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>> {
+    Ok(
+        sqlx::query_as("SELECT tenant_id, generation FROM tenant_generations")
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Makes `pair` the tenant's active pair for `plugin` and records it. Returns the
+/// pair it replaced.
+#[allow(clippy::too_many_arguments)]
+pub async fn activate(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    pair: &Pair,
+    owns_lifecycle: Option<bool>,
+    actor: &str,
+    reason: &str,
+    at: i64,
+) -> Result<Option<Pair>> {
+    let current = active_pair(conn, tenant, plugin).await?;
+    let owns = owns_lifecycle.unwrap_or_else(|| current.as_ref().is_some_and(|(_, o)| *o));
+    sqlx::query("UPDATE activations SET status = 'superseded' WHERE tenant_id = $1 AND plugin = $2 AND status = 'active'")
+        .bind(tenant)
+        .bind(plugin)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO activations (tenant_id, plugin, version, rules_version, status, actor, reason, at) \
+         VALUES ($1, $2, $3, $4, 'active', $5, $6, $7)",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .bind(&pair.version)
+    .bind(pair.rules_version)
+    .bind(actor)
+    .bind(reason)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    enable_plugin(
+        conn,
+        tenant,
+        plugin,
+        &pair.version,
+        pair.rules_version,
+        owns,
+        at,
+    )
+    .await?;
+    bump_generation(conn, tenant).await?;
+    Ok(current.map(|(p, _)| p))
+}
+
+/// Returns the plugin to the pair before the active one. The active one is marked
+/// rolled back and is never returned to by a later rollback.
+pub async fn rollback(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    actor: &str,
+    reason: &str,
+    at: i64,
+) -> Result<(Pair, Pair)> {
+    let rows = sqlx::query(
+        "SELECT seq, version, rules_version, status FROM activations WHERE tenant_id = $1 AND plugin = $2 \
+         AND status IN ('active', 'superseded') ORDER BY seq DESC LIMIT 2",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .fetch_all(&mut *conn)
+    .await?;
+    let pair = |r: &sqlx::any::AnyRow| -> Result<Pair> {
+        Ok(Pair {
+            version: r.try_get("version")?,
+            rules_version: r.try_get("rules_version")?,
+        })
+    };
+    let (Some(cur), Some(prev)) = (rows.first(), rows.get(1)) else {
+        return Err(StoreError::Conflict(format!(
+            "{plugin} has no earlier version to roll back to"
+        )));
+    };
+    if cur.try_get::<String, _>("status")? != "active" {
+        return Err(StoreError::Conflict(format!("{plugin} is not active")));
+    }
+    let (from, to) = (pair(cur)?, pair(prev)?);
+    sqlx::query("UPDATE activations SET status = 'rolled_back' WHERE seq = $1")
+        .bind(cur.try_get::<i64, _>("seq")?)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE activations SET status = 'active', actor = $1, reason = $2, at = $3 WHERE seq = $4",
+    )
+    .bind(actor)
+    .bind(reason)
+    .bind(at)
+    .bind(prev.try_get::<i64, _>("seq")?)
+    .execute(&mut *conn)
+    .await?;
+    let owns = active_pair(conn, tenant, plugin)
+        .await?
+        .is_some_and(|(_, o)| o);
+    enable_plugin(
+        conn,
+        tenant,
+        plugin,
+        &to.version,
+        to.rules_version,
+        owns,
+        at,
+    )
+    .await?;
+    bump_generation(conn, tenant).await?;
+    Ok((from, to))
+}
+
+/// Takes a plugin out of a tenant's service (no earlier pair to return to).
+pub async fn disable_plugin(conn: &mut AnyConnection, tenant: &str, plugin: &str) -> Result<()> {
+    sqlx::query("DELETE FROM enabled_plugins WHERE tenant_id = $1 AND plugin = $2")
+        .bind(tenant)
+        .bind(plugin)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE activations SET status = 'rolled_back' WHERE tenant_id = $1 AND plugin = $2 AND status = 'active'")
+        .bind(tenant)
+        .bind(plugin)
+        .execute(&mut *conn)
+        .await?;
+    bump_generation(conn, tenant).await?;
+    Ok(())
+}
+
+/// Records that the circuit breaker suspended a version.
+pub async fn suspend(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    version: &str,
+    reason: &str,
+    at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO suspensions (tenant_id, plugin, version, reason, at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id, plugin, version) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .bind(version)
+    .bind(reason)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Suspended versions of a plugin: version, reason, when.
+pub async fn suspensions(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+) -> Result<Vec<(String, String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT version, reason, at FROM suspensions WHERE tenant_id = $1 AND plugin = $2 ORDER BY at",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Lifts a suspension (an admin activating the version again).
+pub async fn unsuspend(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    version: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM suspensions WHERE tenant_id = $1 AND plugin = $2 AND version = $3")
+        .bind(tenant)
+        .bind(plugin)
+        .bind(version)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Tells the other hosts (PostgreSQL `NOTIFY`, delivered at commit) that what
+/// `tenant` runs has changed. On SQLite the generation poll alone carries it.
+pub async fn notify_change(tx: &mut super::Tx, tenant: &str) -> Result<()> {
+    if tx.backend() == super::Backend::Postgres {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::packs::CHANGES_CHANNEL)
+            .bind(tenant)
+            .execute(tx.conn())
+            .await?;
+    }
+    Ok(())
+}

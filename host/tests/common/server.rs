@@ -43,6 +43,7 @@ pub struct TestServer {
     pub crm: Crm,
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
+    url: String,
     pg: Option<(String, String)>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -89,6 +90,7 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = fresh_database(&db, dir.path()).await;
         let store = Store::connect(&url).await.unwrap();
+        let db_url = url.clone();
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
         let runtime = Runtime::new(test_limits(), Some(cache)).unwrap();
         let crm = Crm::new(store, Packs::new(runtime));
@@ -129,10 +131,16 @@ impl TestServer {
             crm,
             client: reqwest::Client::new(),
             _dir: dir,
+            url: db_url,
             pg,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The database the server uses (for other processes to share it).
+    pub fn database_url(&self) -> &str {
+        &self.url
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -199,4 +207,31 @@ pub async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
     };
     (status, body)
+}
+
+/// A child process killed when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `base` answers /healthz (at most 30 s).
+pub async fn wait_healthy(base: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{base} did not become healthy"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -139,6 +139,8 @@ impl Plugin for B2bTrade {
         )
         .lifecycle()
         .segmentation()
+        // Tags: to clear `lapsed` when the customer orders again.
+        .reads(Reads { tags: true, ..Default::default() })
         .stage("persona", "Persona", Some("猜想客户"), 0)
         .stage("prospect", "Prospect", Some("预期客户"), 1)
         .stage("first-purchase", "First purchase", Some("首次成交客户"), 2)

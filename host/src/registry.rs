@@ -1,0 +1,1006 @@
+//! The plugin registry and hot swap: upload versions, store rule sets, activate a
+//! (version, rule-set version) pair atomically, roll back, dry-run a candidate
+//! against the active pair, rescore in bulk, and the circuit breaker.
+//!
+//! Atomic means: a request takes the tenant's [`TenantPacks`](crate::packs::TenantPacks)
+//! once at its start, so requests in flight finish on the old pair and every
+//! later one gets the new; the new pair is loaded and compiled before it is
+//! committed, so an activation never leaves a tenant with nothing to run.
+
+use crate::crm::{Crm, CrmError};
+use crate::model::{customer_snapshot, now_ms, CustomerRecord, EventRecord};
+use crate::packs::ActivePack;
+use crate::pipeline::{PipelineError, RECENT_EVENTS};
+use crate::runtime::{Action, CallContext, Lang, LoadedPlugin, Manifest, RuntimeError};
+use crate::store::{self, Pair, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The largest component accepted.
+pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+/// Dry-runs over more customers than this run as a job.
+pub const INLINE_DRY_RUN: i64 = 1000;
+/// Customers per chunk of a bulk rescore (and per batch call into a plugin).
+pub const RESCORE_CHUNK: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the component was rejected: {0}")]
+    Rejected(RuntimeError),
+    #[error("the rule set was rejected: {0}")]
+    BadRules(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the component is {0} bytes; at most {MAX_COMPONENT_BYTES} are accepted")]
+    TooLarge(usize),
+}
+
+impl From<CrmError> for RegistryError {
+    fn from(e: CrmError) -> Self {
+        match e {
+            CrmError::Store(s) | CrmError::Pipeline(PipelineError::Store(s)) => {
+                RegistryError::Store(s)
+            }
+            other => RegistryError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    /// `false` when these exact bytes were already stored.
+    pub stored: bool,
+    pub manifest: Manifest,
+}
+
+/// A pair to dry-run or activate, as a client names it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    /// Plugin version; the active one if absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// A stored rule-set version; `null` means the plugin's defaults.
+    #[serde(default)]
+    pub rules_version: Option<i64>,
+    /// A rule set to try without storing it (dry-run only).
+    #[serde(default)]
+    pub rules: Option<Json>,
+    /// Customers to compare: the first N by id (default 1,000).
+    #[serde(default)]
+    pub sample: Option<i64>,
+    /// Compare every customer (runs as a job).
+    #[serde(default)]
+    pub all: bool,
+    /// How many of the largest differences to list (default 20).
+    #[serde(default)]
+    pub top: Option<usize>,
+}
+
+/// Checks a rule set against a plugin's JSON Schema (if it declares one) and its `configure`.
+fn check_rules(plugin: &LoadedPlugin, rules: &str) -> Result<(), RegistryError> {
+    let value: Json = serde_json::from_str(rules)
+        .map_err(|e| RegistryError::BadRules(format!("not JSON: {e}")))?;
+    if let Some(schema) = &plugin.manifest().rules_schema {
+        let schema: Json = serde_json::from_str(schema).map_err(|e| {
+            RegistryError::BadRules(format!("the plugin's schema is not JSON: {e}"))
+        })?;
+        let validator = jsonschema::validator_for(&schema)
+            .map_err(|e| RegistryError::BadRules(format!("the plugin's schema is invalid: {e}")))?;
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .take(10)
+            .map(|e| {
+                let at = e.instance_path.to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(RegistryError::BadRules(errors.join("; ")));
+        }
+    }
+    plugin.check_rules(rules).map_err(|e| match e {
+        RuntimeError::Plugin { error, .. } => RegistryError::BadRules(error.to_string()),
+        other => RegistryError::BadRules(other.to_string()),
+    })
+}
+
+/// One customer as a pair sees it: score, segments and the stage it would move
+/// the customer to on their latest event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Verdict {
+    pub value: Option<f64>,
+    pub band: Option<String>,
+    pub reasons: Vec<String>,
+    pub segments: Vec<String>,
+    pub stage: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A loaded pair, ready to evaluate.
+struct Evaluator {
+    pack: ActivePack,
+}
+
+impl Evaluator {
+    /// Evaluates a batch (blocking). One fresh instance per call kind, as in the pipeline.
+    fn evaluate(
+        &self,
+        ctx: &CallContext,
+        batch: &[(CustomerRecord, Vec<EventRecord>)],
+    ) -> Vec<Verdict> {
+        let plugin = &self.pack.plugin;
+        let m = plugin.manifest();
+        let rules = self.pack.rules.as_deref();
+        let snaps: Vec<_> = batch
+            .iter()
+            .map(|(c, ev)| customer_snapshot(c, ev))
+            .collect();
+        let mut out = vec![Verdict::default(); batch.len()];
+        let fail = |out: &mut Vec<Verdict>, e: &dyn std::fmt::Display| {
+            for v in out.iter_mut() {
+                v.error.get_or_insert_with(|| e.to_string());
+            }
+        };
+        if m.scoring {
+            match plugin
+                .session(ctx, rules)
+                .and_then(|mut s| s.score(ctx, &snaps))
+            {
+                Ok(scores) => {
+                    for (v, s) in out.iter_mut().zip(scores) {
+                        match s {
+                            Ok(s) => {
+                                v.value = Some(s.value);
+                                v.band = s.band;
+                                v.reasons =
+                                    s.reasons.iter().map(|r| m.render(r, Lang::En)).collect();
+                            }
+                            Err(e) => v.error = Some(e.to_string()),
+                        }
+                    }
+                }
+                Err(e) => fail(&mut out, &e),
+            }
+        }
+        if m.segmentation {
+            match plugin
+                .session(ctx, rules)
+                .and_then(|mut s| s.segment(ctx, &snaps))
+            {
+                Ok(segs) => {
+                    for (v, s) in out.iter_mut().zip(segs) {
+                        match s {
+                            Ok(ms) => v.segments = ms.into_iter().map(|x| x.segment).collect(),
+                            Err(e) => v.error = Some(e.to_string()),
+                        }
+                    }
+                }
+                Err(e) => fail(&mut out, &e),
+            }
+        }
+        if m.lifecycle && self.pack.owns_lifecycle {
+            for (i, (snap, (_, events))) in snaps.iter().zip(batch).enumerate() {
+                let Some(latest) = events.first() else {
+                    continue;
+                };
+                let moved = plugin
+                    .session(ctx, rules)
+                    .and_then(|mut s| s.on_event(ctx, snap, &latest.snapshot()));
+                match moved {
+                    Ok(actions) => {
+                        out[i].stage = actions.iter().rev().find_map(|a| match a {
+                            Action::MoveToStage { stage, .. } => Some(stage.clone()),
+                            _ => None,
+                        });
+                    }
+                    Err(e) => {
+                        out[i].error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What a dry-run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DryRunReport {
+    pub plugin: String,
+    pub active: Option<Pair>,
+    pub candidate: Pair,
+    pub candidate_rules_inline: bool,
+    pub customers: i64,
+    pub changed: ChangeCounts,
+    /// "before → after" band moves and how many customers make each.
+    pub band_moves: BTreeMap<String, i64>,
+    /// The customers whose score moves most, with reasons on both sides.
+    pub largest: Vec<CustomerDiff>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChangeCounts {
+    pub bands: i64,
+    pub scores: i64,
+    pub segments: i64,
+    pub stages: i64,
+    pub errors_before: i64,
+    pub errors_after: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerDiff {
+    pub customer_id: String,
+    pub delta: f64,
+    pub before: Verdict,
+    pub after: Verdict,
+}
+
+impl DryRunReport {
+    fn add(&mut self, id: &str, before: Verdict, after: Verdict, top: usize) {
+        self.customers += 1;
+        let c = &mut self.changed;
+        c.errors_before += before.error.is_some() as i64;
+        c.errors_after += after.error.is_some() as i64;
+        if before.band != after.band {
+            c.bands += 1;
+            let name = |b: &Option<String>| b.clone().unwrap_or_else(|| "none".into());
+            *self
+                .band_moves
+                .entry(format!("{} → {}", name(&before.band), name(&after.band)))
+                .or_default() += 1;
+        }
+        c.scores += (before.value != after.value) as i64;
+        c.segments += (before.segments != after.segments) as i64;
+        c.stages += (before.stage != after.stage) as i64;
+        let delta = after.value.unwrap_or(0.0) - before.value.unwrap_or(0.0);
+        if before != after && top > 0 {
+            self.largest.push(CustomerDiff {
+                customer_id: id.to_string(),
+                delta,
+                before,
+                after,
+            });
+            self.largest.sort_by(|a, b| {
+                b.delta
+                    .abs()
+                    .total_cmp(&a.delta.abs())
+                    .then(a.customer_id.cmp(&b.customer_id))
+            });
+            self.largest.truncate(top);
+        }
+    }
+}
+
+impl Crm {
+    /// Stores a component after checking it like `stagecraft plugin check`.
+    pub async fn upload_plugin(
+        &self,
+        tenant: &str,
+        actor: &str,
+        wasm: Vec<u8>,
+    ) -> Result<Uploaded, RegistryError> {
+        if wasm.len() > MAX_COMPONENT_BYTES {
+            return Err(RegistryError::TooLarge(wasm.len()));
+        }
+        let packs = self.packs.clone();
+        let bytes = wasm.clone();
+        let plugin = tokio::task::spawn_blocking(move || {
+            let digest = crate::runtime::cache::digest(&bytes);
+            packs.load(&digest, &bytes)
+        })
+        .await
+        .expect("plugin load task")
+        .map_err(RegistryError::Rejected)?;
+        let m = plugin.manifest().clone();
+        let mut tx = self.store.begin().await?;
+        let stored =
+            store::save_plugin_version(tx.conn(), tenant, &m, plugin.digest(), &wasm, now_ms())
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(m) => RegistryError::Conflict(m),
+                    other => other.into(),
+                })?;
+        if stored {
+            store::audit(
+                tx.conn(),
+                tenant,
+                actor,
+                "plugin.upload",
+                &format!("{}@{}", m.name, m.version),
+                &json!({ "digest": plugin.digest(), "size": wasm.len() }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Uploaded {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            digest: plugin.digest().to_string(),
+            stored,
+            manifest: m,
+        })
+    }
+
+    /// Loads a stored version (from the compiled cache when it can).
+    async fn load_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<LoadedPlugin>, RegistryError> {
+        let mut conn = self.store.conn().await?;
+        let (digest, _, wasm) = store::plugin_component(&mut conn, tenant, name, version)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {name}@{version} not found")))?;
+        drop(conn);
+        let packs = self.packs.clone();
+        tokio::task::spawn_blocking(move || packs.load(&digest, &wasm))
+            .await
+            .expect("plugin load task")
+            .map_err(RegistryError::Rejected)
+    }
+
+    /// The version a new rule set is checked against: the active one, else the newest stored.
+    async fn reference_version(&self, tenant: &str, name: &str) -> Result<String, RegistryError> {
+        let mut conn = self.store.conn().await?;
+        if let Some((pair, _)) = store::active_pair(&mut conn, tenant, name).await? {
+            return Ok(pair.version);
+        }
+        store::plugin_versions(&mut conn, tenant, Some(name))
+            .await?
+            .pop()
+            .map(|v| v.version)
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {name} not found")))
+    }
+
+    /// Stores a new rule-set version after the plugin accepts it.
+    pub async fn put_rules(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        version: Option<&str>,
+        rules: &Json,
+    ) -> Result<(i64, String), RegistryError> {
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => self.reference_version(tenant, name).await?,
+        };
+        let plugin = self.load_version(tenant, name, &version).await?;
+        let text = serde_json::to_string(rules).expect("JSON serialises");
+        let (p, t) = (plugin.clone(), text.clone());
+        tokio::task::spawn_blocking(move || check_rules(&p, &t))
+            .await
+            .expect("rules check task")?;
+        let mut tx = self.store.begin().await?;
+        let n = store::save_rule_set(tx.conn(), tenant, name, &text, now_ms()).await?;
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "rules.put",
+            name,
+            &json!({ "rules_version": n, "checked_with": version }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((n, version))
+    }
+
+    /// Switches the tenant to (version, rules_version) atomically; returns (from, to).
+    pub async fn activate(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        pair: Pair,
+        owns_lifecycle: Option<bool>,
+    ) -> Result<(Option<Pair>, Pair), RegistryError> {
+        let plugin = self.load_version(tenant, name, &pair.version).await?;
+        // Check the rules with this version before anything changes.
+        let rules = match pair.rules_version {
+            Some(n) => {
+                let mut conn = self.store.conn().await?;
+                Some(
+                    store::rule_set(&mut conn, tenant, name, n)
+                        .await?
+                        .ok_or_else(|| {
+                            RegistryError::NotFound(format!("rule set {n} of {name} not found"))
+                        })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(r) = rules {
+            let p = plugin.clone();
+            tokio::task::spawn_blocking(move || check_rules(&p, &r))
+                .await
+                .expect("rules check task")?;
+        }
+        let at = now_ms();
+        let mut tx = self.store.begin().await?;
+        let from = store::activate(
+            tx.conn(),
+            tenant,
+            name,
+            &pair,
+            owns_lifecycle,
+            actor,
+            "activate",
+            at,
+        )
+        .await?;
+        store::unsuspend(tx.conn(), tenant, name, &pair.version).await?;
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "plugin.activate",
+            name,
+            &json!({ "from": from, "to": pair }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs.reset_health(tenant, name, &pair.version);
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        Ok((from, pair))
+    }
+
+    /// Returns to the pair before the active one; returns (from, to).
+    pub async fn rollback(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<(Pair, Pair), RegistryError> {
+        let at = now_ms();
+        let mut tx = self.store.begin().await?;
+        let (from, to) = store::rollback(tx.conn(), tenant, name, actor, reason, at)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => RegistryError::Conflict(m),
+                other => other.into(),
+            })?;
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "plugin.rollback",
+            name,
+            &json!({ "from": from, "to": to, "reason": reason }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        Ok((from, to))
+    }
+
+    /// Counts a plugin's outcome for an event and trips the circuit breaker when a
+    /// version has failed `breaker_threshold` times in a row: the version is
+    /// suspended for the tenant and the previous pair restored (or, with none, the
+    /// plugin is disabled), with the reason in the audit log.
+    pub async fn record_health(&self, tenant: &str, pack: &ActivePack, failure: Option<&str>) {
+        let name = pack.name().to_string();
+        let h = self
+            .packs
+            .record_call(tenant, &name, &pack.version, failure, now_ms());
+        if h.consecutive_failures < self.packs.breaker_threshold || failure.is_none() {
+            return;
+        }
+        // Only the call that reaches the threshold trips it.
+        if h.consecutive_failures != self.packs.breaker_threshold {
+            return;
+        }
+        let reason = format!(
+            "suspended after {} failures in a row; last: {}",
+            h.consecutive_failures,
+            h.last_failure.unwrap_or_default()
+        );
+        if let Err(e) = self.trip(tenant, &name, &pack.version, &reason).await {
+            tracing::error!(%tenant, plugin = %name, "circuit breaker could not suspend: {e}");
+        }
+    }
+
+    async fn trip(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), RegistryError> {
+        tracing::warn!(%tenant, plugin = %name, %version, "{reason}");
+        let at = now_ms();
+        let mut tx = self.store.begin().await?;
+        // Another host may have tripped it already.
+        match store::active_pair(tx.conn(), tenant, name).await? {
+            Some((p, _)) if p.version == version => {}
+            _ => return Ok(()),
+        }
+        store::suspend(tx.conn(), tenant, name, version, reason, at).await?;
+        let restored =
+            match store::rollback(tx.conn(), tenant, name, "circuit-breaker", reason, at).await {
+                Ok((_, to)) => json!(to),
+                Err(StoreError::Conflict(_)) => {
+                    store::disable_plugin(tx.conn(), tenant, name).await?;
+                    json!(null)
+                }
+                Err(e) => return Err(e.into()),
+            };
+        store::audit(
+            tx.conn(),
+            tenant,
+            "circuit-breaker",
+            "plugin.suspend",
+            &format!("{name}@{version}"),
+            &json!({ "reason": reason, "restored": restored }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs.reset_health(tenant, name, version);
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The active pair and the candidate as runnable packs.
+    async fn dry_run_pair(
+        &self,
+        tenant: &str,
+        name: &str,
+        c: &Candidate,
+    ) -> Result<(Option<ActivePack>, ActivePack, Pair), RegistryError> {
+        let packs = self.packs.for_tenant(tenant);
+        let active = packs.packs.iter().find(|p| p.name() == name).cloned();
+        let version = match (&c.version, &active) {
+            (Some(v), _) => v.clone(),
+            (None, Some(a)) => a.version.clone(),
+            (None, None) => {
+                return Err(RegistryError::Invalid(format!(
+                    "{name} is not active: name the candidate version"
+                )))
+            }
+        };
+        let plugin = self.load_version(tenant, name, &version).await?;
+        let (rules, rules_version) = match (&c.rules, c.rules_version) {
+            (Some(r), _) => {
+                let text = serde_json::to_string(r).expect("JSON serialises");
+                let (p, t) = (plugin.clone(), text.clone());
+                tokio::task::spawn_blocking(move || check_rules(&p, &t))
+                    .await
+                    .expect("rules check task")?;
+                (Some(text), None)
+            }
+            (None, Some(n)) => {
+                let mut conn = self.store.conn().await?;
+                let r = store::rule_set(&mut conn, tenant, name, n)
+                    .await?
+                    .ok_or_else(|| {
+                        RegistryError::NotFound(format!("rule set {n} of {name} not found"))
+                    })?;
+                (Some(r), Some(n))
+            }
+            (None, None) if c.version.is_none() => (
+                active.as_ref().and_then(|a| a.rules.clone()),
+                active.as_ref().and_then(|a| a.rules_version),
+            ),
+            (None, None) => (None, None),
+        };
+        let owns = active.as_ref().is_some_and(|a| a.owns_lifecycle);
+        let candidate = ActivePack {
+            plugin,
+            version: version.clone(),
+            rules,
+            rules_version,
+            owns_lifecycle: owns,
+        };
+        Ok((
+            active,
+            candidate,
+            Pair {
+                version,
+                rules_version,
+            },
+        ))
+    }
+
+    /// Loads customers with what a plugin needs to see them.
+    async fn load_batch(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        now: i64,
+    ) -> Result<Vec<(CustomerRecord, Vec<EventRecord>)>, StoreError> {
+        let mut conn = self.store.conn().await?;
+        let backend = self.store.backend();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(mut c) = store::load_customer(&mut conn, backend, tenant, id, false).await?
+            else {
+                continue;
+            };
+            c.metrics.touchpoints_90d = store::touchpoints_90d(&mut conn, tenant, id, now).await?;
+            let events = store::recent_events(&mut conn, tenant, id, RECENT_EVENTS).await?;
+            out.push((c, events));
+        }
+        Ok(out)
+    }
+
+    /// Compares the candidate with the active pair over `ids`; writes nothing.
+    async fn compare(
+        &self,
+        tenant: &str,
+        name: &str,
+        (active, candidate, pair): (Option<ActivePack>, ActivePack, Pair),
+        ids: Vec<String>,
+        top: usize,
+        job: Option<&str>,
+    ) -> Result<DryRunReport, RegistryError> {
+        let now = now_ms();
+        let mut report = DryRunReport {
+            plugin: name.to_string(),
+            active: active.as_ref().map(|a| Pair {
+                version: a.version.clone(),
+                rules_version: a.rules_version,
+            }),
+            candidate: pair,
+            ..Default::default()
+        };
+        let before_eval = active.map(|pack| Arc::new(Evaluator { pack }));
+        let after_eval = Arc::new(Evaluator { pack: candidate });
+        for chunk in ids.chunks(RESCORE_CHUNK) {
+            let batch = Arc::new(self.load_batch(tenant, chunk, now).await?);
+            let ctx = CallContext {
+                now,
+                tenant: tenant.to_string(),
+            };
+            let (b, a, bt) = (before_eval.clone(), after_eval.clone(), batch.clone());
+            let (before, after) = tokio::task::spawn_blocking(move || {
+                let before = match &b {
+                    Some(e) => e.evaluate(&ctx, &bt),
+                    None => vec![Verdict::default(); bt.len()],
+                };
+                (before, a.evaluate(&ctx, &bt))
+            })
+            .await
+            .expect("dry-run task");
+            for (((c, _), b), a) in batch.iter().zip(before).zip(after) {
+                report.add(&c.id, b, a, top);
+            }
+            if let Some(id) = job {
+                let mut conn = self.store.conn().await?;
+                store::add_progress(&mut conn, id, chunk.len() as i64, now_ms()).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Dry-runs a candidate: inline for a sample of at most 1,000 customers,
+    /// otherwise as a job (returns `Err(job id)` in the `Ok` side's second variant).
+    pub async fn dry_run(
+        &self,
+        tenant: &str,
+        name: &str,
+        c: Candidate,
+    ) -> Result<DryRunOutcome, RegistryError> {
+        let sample = match (c.all, c.sample) {
+            (true, _) => None,
+            (false, Some(n)) if n < 1 => {
+                return Err(RegistryError::Invalid("sample must be at least 1".into()))
+            }
+            (false, n) => Some(n.unwrap_or(INLINE_DRY_RUN)),
+        };
+        let top = c.top.unwrap_or(20).min(200);
+        let (active, candidate, pair) = self.dry_run_pair(tenant, name, &c).await?;
+        let mut conn = self.store.conn().await?;
+        let ids = store::customer_ids(&mut conn, tenant, sample).await?;
+        drop(conn);
+        if sample.is_some_and(|n| n <= INLINE_DRY_RUN) {
+            let r = self
+                .compare(tenant, name, (active, candidate, pair), ids, top, None)
+                .await?;
+            return Ok(DryRunOutcome::Done(r));
+        }
+        let job = format!("job_{}", uuid::Uuid::now_v7().simple());
+        let params = json!({ "plugin": name, "candidate": pair, "customers": ids.len() });
+        let mut conn = self.store.conn().await?;
+        store::create_job(
+            &mut conn,
+            tenant,
+            &job,
+            "dry-run",
+            &params,
+            ids.len() as i64,
+            now_ms(),
+        )
+        .await?;
+        drop(conn);
+        let (crm, tenant, name, id) = (
+            self.clone(),
+            tenant.to_string(),
+            name.to_string(),
+            job.clone(),
+        );
+        tokio::spawn(async move {
+            let r = crm
+                .compare(
+                    &tenant,
+                    &name,
+                    (active, candidate, pair),
+                    ids,
+                    top,
+                    Some(&id),
+                )
+                .await;
+            let mut conn = match crm.store.conn().await {
+                Ok(c) => c,
+                Err(e) => return tracing::error!("dry-run job {id}: {e}"),
+            };
+            let end = match &r {
+                Ok(rep) => store::finish_job(&mut conn, &id, Ok(&json!(rep)), now_ms()).await,
+                Err(e) => store::finish_job(&mut conn, &id, Err(&e.to_string()), now_ms()).await,
+            };
+            if let Err(e) = end {
+                tracing::error!("dry-run job {id}: {e}");
+            }
+        });
+        Ok(DryRunOutcome::Job(job))
+    }
+
+    /// Starts a bulk rescore of every customer of the tenant with what it runs now.
+    /// The work is cut into chunks in the database; this host starts working on
+    /// them, and on PostgreSQL any other host's [`Crm::help_with_jobs`] joins in.
+    pub async fn start_rescore(&self, tenant: &str, actor: &str) -> Result<String, RegistryError> {
+        let job = format!("job_{}", uuid::Uuid::now_v7().simple());
+        let mut tx = self.store.begin().await?;
+        let total = store::create_chunks(tx.conn(), tenant, &job, RESCORE_CHUNK).await?;
+        store::create_job(
+            tx.conn(),
+            tenant,
+            &job,
+            "rescore",
+            &json!({ "by": actor }),
+            total,
+            now_ms(),
+        )
+        .await?;
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "rescore.start",
+            &job,
+            &json!({ "customers": total }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// Works on a rescore job's chunks until none is left; returns how many
+    /// customers this call rescored. Safe to run on several hosts at once.
+    pub async fn work_on_rescore(
+        &self,
+        tenant: &str,
+        job: &str,
+        host: &str,
+    ) -> Result<i64, RegistryError> {
+        let mut done = 0;
+        loop {
+            let now = now_ms();
+            let mut tx = self.store.begin().await?;
+            let backend = tx.backend();
+            let Some(chunk) =
+                store::claim_chunk(tx.conn(), backend, job, host, now, now - 60_000).await?
+            else {
+                tx.commit().await?;
+                break;
+            };
+            tx.commit().await?;
+            let ids = {
+                let mut conn = self.store.conn().await?;
+                store::customer_ids_between(&mut conn, tenant, &chunk.first_id, &chunk.last_id)
+                    .await?
+            };
+            self.rescore_customers(tenant, &ids, now).await?;
+            let mut tx = self.store.begin().await?;
+            store::complete_chunk(tx.conn(), job, chunk.chunk).await?;
+            store::add_progress(tx.conn(), job, ids.len() as i64, now_ms()).await?;
+            let left = store::chunks_left(tx.conn(), job).await?;
+            if left == 0 {
+                let mut conn_job = store::job(tx.conn(), tenant, job).await?;
+                let total = conn_job.take().map(|j| j.total).unwrap_or(0);
+                store::finish_job(tx.conn(), job, Ok(&json!({ "customers": total })), now_ms())
+                    .await?;
+            }
+            tx.commit().await?;
+            done += ids.len() as i64;
+        }
+        Ok(done)
+    }
+
+    /// Scores and segments `ids` with the tenant's active packs and stores the
+    /// results (history rows only where something changed). A pack that fails on
+    /// the batch leaves that pack's stored results as they were.
+    async fn rescore_customers(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        type Results = Vec<(
+            Option<store::StoredScore>,
+            Option<Vec<(String, store::RenderedReason)>>,
+        )>;
+        let packs = self.packs.for_tenant(tenant);
+        let batch = Arc::new(self.load_batch(tenant, ids, now).await?);
+        let ctx = CallContext {
+            now,
+            tenant: tenant.to_string(),
+        };
+        let (p, b) = (packs.clone(), batch.clone());
+        let results: Vec<Result<Results, String>> = tokio::task::spawn_blocking(move || {
+            p.packs
+                .iter()
+                .map(|pack| batch_results(pack, &ctx, &b))
+                .collect()
+        })
+        .await
+        .expect("rescore task");
+        let mut tx = self.store.begin().await?;
+        for (pack, r) in packs.packs.iter().zip(results) {
+            let rows = match r {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(%tenant, plugin = %pack.name(), "rescore batch failed: {e}");
+                    continue;
+                }
+            };
+            for ((c, _), (score, segments)) in batch.iter().zip(rows) {
+                if let Some(s) = score {
+                    store::save_score(tx.conn(), tenant, &c.id, &s, None).await?;
+                }
+                if let Some(segs) = segments {
+                    store::replace_memberships(tx.conn(), tenant, &c.id, pack.name(), &segs, now)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A pack's scores and segments for a batch (blocking); per customer, `None` where
+/// the pack does not score/segment or failed on that customer.
+#[allow(clippy::type_complexity)]
+fn batch_results(
+    pack: &ActivePack,
+    ctx: &CallContext,
+    batch: &[(CustomerRecord, Vec<EventRecord>)],
+) -> Result<
+    Vec<(
+        Option<store::StoredScore>,
+        Option<Vec<(String, store::RenderedReason)>>,
+    )>,
+    String,
+> {
+    let m = pack.plugin.manifest();
+    let snaps: Vec<_> = batch
+        .iter()
+        .map(|(c, ev)| customer_snapshot(c, ev))
+        .collect();
+    let rules = pack.rules.as_deref();
+    let mut out = vec![(None, None); batch.len()];
+    if m.scoring {
+        let scores = pack
+            .plugin
+            .session(ctx, rules)
+            .and_then(|mut s| s.score(ctx, &snaps))
+            .map_err(|e| e.to_string())?;
+        for (o, s) in out.iter_mut().zip(scores) {
+            o.0 = s.ok().map(|s| store::StoredScore {
+                plugin: m.name.clone(),
+                plugin_version: pack.version.clone(),
+                value: s.value,
+                band: s.band,
+                reasons: s
+                    .reasons
+                    .iter()
+                    .map(|r| crate::pipeline::render(pack, r))
+                    .collect(),
+                updated_at: ctx.now,
+            });
+        }
+    }
+    if m.segmentation {
+        let segs = pack
+            .plugin
+            .session(ctx, rules)
+            .and_then(|mut s| s.segment(ctx, &snaps))
+            .map_err(|e| e.to_string())?;
+        for (o, s) in out.iter_mut().zip(segs) {
+            o.1 = s.ok().map(|ms| {
+                ms.iter()
+                    .map(|x| (x.segment.clone(), crate::pipeline::render(pack, &x.reason)))
+                    .collect()
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A dry-run's result, or the job computing it.
+#[derive(Debug, Clone)]
+pub enum DryRunOutcome {
+    Done(DryRunReport),
+    Job(String),
+}
+
+/// This process, as it signs the chunks it claims: host name and pid.
+pub fn host_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into());
+    format!("{host}-{}", std::process::id())
+}
+
+impl Crm {
+    /// Joins in any rescore with work left (started here or on another host, or
+    /// left unfinished by a host that stopped). Runs until the task is aborted.
+    pub fn help_with_jobs(&self) -> tokio::task::JoinHandle<()> {
+        let crm = self.clone();
+        tokio::spawn(async move {
+            let me = host_id();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let open = match crm.store.conn().await {
+                    Ok(mut conn) => store::open_chunked_jobs(&mut conn, "rescore").await,
+                    Err(e) => Err(e),
+                };
+                match open {
+                    Ok(jobs) => {
+                        for (job, tenant) in jobs {
+                            if let Err(e) = crm.work_on_rescore(&tenant, &job, &me).await {
+                                tracing::warn!("rescore job {job}: {e}");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("looking for rescore work failed: {e}"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,737 @@
+//! The plugin registry and hot swap over HTTP, on SQLite and PostgreSQL: upload,
+//! rule sets, activation and rollback under load, dry-run, bulk rescore, the
+//! circuit breaker.
+//!
+//! The `scorer` test plugin scores 1 + bonus in version 1.0.0 and 2 + bonus in
+//! 2.0.0, with band and segment naming the version, so every answer shows which
+//! version and rule set produced it.
+
+mod common;
+
+use common::server::{pack, send, Db, Pack, TestServer};
+use common::wasm;
+use reqwest::Method;
+use serde_json::{json, Value};
+use stagecraft::model::{now_ms, Role};
+use stagecraft_plugin::Plugin;
+use std::time::{Duration, Instant};
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) = super::Db::postgres() {
+                        super::$name(db).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    uploads_are_checked_stored_once_and_listed,
+    rule_sets_are_checked_by_schema_and_by_the_plugin,
+    activation_really_changes_behaviour_and_rollback_restores_it,
+    requests_during_activations_and_rollbacks_never_fail_or_mix_versions,
+    dry_run_counts_exactly_the_customers_whose_band_changes,
+    bulk_rescore_applies_the_active_rules_to_every_customer,
+    a_failing_version_is_suspended_and_the_previous_one_restored,
+);
+
+async fn upload(s: &TestServer, bytes: Vec<u8>) -> (u16, Value) {
+    send(
+        s.req(Method::POST, "/v1/plugins")
+            .header("content-type", "application/wasm")
+            .body(bytes),
+    )
+    .await
+}
+
+async fn customer_with_event(s: &TestServer, id: &str) -> Value {
+    let (status, c) = s.post("/v1/customers", json!({ "id": id })).await;
+    assert!(status == 201 || status == 409, "{c}");
+    event(s, id).await
+}
+
+async fn event(s: &TestServer, id: &str) -> Value {
+    let (status, o) = s
+        .post(
+            &format!("/v1/customers/{id}/events"),
+            json!({"kind": "visit"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{o}");
+    o
+}
+
+fn scorer_pack() -> Pack<'static> {
+    pack("scorer")
+}
+
+async fn uploads_are_checked_stored_once_and_listed(db: Db) {
+    let s = TestServer::start(db, &[scorer_pack()]).await;
+    let (status, up) = upload(&s, wasm("scorer_v2")).await;
+    assert_eq!(status, 201, "{up}");
+    assert_eq!(
+        (
+            up["name"].as_str(),
+            up["version"].as_str(),
+            up["stored"].as_bool()
+        ),
+        (Some("scorer"), Some("2.0.0"), Some(true))
+    );
+    let (status, again) = upload(&s, wasm("scorer_v2")).await;
+    assert_eq!(
+        (status, again["stored"].as_bool()),
+        (200, Some(false)),
+        "identical bytes are a no-op"
+    );
+
+    // Other bytes under a stored name and version: 409.
+    let mut other = wasm("scorer_v2");
+    other.extend_from_slice(&[0, 5, 4, b'p', b'a', b'd', b'!']); // a custom section: same behaviour, other bytes
+    let (status, e) = upload(&s, other).await;
+    assert_eq!(status, 409, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("scorer@2.0.0"),
+        "{e}"
+    );
+
+    for (bytes, words) in [
+        (b"hello".to_vec(), "not a WebAssembly"),
+        (wasm("forbidden_import"), "acme:net/outbound"),
+        (wasm("other-world"), "stagecraft:plugin/pack"),
+    ] {
+        let (status, e) = upload(&s, bytes).await;
+        assert_eq!(status, 422, "{e}");
+        let m = e["error"]["message"].as_str().unwrap();
+        assert!(m.contains(words), "{m:?} should mention {words:?}");
+    }
+    let (status, e) = upload(&s, vec![0u8; 17 << 20]).await;
+    assert_eq!(status, 413, "{e}");
+    let viewer = s.token_for(Role::Viewer).await;
+    let (status, _) = send(
+        s.client
+            .post(s.url("/v1/plugins"))
+            .bearer_auth(&viewer)
+            .body(wasm("scorer_v2")),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let (_, list) = s.get("/v1/plugins").await;
+    let scorer = &list["plugins"][0];
+    assert_eq!(scorer["name"], "scorer");
+    assert_eq!(scorer["active"]["version"], "1.0.0");
+    let statuses: Vec<(&str, &str)> = scorer["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_str().unwrap(),
+                v["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(statuses, [("1.0.0", "active"), ("2.0.0", "available")]);
+    let (status, _) = s.get("/v1/plugins/nothing").await;
+    assert_eq!(status, 404);
+    s.finish().await;
+}
+
+async fn rule_sets_are_checked_by_schema_and_by_the_plugin(db: Db) {
+    let s = TestServer::start(db, &[scorer_pack()]).await;
+    let put = |body: Value| s.req(Method::PUT, "/v1/plugins/scorer/rules").json(&body);
+    let (status, e) = send(put(json!({"bonus": "ten"}))).await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("/bonus"),
+        "the schema error names the field: {e}"
+    );
+    let (status, e) = send(put(json!({"bonus": 5000}))).await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bonus must be between -1000 and 1000"),
+        "the plugin's own message: {e}"
+    );
+    let (status, ok) = send(put(json!({"bonus": 10}))).await;
+    assert_eq!(
+        (status, ok["rules_version"].as_i64()),
+        (201, Some(1)),
+        "{ok}"
+    );
+    let (status, ok) = send(put(json!({"bonus": 20}))).await;
+    assert_eq!(
+        (status, ok["rules_version"].as_i64()),
+        (201, Some(2)),
+        "{ok}"
+    );
+    let (_, p) = s.get("/v1/plugins/scorer").await;
+    assert_eq!(p["rule_sets"].as_array().unwrap().len(), 2);
+    // Storing rules changes nothing until they are activated.
+    let o = customer_with_event(&s, "r").await;
+    assert_eq!(o["scores"]["scorer"]["value"], 1.0);
+    s.finish().await;
+}
+
+async fn activation_really_changes_behaviour_and_rollback_restores_it(db: Db) {
+    let s = TestServer::start(db, &[scorer_pack()]).await;
+    let o = customer_with_event(&s, "c").await;
+    assert_eq!(
+        (
+            o["scores"]["scorer"]["value"].as_f64(),
+            o["scores"]["scorer"]["version"].as_str()
+        ),
+        (Some(1.0), Some("1.0.0"))
+    );
+    upload(&s, wasm("scorer_v2")).await;
+    let (status, rules) = send(
+        s.req(Method::PUT, "/v1/plugins/scorer/rules?version=2.0.0")
+            .json(&json!({"bonus": 0.5})),
+    )
+    .await;
+    assert_eq!(status, 201, "{rules}");
+
+    let (status, a) = s
+        .post(
+            "/v1/plugins/scorer/activate",
+            json!({"version": "2.0.0", "rules_version": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["from"]["version"], "1.0.0");
+    let o = event(&s, "c").await;
+    assert_eq!(
+        (
+            o["scores"]["scorer"]["value"].as_f64(),
+            o["scores"]["scorer"]["band"].as_str()
+        ),
+        (Some(2.5), Some("v2")),
+        "{o}"
+    );
+    assert_eq!(o["segments_joined"], json!(["v2"]));
+    assert_eq!(o["segments_left"], json!(["v1"]));
+
+    let (status, r) = s
+        .post(
+            "/v1/plugins/scorer/rollback",
+            json!({"reason": "B scores too high"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["from"]["version"].as_str(), r["to"]["version"].as_str()),
+        (Some("2.0.0"), Some("1.0.0"))
+    );
+    let o = event(&s, "c").await;
+    assert_eq!(
+        (
+            o["scores"]["scorer"]["value"].as_f64(),
+            o["scores"]["scorer"]["version"].as_str()
+        ),
+        (Some(1.0), Some("1.0.0")),
+        "{o}"
+    );
+    // Nothing left to roll back to.
+    let (status, e) = s.post("/v1/plugins/scorer/rollback", json!({})).await;
+    assert_eq!(status, 409, "{e}");
+    let (status, e) = s
+        .post("/v1/plugins/scorer/activate", json!({"version": "9.9.9"}))
+        .await;
+    assert_eq!(status, 404, "{e}");
+    let agent = s.token_for(Role::Agent).await;
+    let (status, _) = send(
+        s.client
+            .post(s.url("/v1/plugins/scorer/activate"))
+            .bearer_auth(&agent)
+            .json(&json!({"version": "2.0.0"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let (_, audit) = s.get("/v1/audit").await;
+    let entries: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] != "token.create")
+        .collect();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.starts_with(&[
+            "plugin.rollback",
+            "plugin.activate",
+            "rules.put",
+            "plugin.upload"
+        ]),
+        "{actions:?}"
+    );
+    let rb = entries[0];
+    assert_eq!(
+        (
+            rb["detail"]["from"]["version"].as_str(),
+            rb["detail"]["to"]["version"].as_str()
+        ),
+        (Some("2.0.0"), Some("1.0.0"))
+    );
+    assert!(
+        rb["actor"].as_str().unwrap().starts_with("tok_"),
+        "who: {rb}"
+    );
+    s.finish().await;
+}
+
+async fn requests_during_activations_and_rollbacks_never_fail_or_mix_versions(db: Db) {
+    let s = TestServer::start(db, &[scorer_pack()]).await;
+    upload(&s, wasm("scorer_v2")).await;
+    for i in 0..4 {
+        s.post("/v1/customers", json!({ "id": format!("load-{i}") }))
+            .await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let (client, url, token, stop) = (
+            s.client.clone(),
+            s.url(&format!("/v1/customers/load-{i}/events")),
+            s.token.clone(),
+            stop.clone(),
+        );
+        streams.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, o) = send(
+                    client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"kind": "visit"})),
+                )
+                .await;
+                answers.push((status, o));
+            }
+            answers
+        }));
+    }
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (status, a) = s
+            .post("/v1/plugins/scorer/activate", json!({"version": "2.0.0"}))
+            .await;
+        assert_eq!(status, 200, "{a}");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (status, r) = s.post("/v1/plugins/scorer/rollback", json!({})).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = std::collections::BTreeMap::new();
+    for t in streams {
+        for (status, o) in t.await.unwrap() {
+            assert_eq!(status, 201, "a request failed during a swap: {o}");
+            assert!(o["failures"].as_array().unwrap().is_empty(), "{o}");
+            let sc = &o["scores"]["scorer"];
+            let version = sc["version"].as_str().unwrap().to_string();
+            let expected = if version == "1.0.0" {
+                (1.0, "v1")
+            } else {
+                (2.0, "v2")
+            };
+            assert_eq!(
+                (sc["value"].as_f64().unwrap(), sc["band"].as_str().unwrap()),
+                expected,
+                "an answer mixed versions: {o}"
+            );
+            *seen.entry(version).or_insert(0) += 1;
+        }
+    }
+    assert!(
+        seen.len() == 2,
+        "both versions served during the run: {seen:?}"
+    );
+    s.finish().await;
+}
+
+/// The band value-tiers gives each customer under `rules`, computed natively
+/// from the stored metrics: the reference the dry-run must match.
+async fn native_bands(
+    s: &TestServer,
+    rules: &str,
+    now: i64,
+) -> std::collections::BTreeMap<String, String> {
+    let plugin = value_tiers::ValueTiers::configure(rules).unwrap();
+    let ctx = stagecraft_plugin::testing::context(now);
+    let mut out = std::collections::BTreeMap::new();
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let ids = stagecraft::store::customer_ids(&mut conn, "acme", None)
+        .await
+        .unwrap();
+    for id in ids {
+        let mut c =
+            stagecraft::store::load_customer(&mut conn, s.crm.store.backend(), "acme", &id, false)
+                .await
+                .unwrap()
+                .unwrap();
+        c.metrics.touchpoints_90d = stagecraft::store::touchpoints_90d(&mut conn, "acme", &id, now)
+            .await
+            .unwrap();
+        let snap = stagecraft::model::customer_snapshot(&c, &[]);
+        let band = plugin.score(&ctx, &snap).unwrap().band.unwrap().to_string();
+        out.insert(id, band);
+    }
+    out
+}
+
+async fn import_cdnow_sample(s: &TestServer, lines: usize) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/data/cdnow/CDNOW_master.txt");
+    let text = std::fs::read_to_string(path).unwrap();
+    let sample: String = text
+        .lines()
+        .take(lines + 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (status, r) = send(s.req(Method::POST, "/v1/import/cdnow").body(sample)).await;
+    assert_eq!(status, 200, "{r}");
+}
+
+const STRICT: &str = r#"{"high_min_net_cents": 20000, "high_min_purchase_days": 2, "medium_min_net_cents": 6000,
+    "cost_per_order_cents": 500, "cost_per_touchpoint_cents": 300, "cost_per_complaint_cents": 5000}"#;
+
+async fn dry_run_counts_exactly_the_customers_whose_band_changes(db: Db) {
+    let s = TestServer::start(db, &[pack("value_tiers")]).await;
+    import_cdnow_sample(&s, 3000).await;
+    let (status, r) = send(
+        s.req(Method::PUT, "/v1/plugins/value-tiers/rules")
+            .header("content-type", "application/json")
+            .body(STRICT),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    let now = now_ms();
+    let before = native_bands(&s, value_tiers::DEFAULT_RULES, now).await;
+    let after = native_bands(&s, STRICT, now).await;
+    let expected = before.iter().filter(|(id, b)| after[*id] != **b).count() as i64;
+    assert!(expected > 0, "the two rule sets must disagree somewhere");
+
+    // A sample runs inline: the first N customers by id.
+    let (status, d) = s
+        .post(
+            "/v1/plugins/value-tiers/dry-run",
+            json!({"rules_version": 1, "sample": 300}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["customers"], 300);
+    let first: Vec<&String> = before.keys().take(300).collect();
+    let expected_in_sample = first
+        .iter()
+        .filter(|id| after[**id] != before[**id])
+        .count() as i64;
+    assert_eq!(
+        d["changed"]["bands"].as_i64(),
+        Some(expected_in_sample),
+        "{d}"
+    );
+    let (status, d) = s
+        .post(
+            "/v1/plugins/value-tiers/dry-run",
+            json!({"rules_version": 1, "all": true, "top": 5}),
+        )
+        .await;
+    assert_eq!(status, 202, "{d}");
+    let job = d["job"].as_str().unwrap().to_string();
+    let report = wait_for_job(&s, &job).await;
+    assert_eq!(
+        report["result"]["customers"].as_i64(),
+        Some(before.len() as i64)
+    );
+    assert_eq!(
+        report["result"]["changed"]["bands"].as_i64(),
+        Some(expected),
+        "{report}"
+    );
+    assert_eq!(report["done"], report["total"]);
+    let largest = report["result"]["largest"].as_array().unwrap();
+    assert!(largest.len() <= 5 && !largest.is_empty());
+    assert!(largest[0]["after"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r.as_str().unwrap().contains("net value")));
+    // Nothing was written: the stored bands are the active rules' bands.
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT customer_id, band FROM scores WHERE tenant_id = 'acme' ORDER BY customer_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert!(stored.iter().all(|(id, band)| &before[id] == band));
+    // Another tenant cannot see the job.
+    let other = s
+        .crm
+        .create_token("globex", Role::Admin, "other")
+        .await
+        .unwrap()
+        .token;
+    let (status, _) = send(
+        s.client
+            .get(s.url(&format!("/v1/jobs/{job}")))
+            .bearer_auth(&other),
+    )
+    .await;
+    assert_eq!(status, 404);
+    s.finish().await;
+}
+
+async fn wait_for_job(s: &TestServer, job: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, j) = s.get(&format!("/v1/jobs/{job}")).await;
+        assert_eq!(status, 200, "{j}");
+        match j["status"].as_str() {
+            Some("done") => return j,
+            Some("failed") => panic!("job failed: {j}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "job did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn bulk_rescore_applies_the_active_rules_to_every_customer(db: Db) {
+    let s = TestServer::start(db, &[pack("value_tiers")]).await;
+    import_cdnow_sample(&s, 1500).await;
+    send(
+        s.req(Method::PUT, "/v1/plugins/value-tiers/rules")
+            .header("content-type", "application/json")
+            .body(STRICT),
+    )
+    .await;
+    let (status, a) = s
+        .post(
+            "/v1/plugins/value-tiers/activate",
+            json!({"version": "0.1.0", "rules_version": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    let (status, j) = s.post("/v1/rescore", json!({})).await;
+    assert_eq!(status, 202, "{j}");
+    let done = wait_for_job(&s, j["job"].as_str().unwrap()).await;
+    let expected = native_bands(&s, STRICT, now_ms()).await;
+    assert_eq!(done["done"].as_i64(), Some(expected.len() as i64));
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT customer_id, band FROM scores WHERE tenant_id = 'acme' ORDER BY customer_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), expected.len());
+    for (id, band) in stored {
+        assert_eq!(band, expected[&id], "{id}");
+    }
+    let (_, segs) = s.get("/v1/analytics/segments").await;
+    let total: i64 = segs["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["customers"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        total,
+        expected.len() as i64,
+        "one tier each after the rescore: {segs}"
+    );
+    s.finish().await;
+}
+
+async fn a_failing_version_is_suspended_and_the_previous_one_restored(db: Db) {
+    let s = TestServer::start(db, &[scorer_pack()]).await;
+    upload(&s, wasm("scorer_v2")).await;
+    send(
+        s.req(Method::PUT, "/v1/plugins/scorer/rules?version=2.0.0")
+            .json(&json!({"fail": true})),
+    )
+    .await;
+    let (status, a) = s
+        .post(
+            "/v1/plugins/scorer/activate",
+            json!({"version": "2.0.0", "rules_version": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    s.post("/v1/customers", json!({"id": "f"})).await;
+    let threshold = s.crm.packs.breaker_threshold;
+    for i in 0..threshold {
+        let o = event(&s, "f").await;
+        assert_eq!(o["failures"][0]["plugin"], "scorer", "event {i}: {o}");
+    }
+    // The breaker tripped on the last failure: 1.0.0 serves again.
+    let o = event(&s, "f").await;
+    assert!(o["failures"].as_array().unwrap().is_empty(), "{o}");
+    assert_eq!(o["scores"]["scorer"]["version"], "1.0.0");
+    let (_, p) = s.get("/v1/plugins/scorer").await;
+    let v2 = p["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "2.0.0")
+        .unwrap()
+        .clone();
+    assert_eq!(v2["status"], "suspended", "{p}");
+    assert!(
+        v2["suspended_because"]
+            .as_str()
+            .unwrap()
+            .contains("asked to fail"),
+        "{v2}"
+    );
+    let (_, audit) = s.get("/v1/audit").await;
+    let e = &audit["entries"][0];
+    assert_eq!(
+        (e["action"].as_str(), e["actor"].as_str()),
+        (Some("plugin.suspend"), Some("circuit-breaker")),
+        "{e}"
+    );
+    assert_eq!(e["detail"]["restored"]["version"], "1.0.0");
+    // Every failed event was still stored, with its failure on the timeline.
+    let (_, t) = s.get("/v1/customers/f/timeline").await;
+    let entries = t["entries"].as_array().unwrap();
+    assert_eq!(
+        entries.iter().filter(|e| e["type"] == "event").count() as u32,
+        threshold + 1
+    );
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["type"] == "plugin_failure")
+            .count() as u32,
+        threshold
+    );
+    s.finish().await;
+}
+
+/// Two `stagecraft serve` processes on one PostgreSQL database: an activation on
+/// the first is served by the second within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_on_one_host_is_served_by_another_within_a_second() {
+    let Some(db) = Db::postgres() else { return };
+    let s = TestServer::start(db, &[scorer_pack()]).await;
+    upload(&s, wasm("scorer_v2")).await;
+    let url = s.database_url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut hosts = Vec::new();
+    for n in 0..2 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_stagecraft"))
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("host{n}")))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                &url,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        hosts.push((
+            format!("http://127.0.0.1:{port}"),
+            common::server::KillOnDrop(child),
+        ));
+    }
+    for (base, _) in &hosts {
+        common::server::wait_healthy(base).await;
+    }
+    s.post("/v1/customers", json!({"id": "h"})).await;
+    let version_on = |base: &str| {
+        let req = s
+            .client
+            .post(format!("{base}/v1/customers/h/events"))
+            .bearer_auth(&s.token)
+            .json(&json!({"kind": "visit"}));
+        async move {
+            let (status, o) = send(req).await;
+            assert_eq!(status, 201, "{o}");
+            o["scores"]["scorer"]["version"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(version_on(&hosts[1].0).await, "1.0.0");
+    let (status, a) = send(
+        s.client
+            .post(format!("{}/v1/plugins/scorer/activate", hosts[0].0))
+            .bearer_auth(&s.token)
+            .json(&json!({"version": "2.0.0"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{a}");
+    let activated = Instant::now();
+    assert_eq!(
+        version_on(&hosts[0].0).await,
+        "2.0.0",
+        "the activating host serves the new version at once"
+    );
+    loop {
+        let v = version_on(&hosts[1].0).await;
+        if v == "2.0.0" {
+            break;
+        }
+        assert!(
+            activated.elapsed() < Duration::from_secs(1),
+            "the second host still serves {v} after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "the second host served 2.0.0 {:?} after the activation",
+        activated.elapsed()
+    );
+    let (status, _) = send(
+        s.client
+            .post(format!("{}/v1/plugins/scorer/rollback", hosts[1].0))
+            .bearer_auth(&s.token)
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rolled = Instant::now();
+    while version_on(&hosts[0].0).await != "1.0.0" {
+        assert!(
+            rolled.elapsed() < Duration::from_secs(1),
+            "the rollback did not reach the first host within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(hosts);
+    s.finish().await;
+}
