@@ -111,6 +111,20 @@ fn tokens_imports_and_a_configured_server_work_from_the_command_line() {
     );
     assert_eq!(report["errors"][0]["line"], 4);
 
+    let mut c = stagecraft(dir.path());
+    c.args(["rescore", "--tenant", "shop"]);
+    with_db(&mut c);
+    let job = json_out(&mut c);
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["done"].as_i64(),
+            job["total"].as_i64()
+        ),
+        (Some("done"), Some(2), Some(2)),
+        "{job}"
+    );
+
     // The config file says one database and port; the environment overrides the
     // database, the flag overrides the port.
     let port = free_port();

@@ -39,6 +39,9 @@ pub enum Command {
         /// Address to listen on [default: 127.0.0.1:8080].
         #[arg(long, env = "STAGECRAFT_LISTEN")]
         listen: Option<String>,
+        /// Failures in a row after which a plugin version is suspended for a tenant.
+        #[arg(long, env = "STAGECRAFT_BREAKER_FAILURES", default_value_t = crate::packs::DEFAULT_BREAKER_THRESHOLD)]
+        breaker_failures: u32,
     },
     /// A fresh demo: SQLite, a demo tenant, packs enabled, sample data; then serve.
     Demo {
@@ -64,6 +67,14 @@ pub enum Command {
         /// The time plugins are told, in ms (for replaying history); defaults to now.
         #[arg(long)]
         now: Option<i64>,
+        #[command(flatten)]
+        db: service::DbArgs,
+    },
+    /// Rescore every customer of a tenant with what it runs now (chunked; other
+    /// serving hosts help); shows progress on a terminal and prints the job.
+    Rescore {
+        #[arg(long, default_value = "default")]
+        tenant: String,
         #[command(flatten)]
         db: service::DbArgs,
     },
@@ -184,9 +195,14 @@ async fn run_service(cli: Cli) -> anyhow::Result<Value> {
         service::Settings::resolve(db, listen, &data_dir, given)
     };
     match cli.command {
-        Command::Serve { db, listen } => {
+        Command::Serve {
+            db,
+            listen,
+            breaker_failures,
+        } => {
             let s = settings(&db, listen)?;
-            let crm = service::open(&s).await?;
+            let mut crm = service::open(&s).await?;
+            crm.packs.breaker_threshold = breaker_failures.max(1);
             service::serve(crm, &s.listen, None).await?;
             Ok(Value::Null)
         }
@@ -212,6 +228,10 @@ async fn run_service(cli: Cli) -> anyhow::Result<Value> {
             tx.commit().await?;
             let report = service::import_file(&crm, &tenant, kind, &file, now).await?;
             Ok(json!(report))
+        }
+        Command::Rescore { tenant, db } => {
+            let crm = service::open(&settings(&db, None)?).await?;
+            Ok(service::rescore(&crm, &tenant).await?)
         }
         Command::Token {
             command:

@@ -292,3 +292,53 @@ impl Drop for AbortOnDrop {
         }
     }
 }
+
+/// Runs a bulk rescore of `tenant` here, with a progress bar; returns the job.
+pub async fn rescore(crm: &Crm, tenant: &str) -> anyhow::Result<Value> {
+    let job = crm.start_rescore(tenant, "cli").await?;
+    let total = {
+        let mut conn = crm.store.conn().await?;
+        store::job(&mut conn, tenant, &job)
+            .await?
+            .map_or(0, |j| j.total)
+    };
+    let bar = indicatif::ProgressBar::new(total as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "rescoring [{bar:40}] {pos}/{len} customers {per_sec} eta {eta}",
+        )
+        .expect("progress template")
+        .progress_chars("=> "),
+    );
+    let work = {
+        let (crm, tenant, job) = (crm.clone(), tenant.to_string(), job.clone());
+        tokio::spawn(async move {
+            crm.work_on_rescore(&tenant, &job, &crate::registry::host_id())
+                .await
+        })
+    };
+    // Progress comes from the job row: other hosts may be doing part of the work.
+    loop {
+        let j = {
+            let mut conn = crm.store.conn().await?;
+            store::job(&mut conn, tenant, &job).await?
+        };
+        if let Some(j) = &j {
+            bar.set_position(j.done as u64);
+            if j.status != "running" {
+                break;
+            }
+        }
+        if work.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if work.is_finished() && j.as_ref().is_some_and(|j| j.done >= j.total) {
+            break;
+        }
+    }
+    work.await??;
+    bar.finish_and_clear();
+    let mut conn = crm.store.conn().await?;
+    Ok(json!(store::job(&mut conn, tenant, &job).await?))
+}

@@ -11,9 +11,9 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub use exports::stagecraft::plugin::pack::Context as WitContext;
 pub use self::stagecraft::plugin::host::Level as WitLevel;
 use self::stagecraft::plugin::types as w;
+pub use exports::stagecraft::plugin::pack::Context as WitContext;
 
 /// The interface a plugin must export, with its version.
 pub const PACK_EXPORT: &str = "stagecraft:plugin/pack@0.1.0";
