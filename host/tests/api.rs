@@ -1,6 +1,7 @@
 //! The HTTP API over a real socket, the same suite against SQLite and PostgreSQL.
 //! Plugins are the real components built from `plugins/` and `tests/plugins/`.
 
+#[macro_use]
 mod common;
 
 use common::server::{pack, Db, Pack, TestServer};
@@ -10,30 +11,6 @@ use stagecraft::model::{now_ms, Role};
 use stagecraft::store;
 
 const DAY: i64 = 86_400_000;
-
-/// Runs each named test against SQLite and against PostgreSQL.
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = super::Db::postgres() {
-                        super::$name(db).await
-                    }
-                }
-            )*
-        }
-    };
-}
 
 on_both_databases!(
     a_customer_moves_through_stages_with_scores_segments_and_reasons,

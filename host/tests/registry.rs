@@ -6,6 +6,7 @@
 //! 2.0.0, with band and segment naming the version, so every answer shows which
 //! version and rule set produced it.
 
+#[macro_use]
 mod common;
 
 use common::server::{pack, send, Db, Pack, TestServer};
@@ -15,29 +16,6 @@ use serde_json::{json, Value};
 use stagecraft::model::{now_ms, Role};
 use stagecraft_plugin::Plugin;
 use std::time::{Duration, Instant};
-
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Db::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = super::Db::postgres() {
-                        super::$name(db).await
-                    }
-                }
-            )*
-        }
-    };
-}
 
 on_both_databases!(
     uploads_are_checked_stored_once_and_listed,

@@ -7,7 +7,8 @@
 //! Writes go through [`Tx`]. On PostgreSQL a writer locks the customer's row
 //! (`SELECT ... FOR UPDATE`), so two hosts writing the same customer serialise.
 //! SQLite has one writer at a time anyway; [`Store::begin`] takes an in-process
-//! lock first, so a transaction never fails half-way to upgrade its read lock.
+//! lock first and then `BEGIN IMMEDIATE`, so a transaction never fails half-way
+//! to upgrade its read lock, whichever process holds the file.
 //!
 //! This module knows SQL and nothing of HTTP or plugins.
 
@@ -166,7 +167,13 @@ impl Store {
             Some(l) => Some(l.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        // IMMEDIATE takes SQLite's write lock up front: another process writing the
+        // same file (the CLI beside a server) then waits (busy_timeout) instead of
+        // failing later when a read-then-write transaction cannot upgrade.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(Tx {
             tx,
             backend: self.backend,

@@ -60,3 +60,29 @@ pub fn ctx(now: i64) -> CallContext {
     }
 }
 pub mod server;
+
+/// Runs each named async test `fn(Db)` twice: against SQLite, and against
+/// PostgreSQL when `STAGECRAFT_TEST_POSTGRES_URL` is set (see `server`).
+#[allow(unused_macros)]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) = super::Db::postgres() {
+                        super::$name(db).await
+                    }
+                }
+            )*
+        }
+    };
+}
