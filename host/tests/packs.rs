@@ -9,7 +9,10 @@ use stagecraft::model::now_ms;
 
 const DAY: i64 = 86_400_000;
 
-on_both_databases!(a_price_sensitive_gym_member_at_risk_is_offered_a_group_plan);
+on_both_databases!(
+    a_price_sensitive_gym_member_at_risk_is_offered_a_group_plan,
+    an_o2o_customer_is_activated_endangered_and_tagged_by_preference,
+);
 
 async fn post_event(s: &TestServer, id: &str, body: Value) -> Value {
     let (status, o) = s.post(&format!("/v1/customers/{id}/events"), body).await;
@@ -71,5 +74,51 @@ async fn a_price_sensitive_gym_member_at_risk_is_offered_a_group_plan(db: Db) {
     assert_eq!(o["scores"]["fitness-studio"]["band"], "medium", "{o}");
     assert_eq!(o["tags_added"], json!([]));
     assert_eq!(o["segments_left"], json!(["at-risk"]));
+    s.finish().await;
+}
+
+async fn an_o2o_customer_is_activated_endangered_and_tagged_by_preference(db: Db) {
+    let s = TestServer::start(db, &[pack("o2o_engagement")]).await;
+    let (status, c) = s
+        .post("/v1/customers", json!({"id": "lin", "source": "seed"}))
+        .await;
+    assert_eq!(status, 201, "{c}");
+    let click =
+        json!({"kind": "email-click", "channel": "email", "fields": {"topic": "promotions"}});
+    let o = post_event(&s, "lin", click.clone()).await;
+    assert_eq!(o["segments_joined"], json!(["seed"]), "{o}");
+    let o = post_event(&s, "lin", click).await;
+    assert_eq!(o["tags_added"], json!(["pref:promotions"]), "{o}");
+    for i in 0..3 {
+        let o = post_event(
+            &s,
+            "lin",
+            json!({"kind": "experience", "fields": {"rating": 5}}),
+        )
+        .await;
+        if i == 2 {
+            assert_eq!(o["tags_added"], json!(["activated"]), "{o}");
+            assert_eq!(o["segments_joined"], json!(["activated"]));
+        }
+    }
+    let o = post_event(
+        &s,
+        "lin",
+        json!({"kind": "experience", "fields": {"rating": 1, "note": "a torn jacket"}}),
+    )
+    .await;
+    assert_eq!(o["tags_added"], json!(["endangered"]), "{o}");
+    assert_eq!(
+        o["follow_ups"][0]["note"],
+        "Rescue: call about a torn jacket"
+    );
+    assert_eq!(o["segments_joined"], json!(["endangered"]));
+    let o = post_event(&s, "lin", json!({"kind": "order", "amount_cents": 45_000})).await;
+    let rfm = &o["scores"]["o2o-engagement"];
+    assert_eq!(
+        (rfm["value"].as_f64(), rfm["band"].as_str()),
+        (Some(514.0), Some("promising")),
+        "{o}"
+    );
     s.finish().await;
 }
