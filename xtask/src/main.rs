@@ -104,6 +104,7 @@ fn plugins(root: &Path) -> Result<PathBuf> {
     }
     run(&mut cmd)?;
     let out = root.join("target").join(WASM_TARGET).join("release");
+    python_plugins(root, &out)?;
     for e in std::fs::read_dir(&out)? {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "wasm") {
@@ -111,6 +112,71 @@ fn plugins(root: &Path) -> Result<PathBuf> {
         }
     }
     Ok(out)
+}
+
+/// The componentize-py release the Python plugins are built with.
+const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// Installs componentize-py from PyPI if this exact version is missing.
+fn ensure_componentize_py() -> Result<()> {
+    let have = Command::new("componentize-py").arg("--version").output();
+    if let Ok(o) = have {
+        if String::from_utf8_lossy(&o.stdout).trim() == format!("componentize-py {COMPONENTIZE_PY}")
+        {
+            return Ok(());
+        }
+    }
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        &format!("componentize-py=={COMPONENTIZE_PY}"),
+    ]))
+    .context("installing componentize-py from PyPI (needs python3 with pip)")
+}
+
+/// Builds every Python plugin (a folder under `plugins/` with an `app.py`) into
+/// `<out>/<folder with _>.wasm` with componentize-py, unless it is up to date.
+/// `--stub-wasi` replaces the interpreter's WASI imports (sockets, files, clocks)
+/// with trapping stubs, so the component imports only what Stagecraft grants.
+fn python_plugins(root: &Path, out: &Path) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("plugins"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("app.py").exists())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Ok(());
+    }
+    ensure_componentize_py()?;
+    let wit = root.join("wit");
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .expect("a folder name")
+            .to_string_lossy()
+            .replace('-', "_");
+        let target = out.join(format!("{name}.wasm"));
+        let newest_input = [dir.join("app.py"), wit.join("plugin.wit")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .max();
+        let built = std::fs::metadata(&target).and_then(|m| m.modified()).ok();
+        if let (Some(i), Some(b)) = (newest_input, built) {
+            if b > i {
+                continue;
+            }
+        }
+        run(Command::new("componentize-py")
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", "plugin", "componentize", "--stub-wasi", "app", "-p"])
+            .arg(&dir)
+            .arg("-o")
+            .arg(&target))?;
+    }
+    Ok(())
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {

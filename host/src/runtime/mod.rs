@@ -179,12 +179,14 @@ impl Runtime {
         let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(limits.max_instances)
-            .total_core_instances(limits.max_instances * 8)
+            .total_core_instances(limits.max_instances * 16)
             .total_memories(limits.max_instances * 2)
             .total_tables(limits.max_instances * 4)
             .total_stacks(limits.max_instances)
             .max_memory_size(limits.memory_bytes)
-            .max_core_instances_per_component(16)
+            // A Rust plugin has a handful of core instances; a Python one built with
+            // componentize-py has ~40 (the interpreter and its shims).
+            .max_core_instances_per_component(64)
             .max_memories_per_component(4)
             .max_tables_per_component(8)
             // Keep a little of each freed memory resident: faster reuse, bounded RSS.
