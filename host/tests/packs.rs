@@ -6,12 +6,15 @@ mod common;
 use common::server::{pack, Db, TestServer};
 use serde_json::{json, Value};
 use stagecraft::model::now_ms;
+use stagecraft_plugin::Plugin;
 
 const DAY: i64 = 86_400_000;
 
 on_both_databases!(
     a_price_sensitive_gym_member_at_risk_is_offered_a_group_plan,
     an_o2o_customer_is_activated_endangered_and_tagged_by_preference,
+    a_trade_customer_goes_from_persona_to_partner,
+    a_repeat_buyer_gets_a_lifetime_value_with_reasons,
 );
 
 async fn post_event(s: &TestServer, id: &str, body: Value) -> Value {
@@ -182,9 +185,215 @@ fn clv_runs_over_the_full_cdnow_data_set_as_it_does_natively() {
             total += s.value;
         }
     }
+    let took = started.elapsed();
+    // Against lifetimes (plugins/clv/reference): the largest difference over the
+    // 2,357 reference customers, for each figure, using the summaries built here.
+    let reference = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../plugins/clv/reference/cdnow_reference.csv"),
+    )
+    .unwrap();
+    let mut max_diff = [0f64; 3];
+    for line in reference.lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        let c = customers
+            .iter()
+            .find(|c| c.id == cols[0])
+            .expect("a reference customer is in the data");
+        let sm = clv::Summary::of(NOW, &c.metrics).unwrap();
+        let want: Vec<f64> = cols[5..8].iter().map(|v| v.parse().unwrap()).collect();
+        let got = [
+            native.p_alive(&sm),
+            native.expected_purchases(&sm, 365.0),
+            native.expected_spend(&sm),
+        ];
+        for k in 0..3 {
+            max_diff[k] = max_diff[k].max((got[k] - want[k]).abs());
+        }
+    }
     eprintln!(
-        "clv: 23,570 CDNOW customers in {:?}; expected value over the next year {total:.0}",
-        started.elapsed()
+        "clv: 23,570 CDNOW customers scored in {took:?}; expected value over the next year {total:.0}; \
+         max difference from lifetimes: P(alive) {:.2e}, expected purchases {:.2e}, spend per purchase {:.2e} cents",
+        max_diff[0], max_diff[1], max_diff[2]
+    );
+    assert!(
+        max_diff[0] < 1e-6 && max_diff[1] < 1e-6 && max_diff[2] < 1e-4,
+        "{max_diff:?}"
     );
     assert!(total > 0.0);
+}
+
+/// b2b-trade's whole story over HTTP: every stage in turn, each move with its
+/// reason on the timeline and a follow-up due after the stage's cadence.
+async fn a_trade_customer_goes_from_persona_to_partner(db: Db) {
+    let s = TestServer::start(
+        db,
+        &[common::server::Pack {
+            stem: "b2b_trade",
+            rules: None,
+            owns_lifecycle: true,
+        }],
+    )
+    .await;
+    let (status, c) = s
+        .post("/v1/customers", json!({"id": "hanse", "source": "event"}))
+        .await;
+    assert_eq!(status, 201, "{c}");
+    let now = now_ms();
+    let story: Vec<(Value, &str, &str, i64)> = vec![
+        (
+            json!({"kind": "visit", "channel": "event", "at": now - 400 * DAY}),
+            "persona",
+            "first recorded contact",
+            30,
+        ),
+        (
+            json!({"kind": "inquiry", "at": now - 390 * DAY, "fields": {"question": "MOQ?"}}),
+            "prospect",
+            "a qualifying inquiry",
+            3,
+        ),
+        (
+            json!({"kind": "order", "amount_cents": 50_000, "at": now - 380 * DAY}),
+            "first-purchase",
+            "placed a first order",
+            7,
+        ),
+        (
+            json!({"kind": "order", "amount_cents": 40_000, "at": now - 300 * DAY}),
+            "repeat",
+            "bought on 2 different days",
+            14,
+        ),
+        (
+            json!({"kind": "order", "amount_cents": 40_000, "at": now - 250 * DAY}),
+            "",
+            "",
+            0,
+        ),
+        (
+            json!({"kind": "order", "amount_cents": 40_000, "at": now - 150 * DAY}),
+            "long-term",
+            "bought on 4 days over 7 months",
+            30,
+        ),
+        (
+            json!({"kind": "exclusive-agreement", "at": now - 100 * DAY}),
+            "advocate",
+            "loyalty signal: buys only this brand",
+            30,
+        ),
+        (
+            json!({"kind": "referral", "at": now - 60 * DAY}),
+            "strategic",
+            "referred 1 new customers",
+            14,
+        ),
+        (
+            json!({"kind": "contract", "at": now - 10 * DAY, "fields": {"role": "distributor"}}),
+            "partner",
+            "signed a partner contract",
+            7,
+        ),
+    ];
+    for (body, stage, reason, cadence_days) in &story {
+        let before = now_ms();
+        let o = post_event(&s, "hanse", body.clone()).await;
+        if stage.is_empty() {
+            assert!(o["stage"].is_null(), "{o}");
+            continue;
+        }
+        assert_eq!(
+            (o["stage"]["to"].as_str(), o["stage"]["reason"].as_str()),
+            (Some(*stage), Some(*reason)),
+            "{o}"
+        );
+        let due = o["follow_ups"][0]["due_at"].as_i64().unwrap();
+        let cadence = cadence_days * DAY;
+        assert!(
+            due >= before + cadence && due <= now_ms() + cadence,
+            "{stage}: follow-up due {due}, cadence {cadence_days} days"
+        );
+    }
+    let (_, c) = s.get("/v1/customers/hanse").await;
+    assert_eq!(c["stage"], "partner");
+    assert_eq!(c["tags"], json!(["partner:distributor"]));
+    let (_, t) = s.get("/v1/customers/hanse/timeline?limit=200").await;
+    let moves: Vec<(String, String)> = t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "stage_move")
+        .map(|e| {
+            (
+                e["to"].as_str().unwrap().to_string(),
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .rev()
+        .collect();
+    let expected: Vec<(String, String)> = story
+        .iter()
+        .filter(|x| !x.1.is_empty())
+        .map(|x| (x.1.to_string(), x.2.to_string()))
+        .collect();
+    assert_eq!(moves, expected, "every move, in order, with its reason");
+    s.finish().await;
+}
+
+/// clv over HTTP: a repeat buyer's lifetime value and its reasons.
+async fn a_repeat_buyer_gets_a_lifetime_value_with_reasons(db: Db) {
+    let s = TestServer::start(db, &[pack("clv")]).await;
+    s.post("/v1/customers", json!({"id": "cd"})).await;
+    let now = now_ms();
+    let o = post_event(
+        &s,
+        "cd",
+        json!({"kind": "order", "amount_cents": 3_000, "at": now - 200 * DAY}),
+    )
+    .await;
+    assert_eq!(o["segments_joined"], json!(["one-time"]), "{o}");
+    let o = post_event(
+        &s,
+        "cd",
+        json!({"kind": "order", "amount_cents": 2_500, "at": now - 120 * DAY}),
+    )
+    .await;
+    assert_eq!(
+        o["segments_left"],
+        json!(["one-time"]),
+        "a second purchase day: {o}"
+    );
+    let o = post_event(
+        &s,
+        "cd",
+        json!({"kind": "order", "amount_cents": 4_000, "at": now - 5 * DAY}),
+    )
+    .await;
+    let score = &o["scores"]["clv"];
+    // x = 2 repeat days, t_x = 195, T = 200 days: computed natively with the same rules.
+    let native = clv::Clv::with_default_rules().unwrap();
+    let sm = clv::Summary {
+        x: 2.0,
+        t_x: 195.0,
+        t: 200.0,
+        m: 9_500.0 / 3.0,
+    };
+    let expected = native.expected_purchases(&sm, 365.0) * native.expected_spend(&sm) / 100.0;
+    assert!(
+        (score["value"].as_f64().unwrap() - (expected * 100.0).round() / 100.0).abs() < 1e-9,
+        "{o}"
+    );
+    let texts: Vec<&str> = score["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts[0].ends_with("% likely still active")
+            && texts[1].contains("purchases expected in the next 365 days"),
+        "{texts:?}"
+    );
+    s.finish().await;
 }
