@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod crm;
 pub mod customer_file;
+pub mod demo;
 pub mod http;
 pub mod import;
 pub mod model;

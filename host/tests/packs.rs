@@ -15,6 +15,7 @@ on_both_databases!(
     an_o2o_customer_is_activated_endangered_and_tagged_by_preference,
     a_trade_customer_goes_from_persona_to_partner,
     a_repeat_buyer_gets_a_lifetime_value_with_reasons,
+    the_demo_data_makes_every_stage_and_segment_appear,
 );
 
 async fn post_event(s: &TestServer, id: &str, body: Value) -> Value {
@@ -395,5 +396,74 @@ async fn a_repeat_buyer_gets_a_lifetime_value_with_reasons(db: Db) {
             && texts[1].contains("purchases expected in the next 365 days"),
         "{texts:?}"
     );
+    s.finish().await;
+}
+
+/// What `stagecraft demo` loads (a CDNOW sample evaluated on 1 July 1998, then the
+/// demo stories) shows every stage of the lifecycle owner and every segment every
+/// enabled pack declares.
+async fn the_demo_data_makes_every_stage_and_segment_appear(db: Db) {
+    let packs = [
+        common::server::Pack {
+            stem: "b2b_trade",
+            rules: None,
+            owns_lifecycle: true,
+        },
+        pack("clv"),
+        pack("fitness_studio"),
+        pack("o2o_engagement"),
+        pack("value_tiers"),
+    ];
+    let s = TestServer::start(db, &packs).await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/data/cdnow/CDNOW_master.txt");
+    let sample: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .take(3001)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let url = format!(
+        "/v1/import/cdnow?now={}",
+        stagecraft::cli::service::DEMO_NOW
+    );
+    let (status, r) = common::server::send(s.req(reqwest::Method::POST, &url).body(sample)).await;
+    assert_eq!(status, 200, "{r}");
+    let n = stagecraft::demo::load_stories(&s.crm, &s.tenant)
+        .await
+        .unwrap();
+    assert!(n > 30);
+    let (_, funnel) = s.get("/v1/analytics/funnel").await;
+    for st in funnel["stages"].as_array().unwrap() {
+        assert!(
+            st["customers"].as_i64().unwrap() > 0,
+            "stage {} is empty: {funnel}",
+            st["id"]
+        );
+    }
+    assert_eq!(funnel["stages"].as_array().unwrap().len(), 8);
+    let (_, segs) = s.get("/v1/analytics/segments").await;
+    let present: std::collections::BTreeSet<(String, String)> = segs["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["customers"].as_i64().unwrap() > 0)
+        .map(|x| {
+            (
+                x["plugin"].as_str().unwrap().to_string(),
+                x["segment"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for p in s.crm.packs.for_tenant(&s.tenant).packs.iter() {
+        for seg in &p.plugin.manifest().segments {
+            assert!(
+                present.contains(&(p.name().to_string(), seg.id.clone())),
+                "{}: segment {} is empty: {segs}",
+                p.name(),
+                seg.id
+            );
+        }
+    }
     s.finish().await;
 }

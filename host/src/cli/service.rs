@@ -271,6 +271,8 @@ pub async fn demo(
             report.imported, report.rows, report.error_count
         );
     }
+    let n = crate::demo::load_stories(&crm, tenant).await?;
+    eprintln!("recorded {n} events of the demo stories (every stage and segment of the packs)");
     let listener_addr = listen.to_string();
     let banner = format!(
         "\nStagecraft demo is ready.\n  URL:   http://{listener_addr}\n  token: {}\n\nTry:\n  curl -H 'Authorization: Bearer {}' http://{listener_addr}/v1/analytics/segments\n",
