@@ -25,6 +25,7 @@ on_both_databases!(
     roles_and_tenants_are_enforced,
     customers_can_be_updated_by_hand,
     a_lapsed_customer_steps_back_and_returns_with_an_order,
+    follow_ups_are_listed_until_marked_done,
 );
 
 fn standard_packs() -> Vec<Pack<'static>> {
@@ -782,5 +783,40 @@ async fn a_lapsed_customer_steps_back_and_returns_with_an_order(db: Db) {
     let o = event(&s, "old", json!({"kind": "order", "amount_cents": 10_000})).await;
     assert_eq!(o["tags_removed"], json!(["lapsed"]), "{o}");
     assert_eq!(o["stage"]["to"], "long-term");
+    s.finish().await;
+}
+
+async fn follow_ups_are_listed_until_marked_done(db: Db) {
+    let s = TestServer::start(db, &standard_packs()).await;
+    create(&s, json!({"id": "fu"})).await;
+    event(
+        &s,
+        "fu",
+        json!({"kind": "inquiry", "fields": {"question": "Do you ship to Oslo?"}}),
+    )
+    .await;
+    let (_, c) = s.get("/v1/customers/fu").await;
+    let open = c["follow_ups"].as_array().unwrap();
+    assert_eq!(open.len(), 2, "{c}");
+    let answer = open
+        .iter()
+        .find(|f| f["note"] == "Answer their question: Do you ship to Oslo?")
+        .unwrap();
+    let path = format!("/v1/customers/fu/follow-ups/{}/done", answer["id"]);
+    let (status, c) = s.post(&path, json!({})).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["follow_ups"].as_array().unwrap().len(), 1);
+    let (status, e) = s.post(&path, json!({})).await;
+    assert_eq!(status, 404, "done twice: {e}");
+    let (status, _) = s
+        .post("/v1/customers/other/follow-ups/1/done", json!({}))
+        .await;
+    assert_eq!(status, 404);
+    let (_, t) = s.get("/v1/customers/fu/timeline").await;
+    assert!(t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "follow_up" && e["status"] == "done"));
     s.finish().await;
 }

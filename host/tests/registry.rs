@@ -25,6 +25,7 @@ on_both_databases!(
     dry_run_counts_exactly_the_customers_whose_band_changes,
     bulk_rescore_applies_the_active_rules_to_every_customer,
     a_failing_version_is_suspended_and_the_previous_one_restored,
+    a_rescore_left_unfinished_by_a_dead_host_is_resumed,
 );
 
 async fn upload(s: &TestServer, bytes: Vec<u8>) -> (u16, Value) {
@@ -711,5 +712,53 @@ async fn an_activation_on_one_host_is_served_by_another_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(hosts);
+    s.finish().await;
+}
+
+async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
+    let s = TestServer::start(db, &[pack("value_tiers")]).await;
+    for i in 0..1200 {
+        s.crm
+            .create_customer(
+                "acme",
+                stagecraft::crm::CustomerInput {
+                    id: Some(format!("r{i:04}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let job = s.crm.start_rescore("acme", "test").await.unwrap();
+    // A host claims the first chunk and dies before finishing it.
+    let mut tx = s.crm.store.begin().await.unwrap();
+    let backend = tx.backend();
+    let long_ago = now_ms() - 10 * 60_000;
+    let claimed =
+        stagecraft::store::claim_chunk(tx.conn(), backend, &job, "dead-host", long_ago, 0)
+            .await
+            .unwrap()
+            .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(claimed.chunk, 0);
+    // Another host takes over: the stale claim is re-claimed and the job completes.
+    let done = s
+        .crm
+        .work_on_rescore("acme", &job, "live-host")
+        .await
+        .unwrap();
+    assert_eq!(done, 1200);
+    let j = wait_for_job(&s, &job).await;
+    assert_eq!(
+        (j["done"].as_i64(), j["total"].as_i64()),
+        (Some(1200), Some(1200))
+    );
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let scored: i64 =
+        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM scores WHERE tenant_id = 'acme'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(scored, 1200);
     s.finish().await;
 }

@@ -18,6 +18,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/customers/{id}", get(read).patch(update))
         .route("/v1/customers/{id}/events", post(record_event))
         .route("/v1/customers/{id}/timeline", get(timeline))
+        .route(
+            "/v1/customers/{id}/follow-ups/{follow_up}/done",
+            post(follow_up_done),
+        )
 }
 
 async fn create(
@@ -135,4 +139,29 @@ async fn timeline(
     }
     let entries = store::timeline(&mut conn, auth.tenant(), &id, limit).await?;
     Ok(Json(json!({ "customer_id": id, "entries": entries })))
+}
+
+/// Marks a follow-up done: staff contacted the customer.
+async fn follow_up_done(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path((id, follow_up)): Path<(String, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    auth.require(Role::Agent)?;
+    let mut tx = s.crm.store.begin().await?;
+    if !store::complete_follow_up(
+        tx.conn(),
+        auth.tenant(),
+        &id,
+        follow_up,
+        crate::model::now_ms(),
+    )
+    .await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "open follow-up {follow_up} of customer {id} not found"
+        )));
+    }
+    tx.commit().await?;
+    Ok(Json(json!(s.crm.customer_view(auth.tenant(), &id).await?)))
 }

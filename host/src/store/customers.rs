@@ -550,6 +550,27 @@ pub async fn add_follow_up(
     Ok(())
 }
 
+/// Marks an open follow-up of a customer done; `false` if there is no such open one.
+pub async fn complete_follow_up(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    id: i64,
+    at: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE follow_ups SET status = 'done', done_at = $1 \
+         WHERE tenant_id = $2 AND customer_id = $3 AND seq = $4 AND status = 'open'",
+    )
+    .bind(at)
+    .bind(tenant)
+    .bind(customer)
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
 pub async fn open_follow_ups(
     conn: &mut AnyConnection,
     tenant: &str,
