@@ -249,7 +249,14 @@ impl Packs {
                 let url = store.url().to_string();
                 tokio::spawn(listen(url, tx));
             }
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // STAGECRAFT_SYNC_INTERVAL_MS: how often the generations are re-read
+            // (default 250 ms); the tests stretch it to prove NOTIFY alone suffices.
+            let every = std::env::var("STAGECRAFT_SYNC_INTERVAL_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(250)
+                .max(10);
+            let mut tick = tokio::time::interval(Duration::from_millis(every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {

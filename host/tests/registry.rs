@@ -637,6 +637,8 @@ async fn an_activation_on_one_host_is_served_by_another_within_a_second() {
                 "--database-url",
                 &url,
             ])
+            // No periodic re-check within the test: the change must arrive by NOTIFY.
+            .env("STAGECRAFT_SYNC_INTERVAL_MS", "600000")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
