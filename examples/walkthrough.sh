@@ -50,6 +50,9 @@ api GET "/v1/customers/$ID"
 step "8. The timeline, newest first: events, stage moves, score changes, follow-ups"
 api GET "/v1/customers/$ID/timeline?limit=20"
 
-step "9. The tenant's funnel and segment sizes"
+step "9. The same reasons in Chinese"
+api GET "/v1/customers/$ID/timeline?limit=30&lang=zh"
+
+step "10. The tenant's funnel and segment sizes"
 api GET /v1/analytics/funnel
 api GET /v1/analytics/segments

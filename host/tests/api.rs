@@ -26,6 +26,7 @@ on_both_databases!(
     customers_can_be_updated_by_hand,
     a_lapsed_customer_steps_back_and_returns_with_an_order,
     follow_ups_are_listed_until_marked_done,
+    reasons_can_be_read_in_chinese,
 );
 
 fn standard_packs() -> Vec<Pack<'static>> {
@@ -753,6 +754,7 @@ async fn the_curl_walkthrough_runs_as_documented() {
         r#""sensitive_fields":["email"]"#,
         r#""type":"stage_move""#,
         r#""owner":"b2b-trade""#,
+        "首次下单",
     ] {
         assert!(
             text.contains(expected),
@@ -818,5 +820,45 @@ async fn follow_ups_are_listed_until_marked_done(db: Db) {
         .unwrap()
         .iter()
         .any(|e| e["type"] == "follow_up" && e["status"] == "done"));
+    s.finish().await;
+}
+
+async fn reasons_can_be_read_in_chinese(db: Db) {
+    let s = TestServer::start(db, &standard_packs()).await;
+    create(&s, json!({"id": "zh"})).await;
+    event(&s, "zh", json!({"kind": "inquiry"})).await;
+    event(&s, "zh", json!({"kind": "order", "amount_cents": 30_000})).await;
+    let (_, c) = s.get("/v1/customers/zh?lang=zh").await;
+    let texts: Vec<&str> = c["scores"]["value-tiers"]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.contains(&"在 1 个不同日期购买"), "{texts:?}");
+    let seg = c["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["plugin"] == "b2b-trade")
+        .unwrap();
+    assert_eq!(seg["reason"]["text"], "阶段等级 2");
+    let (_, t) = s.get("/v1/customers/zh/timeline?lang=zh").await;
+    let moves: Vec<&str> = t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "stage_move")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(moves, ["首次下单", "有效询盘"]);
+    let (_, en) = s.get("/v1/customers/zh/timeline").await;
+    assert!(en["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "placed a first order"));
+    let (status, e) = s.get("/v1/customers/zh?lang=fr").await;
+    assert_eq!(status, 400, "{e}");
     s.finish().await;
 }

@@ -1,6 +1,6 @@
 //! `/v1/customers`: create, read, update, list; events; the timeline.
 
-use super::{ApiError, ApiJson, ApiQuery, AppState, Auth};
+use super::{translate, ApiError, ApiJson, ApiQuery, AppState, Auth, LangQuery};
 use crate::crm::{CustomerInput, CustomerPatch};
 use crate::model::Role;
 use crate::pipeline::EventInput;
@@ -39,9 +39,13 @@ async fn read(
     State(s): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LangQuery>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
-    Ok(Json(json!(s.crm.customer_view(auth.tenant(), &id).await?)))
+    let lang = q.lang()?;
+    let mut v = json!(s.crm.customer_view(auth.tenant(), &id).await?);
+    translate(&mut v, &s.crm.packs.for_tenant(auth.tenant()), lang);
+    Ok(Json(v))
 }
 
 async fn update(
@@ -123,6 +127,7 @@ async fn record_event(
 #[serde(deny_unknown_fields)]
 struct TimelineQuery {
     limit: Option<i64>,
+    lang: Option<String>,
 }
 
 async fn timeline(
@@ -137,8 +142,11 @@ async fn timeline(
     if !store::customer_exists(&mut conn, auth.tenant(), &id).await? {
         return Err(ApiError::NotFound(format!("customer {id} not found")));
     }
+    let lang = LangQuery { lang: q.lang }.lang()?;
     let entries = store::timeline(&mut conn, auth.tenant(), &id, limit).await?;
-    Ok(Json(json!({ "customer_id": id, "entries": entries })))
+    let mut v = json!({ "customer_id": id, "entries": entries });
+    translate(&mut v, &s.crm.packs.for_tenant(auth.tenant()), lang);
+    Ok(Json(v))
 }
 
 /// Marks a follow-up done: staff contacted the customer.

@@ -152,3 +152,97 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// `?lang=en|zh`: the language reasons are rendered in.
+#[derive(serde::Deserialize, Default)]
+pub struct LangQuery {
+    #[serde(default)]
+    pub lang: Option<String>,
+}
+
+impl LangQuery {
+    pub fn lang(&self) -> Result<crate::runtime::Lang, ApiError> {
+        match self.lang.as_deref() {
+            None | Some("en") => Ok(crate::runtime::Lang::En),
+            Some("zh") => Ok(crate::runtime::Lang::Zh),
+            Some(other) => Err(ApiError::bad_request(
+                "bad_query",
+                format!("lang {other:?} is not en or zh"),
+            )),
+        }
+    }
+}
+
+/// Re-renders every reason in a response in `lang`, with the texts of the plugin
+/// that gave it (reasons of a plugin no longer enabled keep their stored English).
+/// A reason is an object with `code`, `points`, `args` and `text`; the plugin is the
+/// nearest enclosing `plugin` field, or the key under `scores`.
+pub fn translate(
+    v: &mut serde_json::Value,
+    packs: &crate::packs::TenantPacks,
+    lang: crate::runtime::Lang,
+) {
+    if lang == crate::runtime::Lang::En {
+        return;
+    }
+    fn reason_of(o: &serde_json::Map<String, serde_json::Value>) -> Option<crate::runtime::Reason> {
+        Some(crate::runtime::Reason {
+            code: o.get("code")?.as_str()?.to_string(),
+            points: o.get("points")?.as_f64()?,
+            args: o
+                .get("args")?
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_f64())
+                .collect(),
+        })
+    }
+    fn walk(
+        v: &mut serde_json::Value,
+        plugin: Option<&str>,
+        packs: &crate::packs::TenantPacks,
+        lang: crate::runtime::Lang,
+    ) {
+        match v {
+            serde_json::Value::Object(o) => {
+                let own = o.get("plugin").and_then(|p| p.as_str()).map(str::to_string);
+                let plugin = own.as_deref().or(plugin);
+                let manifest = plugin
+                    .and_then(|p| packs.packs.iter().find(|x| x.name() == p))
+                    .map(|x| x.plugin.manifest());
+                if let Some(m) = manifest {
+                    if o.contains_key("text") {
+                        if let Some(r) = reason_of(o) {
+                            o.insert("text".into(), m.render(&r, lang).into());
+                        }
+                    }
+                    if let Some(r) = o
+                        .get("reason_detail")
+                        .and_then(|d| d.as_object())
+                        .and_then(reason_of)
+                    {
+                        o.insert("reason".into(), m.render(&r, lang).into());
+                    }
+                }
+                for (k, child) in o.iter_mut() {
+                    if k == "scores" {
+                        if let serde_json::Value::Object(by_plugin) = child {
+                            for (name, s) in by_plugin.iter_mut() {
+                                walk(s, Some(name), packs, lang);
+                            }
+                            continue;
+                        }
+                    }
+                    walk(child, plugin, packs, lang);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for x in a {
+                    walk(x, plugin, packs, lang);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(v, None, packs, lang);
+}

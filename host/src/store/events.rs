@@ -227,7 +227,10 @@ pub enum TimelineEntry {
         at: i64,
         from: Option<String>,
         to: String,
+        /// The reason in words (English; `?lang=zh` re-renders it).
         reason: String,
+        /// The reason as the plugin gave it: code, points, args.
+        reason_detail: serde_json::Value,
         plugin: String,
         plugin_version: String,
         event_id: Option<String>,
@@ -303,7 +306,7 @@ pub async fn timeline(
     .fetch_all(&mut *conn)
     .await?
     {
-        let (_, text): (serde_json::Value, String) = from_json(&r.try_get::<String, _>("reason")?)?;
+        let (detail, text): (serde_json::Value, String) = from_json(&r.try_get::<String, _>("reason")?)?;
         out.push((
             1,
             TimelineEntry::StageMove {
@@ -311,6 +314,7 @@ pub async fn timeline(
                 from: r.try_get("from_stage")?,
                 to: r.try_get("to_stage")?,
                 reason: text,
+                reason_detail: detail,
                 plugin: r.try_get("plugin")?,
                 plugin_version: r.try_get("plugin_version")?,
                 event_id: r.try_get("event_id")?,
