@@ -17,6 +17,7 @@ pub mod customer_file;
 pub mod demo;
 pub mod http;
 pub mod import;
+pub mod metrics;
 pub mod model;
 pub mod packs;
 pub mod pipeline;

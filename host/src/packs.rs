@@ -12,6 +12,7 @@
 //! notification was missed, so a change anywhere is served everywhere within a
 //! second.
 
+use crate::metrics::Metrics;
 use crate::runtime::{LoadedPlugin, Runtime, RuntimeError};
 use crate::store::{self, Store, StoreError};
 use std::collections::HashMap;
@@ -36,11 +37,13 @@ impl ActivePack {
 }
 
 /// A tenant's enabled plugins; the lifecycle owner, if any, comes first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TenantPacks {
     pub packs: Vec<ActivePack>,
     /// The tenant's generation this set was read at.
     pub generation: i64,
+    /// Where plugin runs are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl TenantPacks {
@@ -81,6 +84,7 @@ pub struct Packs {
     tenants: Arc<RwLock<HashMap<String, Arc<TenantPacks>>>>,
     by_digest: Arc<RwLock<HashMap<String, Arc<LoadedPlugin>>>>,
     health: Arc<Mutex<HashMap<HealthKey, VersionHealth>>>,
+    metrics: Arc<Metrics>,
     /// Consecutive failures after which a version is suspended for a tenant.
     pub breaker_threshold: u32,
 }
@@ -106,8 +110,14 @@ impl Packs {
             tenants: Default::default(),
             by_digest: Default::default(),
             health: Default::default(),
+            metrics: Arc::new(Metrics::new()),
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
         }
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Counts a call of a plugin version for a tenant; returns its health after it.
@@ -166,7 +176,13 @@ impl Packs {
             .expect("packs lock")
             .get(tenant)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_else(|| {
+                Arc::new(TenantPacks {
+                    packs: Vec::new(),
+                    generation: 0,
+                    metrics: self.metrics.clone(),
+                })
+            })
     }
 
     /// Loads a component, reusing an already loaded one with the same digest.
@@ -191,8 +207,13 @@ impl Packs {
         let enabled = store::enabled_plugins(&mut conn, tenant).await?;
         drop(conn);
         let mut fresh: HashMap<String, TenantPacks> = HashMap::new();
+        let empty = || TenantPacks {
+            packs: Vec::new(),
+            generation: 0,
+            metrics: self.metrics.clone(),
+        };
         if let Some(t) = tenant {
-            fresh.insert(t.to_string(), TenantPacks::default());
+            fresh.insert(t.to_string(), empty());
         }
         for e in enabled {
             // Compiling is CPU work; keep it off the async workers.
@@ -205,13 +226,17 @@ impl Packs {
                     plugin: format!("{}@{}", e.name, e.version),
                     source,
                 })?;
-            fresh.entry(e.tenant).or_default().packs.push(ActivePack {
-                plugin,
-                version: e.version,
-                rules: e.rules,
-                rules_version: e.rules_version,
-                owns_lifecycle: e.owns_lifecycle,
-            });
+            fresh
+                .entry(e.tenant)
+                .or_insert_with(empty)
+                .packs
+                .push(ActivePack {
+                    plugin,
+                    version: e.version,
+                    rules: e.rules,
+                    rules_version: e.rules_version,
+                    owns_lifecycle: e.owns_lifecycle,
+                });
         }
         let mut tenants = self.tenants.write().expect("packs lock");
         if tenant.is_none() {

@@ -327,7 +327,21 @@ fn evaluate(
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
     for pack in &packs.packs {
-        match run_plugin(pack, ctx, &customer, recent, event) {
+        let started = std::time::Instant::now();
+        let result = run_plugin(pack, ctx, &customer, recent, event);
+        let labels = [pack.name(), pack.version.as_str()];
+        packs
+            .metrics
+            .plugin_seconds
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok");
+        packs
+            .metrics
+            .plugin_calls
+            .with_label_values(&[labels[0], labels[1], outcome])
+            .inc();
+        match result {
             Ok(o) => {
                 apply_to_record(&mut customer, &o.actions);
                 if let Some(segs) = &o.segments {
@@ -394,6 +408,7 @@ pub async fn record_event(
         now,
         tenant: tenant.to_string(),
     };
+    let metrics = packs.metrics.clone();
     let before = customer.clone();
     let (outputs, failures) = if packs.packs.is_empty() {
         (Vec::new(), Vec::new())
@@ -524,5 +539,6 @@ pub async fn record_event(
         now,
     )
     .await?;
+    metrics.events.inc();
     Ok(outcome)
 }

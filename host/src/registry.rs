@@ -564,6 +564,11 @@ impl Crm {
         .await?;
         store::notify_change(&mut tx, tenant).await?;
         tx.commit().await?;
+        self.packs
+            .metrics()
+            .suspensions
+            .with_label_values(&[name, version])
+            .inc();
         self.packs.reset_health(tenant, name, version);
         self.packs
             .reload(&self.store, Some(tenant))
@@ -699,6 +704,11 @@ impl Crm {
             if let Some(id) = job {
                 let mut conn = self.store.conn().await?;
                 store::add_progress(&mut conn, id, chunk.len() as i64, now_ms()).await?;
+                self.packs
+                    .metrics()
+                    .job_customers
+                    .with_label_values(&["dry-run"])
+                    .inc_by(chunk.len() as u64);
             }
         }
         Ok(report)
@@ -835,6 +845,11 @@ impl Crm {
             let mut tx = self.store.begin().await?;
             store::complete_chunk(tx.conn(), job, chunk.chunk).await?;
             store::add_progress(tx.conn(), job, ids.len() as i64, now_ms()).await?;
+            self.packs
+                .metrics()
+                .job_customers
+                .with_label_values(&["rescore"])
+                .inc_by(ids.len() as u64);
             let left = store::chunks_left(tx.conn(), job).await?;
             if left == 0 {
                 let mut conn_job = store::job(tx.conn(), tenant, job).await?;

@@ -290,6 +290,28 @@ async fn a_failing_plugin_is_contained_and_the_event_still_stored(db: Db) {
     assert!(entries.iter().any(|e| e["type"] == "plugin_failure"
         && e["plugin"] == "hostile"
         && e["event_id"] == o["event_id"]));
+    // And it is counted, next to the healthy plugin's run and the request itself.
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"stagecraft_plugin_calls_total{outcome="trap",plugin="hostile",version="0.1.0"} 1"#,
+        r#"stagecraft_plugin_calls_total{outcome="ok",plugin="value-tiers",version="0.1.0"} 1"#,
+        r#"stagecraft_http_requests_total{method="POST",route="/v1/customers/{id}/events",status="201"} 1"#,
+        "stagecraft_events_ingested_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "/metrics lacks {line}:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("stagecraft_plugin_call_seconds_bucket{plugin=\"hostile\""));
     s.finish().await;
 }
 

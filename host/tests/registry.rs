@@ -594,6 +594,22 @@ async fn a_failing_version_is_suspended_and_the_previous_one_restored(db: Db) {
         "{e}"
     );
     assert_eq!(e["detail"]["restored"]["version"], "1.0.0");
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                == r#"stagecraft_plugin_suspensions_total{plugin="scorer",version="2.0.0"} 1"#),
+        "{metrics}"
+    );
     // Every failed event was still stored, with its failure on the timeline.
     let (_, t) = s.get("/v1/customers/f/timeline").await;
     let entries = t["entries"].as_array().unwrap();

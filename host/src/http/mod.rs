@@ -38,9 +38,50 @@ pub fn app(crm: Crm) -> Router {
         .merge(analytics::routes())
         .merge(plugins::routes())
         .route("/v1/audit", get(audit))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
+}
+
+/// Prometheus metrics (unauthenticated, like /healthz: no customer data in it).
+async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.crm.packs.metrics().render(),
+    )
+}
+
+/// Counts every request by its route pattern (not its path: ids would explode the
+/// label set), method and status, and times it.
+async fn count_requests(
+    State(s): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = s.crm.packs.metrics();
+    m.http_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
 }
 
 async fn health(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
