@@ -19,7 +19,13 @@ fn spawn_server(dir: &std::path::Path, url: &str, port: u16) -> KillOnDrop {
         std::process::Command::new(env!("CARGO_BIN_EXE_stagecraft"))
             .arg("--data-dir")
             .arg(dir)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database-url", url])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                url,
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -34,7 +40,11 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_event(db: Db) {
     let s = TestServer::start(db, &[pack("value_tiers")]).await;
     s.post("/v1/customers", json!({"id": "k"})).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = spawn_server(dir.path(), s.database_url(), port);
     wait_healthy(&base).await;
@@ -44,7 +54,12 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_event(db: Db) {
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let mut streams = Vec::new();
     for stream in 0..STREAMS {
-        let (client, token, base, acked) = (s.client.clone(), s.token.clone(), base.clone(), acked.clone());
+        let (client, token, base, acked) = (
+            s.client.clone(),
+            s.token.clone(),
+            base.clone(),
+            acked.clone(),
+        );
         streams.push(tokio::spawn(async move {
             for i in (stream..EVENTS).step_by(STREAMS) {
                 let req = client
@@ -72,7 +87,10 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_event(db: Db) {
         t.await.unwrap();
     }
     let acked: BTreeSet<usize> = acked.lock().unwrap().clone();
-    assert!(acked.len() < EVENTS, "the kill came before the end of the stream");
+    assert!(
+        acked.len() < EVENTS,
+        "the kill came before the end of the stream"
+    );
 
     // Restart; the clients retry everything not acknowledged, with the same keys.
     let _server = spawn_server(dir.path(), s.database_url(), port);
@@ -93,20 +111,160 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_event(db: Db) {
     }
 
     let mut conn = s.crm.store.conn().await.unwrap();
-    let keys: Vec<String> = sqlx::query_scalar("SELECT idempotency_key FROM events WHERE tenant_id = 'acme' AND customer_id = 'k'")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT idempotency_key FROM events WHERE tenant_id = 'acme' AND customer_id = 'k'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
     assert_eq!(keys.len(), EVENTS, "every event exactly once");
     let distinct: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), EVENTS);
     let (_, c) = s.get("/v1/customers/k").await;
-    let recomputed = stagecraft::store::recompute_metrics(&mut conn, "acme", "k", stagecraft::model::now_ms()).await.unwrap();
+    let recomputed =
+        stagecraft::store::recompute_metrics(&mut conn, "acme", "k", stagecraft::model::now_ms())
+            .await
+            .unwrap();
     assert_eq!(c["metrics"], json!(recomputed), "nothing half-applied");
     assert_eq!(c["metrics"]["orders"], EVENTS);
     let spend: i64 = (0..EVENTS as i64).map(|i| 100 + i).sum();
     assert_eq!(c["metrics"]["total_spend_cents"], spend);
-    eprintln!("killed after {} of {EVENTS} acknowledged; all {EVENTS} present once after retries", acked.len());
+    eprintln!(
+        "killed after {} of {EVENTS} acknowledged; all {EVENTS} present once after retries",
+        acked.len()
+    );
     drop(conn);
+    s.finish().await;
+}
+
+/// A TCP relay to PostgreSQL that can be cut and restored, to make the database
+/// go away under a running server.
+struct Relay {
+    port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(port: u16, upstream: String) -> Relay {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    Ok((mut inbound, _)) = listener.accept() => {
+                        let upstream = upstream.clone();
+                        links.spawn(async move {
+                            if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                            }
+                        });
+                    }
+                }
+            }
+            // Dropping the set aborts every open link: the server's connections die.
+            links.abort_all();
+        });
+        Relay {
+            port,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn cut(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// PostgreSQL goes away under a running server: requests fail fast with 503 and a
+/// clear JSON error, nothing is half-stored, and the server recovers by itself
+/// when the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_gives_503_and_the_server_recovers() {
+    let Some(db) = Db::postgres() else { return };
+    let s = TestServer::start(db, &[pack("value_tiers")]).await;
+    s.post("/v1/customers", json!({"id": "d"})).await;
+    let url = s.database_url().to_string();
+    let rest = url.strip_prefix("postgres://").unwrap();
+    let (auth_host, db_name) = rest.split_once('/').unwrap();
+    let (user, host) = auth_host
+        .rsplit_once('@')
+        .map(|(u, h)| (format!("{u}@"), h))
+        .unwrap_or((String::new(), auth_host));
+    let mut relay = Relay::start(0, host.to_string()).await;
+    let port = relay.port;
+    let relayed = format!("postgres://{user}127.0.0.1:{port}/{db_name}");
+
+    let store = stagecraft::store::Store::connect(&relayed).await.unwrap();
+    let runtime = stagecraft::runtime::Runtime::new(common::test_limits(), None).unwrap();
+    let crm = stagecraft::Crm::new(store, stagecraft::packs::Packs::new(runtime));
+    crm.packs.reload(&crm.store, None).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(stagecraft::http::serve(
+        listener,
+        crm.clone(),
+        std::future::pending(),
+    ));
+    let get = |path: &str| send(s.client.get(format!("{base}{path}")).bearer_auth(&s.token));
+    assert_eq!(get("/v1/customers/d").await.0, 200);
+
+    relay.cut().await;
+    let started = std::time::Instant::now();
+    let (status, e) = send(
+        s.client
+            .post(format!("{base}/v1/customers/d/events"))
+            .bearer_auth(&s.token)
+            .json(&json!({"kind": "order", "amount_cents": 100})),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{e}"
+    );
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("database is unavailable"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "fails within the pool's acquire timeout"
+    );
+    let (status, h) = send(s.client.get(format!("{base}/healthz"))).await;
+    assert_eq!(status, 503, "{h}");
+
+    let _relay = Relay::start(port, host.to_string()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if get("/v1/customers/d").await.0 == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, c) = get("/v1/customers/d").await;
+    assert_eq!(
+        c["metrics"]["orders"], 0,
+        "the failed event left nothing behind: {c}"
+    );
+    crm.store.close().await;
     s.finish().await;
 }
