@@ -268,3 +268,84 @@ async fn a_lost_database_gives_503_and_the_server_recovers() {
     crm.store.close().await;
     s.finish().await;
 }
+
+/// Two hosts on one PostgreSQL write events for the same customer at once: no
+/// lost update (the metrics are exact) and a consistent stage history (each move
+/// starts where the previous one ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_writing_one_customer_lose_no_update() {
+    let Some(db) = Db::postgres() else { return };
+    let packs = [
+        common::server::Pack {
+            stem: "b2b_trade",
+            rules: None,
+            owns_lifecycle: true,
+        },
+        pack("value_tiers"),
+    ];
+    let s = TestServer::start(db, &packs).await;
+    s.post("/v1/customers", json!({"id": "shared"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut hosts = Vec::new();
+    for n in 0..2 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = spawn_server(&dir.path().join(format!("h{n}")), s.database_url(), port);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&base).await;
+        hosts.push((base, child));
+    }
+    let now = stagecraft::model::now_ms();
+    let mut tasks = Vec::new();
+    for (n, (base, _)) in hosts.iter().enumerate() {
+        for lane in 0..2 {
+            let (client, token, base) = (s.client.clone(), s.token.clone(), base.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25i64 {
+                    let day = (n as i64 * 50 + lane * 25 + i) % 40;
+                    let body = json!({"kind": "order", "amount_cents": 1_000, "at": now - (day + 1) * 86_400_000});
+                    let (status, o) = send(client.post(format!("{base}/v1/customers/shared/events")).bearer_auth(&token).json(&body)).await;
+                    assert_eq!(status, 201, "{o}");
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, c) = s.get("/v1/customers/shared").await;
+    assert_eq!(c["metrics"]["orders"], 100);
+    assert_eq!(c["metrics"]["purchase_days"], 40);
+    assert_eq!(c["metrics"]["total_spend_cents"], 100_000);
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let recomputed = stagecraft::store::recompute_metrics(
+        &mut conn,
+        "acme",
+        "shared",
+        stagecraft::model::now_ms(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c["metrics"], json!(recomputed));
+    let moves: Vec<(Option<String>, String)> = sqlx::query_as(
+        "SELECT from_stage, to_stage FROM stage_moves WHERE tenant_id = 'acme' AND customer_id = 'shared' ORDER BY seq",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert!(!moves.is_empty());
+    for w in moves.windows(2) {
+        assert_eq!(
+            w[1].0.as_deref(),
+            Some(w[0].1.as_str()),
+            "a move starts where the last ended: {moves:?}"
+        );
+    }
+    assert_eq!(moves.last().unwrap().1, c["stage"].as_str().unwrap());
+    drop(conn);
+    drop(hosts);
+    s.finish().await;
+}
