@@ -358,6 +358,18 @@ impl Crm {
             .map_err(RegistryError::Rejected)
     }
 
+    /// Fails with "not found" unless the tenant has stored a version of `name`.
+    async fn ensure_plugin(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
+        let mut conn = self.store.conn().await?;
+        if store::plugin_versions(&mut conn, tenant, Some(name))
+            .await?
+            .is_empty()
+        {
+            return Err(RegistryError::NotFound(format!("plugin {name} not found")));
+        }
+        Ok(())
+    }
+
     /// The version a new rule set is checked against: the active one, else the newest stored.
     async fn reference_version(&self, tenant: &str, name: &str) -> Result<String, RegistryError> {
         let mut conn = self.store.conn().await?;
@@ -476,6 +488,7 @@ impl Crm {
         name: &str,
         reason: &str,
     ) -> Result<(Pair, Pair), RegistryError> {
+        self.ensure_plugin(tenant, name).await?;
         let at = now_ms();
         let mut tx = self.store.begin().await?;
         let (from, to) = store::rollback(tx.conn(), tenant, name, actor, reason, at)
@@ -584,6 +597,7 @@ impl Crm {
         name: &str,
         c: &Candidate,
     ) -> Result<(Option<ActivePack>, ActivePack, Pair), RegistryError> {
+        self.ensure_plugin(tenant, name).await?;
         let packs = self.packs.for_tenant(tenant);
         let active = packs.packs.iter().find(|p| p.name() == name).cloned();
         let version = match (&c.version, &active) {

@@ -38,6 +38,8 @@ pub fn app(crm: Crm) -> Router {
         .merge(analytics::routes())
         .merge(plugins::routes())
         .route("/v1/audit", get(audit))
+        .route("/v1/tokens", axum::routing::post(create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
@@ -113,6 +115,64 @@ async fn audit(
     )
     .await?;
     Ok(Json(json!({ "entries": entries })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenBody {
+    role: Role,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+/// Creates a token for the caller's tenant (admin); the secret is shown once.
+async fn create_token(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiJson(b): ApiJson<NewTokenBody>,
+) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+    auth.require(Role::Admin)?;
+    let label = b.label.unwrap_or_else(|| "api".into());
+    if label.len() > 200 {
+        return Err(ApiError::Unprocessable(
+            "label is longer than 200 bytes".into(),
+        ));
+    }
+    let mut tx = s.crm.store.begin().await?;
+    let t = store::create_token(tx.conn(), auth.tenant(), b.role, &label).await?;
+    store::audit(
+        tx.conn(),
+        auth.tenant(),
+        &auth.0.token_id,
+        "token.create",
+        &t.id,
+        &json!({ "role": b.role, "label": label }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((axum::http::StatusCode::CREATED, Json(json!(t))))
+}
+
+/// Revokes a token of the caller's tenant (admin); it stops working at once.
+async fn revoke_token(
+    State(s): State<AppState>,
+    auth: Auth,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.require(Role::Admin)?;
+    let mut tx = s.crm.store.begin().await?;
+    store::revoke_token(tx.conn(), auth.tenant(), &id).await?;
+    store::audit(
+        tx.conn(),
+        auth.tenant(),
+        &auth.0.token_id,
+        "token.revoke",
+        &id,
+        &json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(json!({ "revoked": id })))
 }
 
 /// The caller, from `Authorization: Bearer <token>`.
