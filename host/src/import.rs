@@ -161,7 +161,11 @@ impl Crm {
         let mut in_chunk = 0;
         while let Some(rec) = records.next().await {
             report.rows += 1;
-            let line = report.rows + 1;
+            // The physical line (blank lines are skipped, quoted cells may span lines).
+            let line = match &rec {
+                Ok(r) => r.position().map_or(report.rows + 1, |p| p.line()),
+                Err(e) => e.position().map_or(report.rows + 1, |p| p.line()),
+            };
             let rec = match rec {
                 Ok(r) => r,
                 Err(e) => {
@@ -261,7 +265,11 @@ impl Crm {
         let mut batch = EventBatch::new(self, tenant, now).await?;
         while let Some(rec) = records.next().await {
             report.rows += 1;
-            let line = report.rows + 1;
+            // The physical line (blank lines are skipped, quoted cells may span lines).
+            let line = match &rec {
+                Ok(r) => r.position().map_or(report.rows + 1, |p| p.line()),
+                Err(e) => e.position().map_or(report.rows + 1, |p| p.line()),
+            };
             let rec = match rec {
                 Ok(r) => r,
                 Err(e) => {

@@ -220,3 +220,41 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_fields_never_reach_a_plugin() {
+        let field = |key: &str, sensitive| FieldEntry {
+            key: key.into(),
+            value: FieldValue::Text("x".into()),
+            sensitive,
+        };
+        let c = CustomerRecord {
+            id: "c".into(),
+            name: None,
+            source: None,
+            stage: None,
+            created_at: 0,
+            updated_at: 0,
+            metrics: Metrics::default(),
+            fields: vec![
+                field("industry", false),
+                field("email", true),
+                field("salary", true),
+            ],
+            tags: vec![],
+            segments: vec![],
+        };
+        let snap = customer_snapshot(&c, &[]);
+        let keys: Vec<&str> = snap.fields.0.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["industry"]);
+        let bytes = stagecraft_plugin::snapshot::encode_customer(&snap).unwrap();
+        assert!(
+            !bytes.windows(5).any(|w| w == b"email"),
+            "not even the key is sent"
+        );
+    }
+}
