@@ -113,6 +113,16 @@ pub fn customer_snapshot<'a>(
     c: &'a CustomerRecord,
     events: &'a [EventRecord],
 ) -> snapshot::Customer<'a> {
+    customer_snapshot_granted(c, events, &[])
+}
+
+/// A customer as a plugin sees it, with the sensitive fields in `granted` (an
+/// admin's grant of what the plugin's manifest asks for) and no others.
+pub fn customer_snapshot_granted<'a>(
+    c: &'a CustomerRecord,
+    events: &'a [EventRecord],
+    granted: &[String],
+) -> snapshot::Customer<'a> {
     snapshot::Customer {
         id: &c.id,
         stage: c.stage.as_deref(),
@@ -124,7 +134,7 @@ pub fn customer_snapshot<'a>(
         fields: snapshot::Fields(
             c.fields
                 .iter()
-                .filter(|f| !f.sensitive)
+                .filter(|f| !f.sensitive || granted.contains(&f.key))
                 .map(|f| (f.key.as_str(), snapshot_value(&f.value)))
                 .collect(),
         ),

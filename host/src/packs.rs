@@ -28,6 +28,8 @@ pub struct ActivePack {
     pub rules: Option<String>,
     pub rules_version: Option<i64>,
     pub owns_lifecycle: bool,
+    /// Sensitive fields an admin granted this plugin for the tenant.
+    pub granted_fields: Vec<String>,
 }
 
 impl ActivePack {
@@ -205,6 +207,10 @@ impl Packs {
         let generations: HashMap<String, i64> =
             store::generations(&mut conn).await?.into_iter().collect();
         let enabled = store::enabled_plugins(&mut conn, tenant).await?;
+        let mut grants = Vec::with_capacity(enabled.len());
+        for e in &enabled {
+            grants.push(store::field_grants(&mut conn, &e.tenant, &e.name).await?);
+        }
         drop(conn);
         let mut fresh: HashMap<String, TenantPacks> = HashMap::new();
         let empty = || TenantPacks {
@@ -215,7 +221,7 @@ impl Packs {
         if let Some(t) = tenant {
             fresh.insert(t.to_string(), empty());
         }
-        for e in enabled {
+        for (e, granted_fields) in enabled.into_iter().zip(grants) {
             // Compiling is CPU work; keep it off the async workers.
             let this = self.clone();
             let (digest, wasm) = (e.digest.clone(), e.wasm);
@@ -236,6 +242,7 @@ impl Packs {
                     rules: e.rules,
                     rules_version: e.rules_version,
                     owns_lifecycle: e.owns_lifecycle,
+                    granted_fields,
                 });
         }
         let mut tenants = self.tenants.write().expect("packs lock");

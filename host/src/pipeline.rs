@@ -8,7 +8,8 @@
 //! the failure goes on the customer's timeline. The event itself is always stored.
 
 use crate::model::{
-    self, apply_event, customer_snapshot, CustomerRecord, EventRecord, FieldEntry, ALWAYS_SENSITIVE,
+    self, apply_event, customer_snapshot_granted, CustomerRecord, EventRecord, FieldEntry,
+    ALWAYS_SENSITIVE,
 };
 use crate::packs::{ActivePack, TenantPacks};
 use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError};
@@ -230,7 +231,7 @@ fn run_plugin(
         score: None,
         segments: None,
     };
-    let snap = customer_snapshot(customer, recent);
+    let snap = customer_snapshot_granted(customer, recent, &pack.granted_fields);
     out.actions = session
         .on_event(ctx, &snap, &event.snapshot())
         .map_err(from_runtime)?;
@@ -257,7 +258,7 @@ fn run_plugin(
     // Score and segment see the customer as this plugin's own actions left it.
     let mut after = customer.clone();
     apply_to_record(&mut after, &out.actions);
-    let snap = customer_snapshot(&after, recent);
+    let snap = customer_snapshot_granted(&after, recent, &pack.granted_fields);
     let batch = std::slice::from_ref(&snap);
     if m.scoring {
         let s = session

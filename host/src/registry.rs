@@ -8,7 +8,7 @@
 //! committed, so an activation never leaves a tenant with nothing to run.
 
 use crate::crm::{Crm, CrmError};
-use crate::model::{customer_snapshot, now_ms, CustomerRecord, EventRecord};
+use crate::model::{customer_snapshot_granted, now_ms, CustomerRecord, EventRecord};
 use crate::packs::ActivePack;
 use crate::pipeline::{PipelineError, RECENT_EVENTS};
 use crate::runtime::{Action, CallContext, Lang, LoadedPlugin, Manifest, RuntimeError};
@@ -150,7 +150,7 @@ impl Evaluator {
         let rules = self.pack.rules.as_deref();
         let snaps: Vec<_> = batch
             .iter()
-            .map(|(c, ev)| customer_snapshot(c, ev))
+            .map(|(c, ev)| customer_snapshot_granted(c, ev, &self.pack.granted_fields))
             .collect();
         let mut out = vec![Verdict::default(); batch.len()];
         let fail = |out: &mut Vec<Verdict>, e: &dyn std::fmt::Display| {
@@ -417,6 +417,58 @@ impl Crm {
         Ok((n, version))
     }
 
+    /// Lets `name` see the sensitive `fields` for this tenant (replacing any earlier
+    /// grant). Only fields the active version's manifest asks for can be granted.
+    pub async fn grant_fields(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        fields: Vec<String>,
+    ) -> Result<(), RegistryError> {
+        self.ensure_plugin(tenant, name).await?;
+        let mut conn = self.store.conn().await?;
+        let version = store::active_pair(&mut conn, tenant, name)
+            .await?
+            .map(|(p, _)| p.version)
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!("{name} is not active for this tenant"))
+            })?;
+        let (_, manifest, _) = store::plugin_component(&mut conn, tenant, name, &version)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {name}@{version} not found")))?;
+        drop(conn);
+        if let Some(f) = fields.iter().find(|f| !manifest.wants_fields.contains(f)) {
+            return Err(RegistryError::Invalid(format!(
+                "{name}@{version} does not ask for the field {f:?} (it asks for: {})",
+                if manifest.wants_fields.is_empty() {
+                    "none".to_string()
+                } else {
+                    manifest.wants_fields.join(", ")
+                }
+            )));
+        }
+        let mut tx = self.store.begin().await?;
+        store::set_field_grants(tx.conn(), tenant, name, &fields).await?;
+        store::bump_generation(tx.conn(), tenant).await?;
+        // Field names only: values never go into the audit log.
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "plugin.grant_fields",
+            name,
+            &json!({ "fields": fields }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(|e| RegistryError::Invalid(e.to_string()))
+    }
+
     /// Switches the tenant to (version, rules_version) atomically; returns (from, to).
     pub async fn activate(
         &self,
@@ -641,6 +693,10 @@ impl Crm {
             rules,
             rules_version,
             owns_lifecycle: owns,
+            granted_fields: active
+                .as_ref()
+                .map(|a| a.granted_fields.clone())
+                .unwrap_or_default(),
         };
         Ok((
             active,
@@ -946,7 +1002,7 @@ fn batch_results(
     let m = pack.plugin.manifest();
     let snaps: Vec<_> = batch
         .iter()
-        .map(|(c, ev)| customer_snapshot(c, ev))
+        .map(|(c, ev)| customer_snapshot_granted(c, ev, &pack.granted_fields))
         .collect();
     let rules = pack.rules.as_deref();
     let mut out = vec![(None, None); batch.len()];

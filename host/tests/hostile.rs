@@ -179,3 +179,77 @@ async fn a_snooping_plugin_sees_no_files_env_clock_or_randomness() {
     );
     s.finish().await;
 }
+
+/// A sensitive field reaches a plugin only when its manifest asks for it and an
+/// admin granted it for the tenant; the grant names fields, never values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensitive_field_reaches_a_plugin_only_when_granted() {
+    let rules = r#"{"mode": "fields"}"#;
+    let s = TestServer::start(
+        Db::Sqlite,
+        &[Pack {
+            stem: "hostile",
+            rules: Some(rules),
+            owns_lifecycle: true,
+        }],
+    )
+    .await;
+    s.post("/v1/customers", json!({"id": "p", "fields": {"email": "ana@example.com", "phone": "+1 555", "city": "Porto"}})).await;
+    let band = |o: &Value| o["scores"]["hostile"]["band"].as_str().unwrap().to_string();
+    let visit = || s.post("/v1/customers/p/events", json!({"kind": "visit"}));
+    let (_, o) = visit().await;
+    assert_eq!(
+        (band(&o), o["scores"]["hostile"]["value"].as_f64()),
+        ("no-email".into(), Some(1.0)),
+        "only city: {o}"
+    );
+
+    let (status, e) = s
+        .put("/v1/plugins/hostile/grants", json!({"fields": ["phone"]}))
+        .await;
+    assert_eq!(status, 422, "phone is not asked for: {e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("asks for: email"),
+        "{e}"
+    );
+    let agent = s.token_for(Role::Agent).await;
+    let (status, _) = send(
+        s.client
+            .put(s.url("/v1/plugins/hostile/grants"))
+            .bearer_auth(&agent)
+            .json(&json!({"fields": ["email"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let (status, g) = s
+        .put("/v1/plugins/hostile/grants", json!({"fields": ["email"]}))
+        .await;
+    assert_eq!(status, 200, "{g}");
+    let (_, o) = visit().await;
+    assert_eq!(
+        (band(&o), o["scores"]["hostile"]["value"].as_f64()),
+        ("sees-email".into(), Some(2.0)),
+        "city and email, never phone: {o}"
+    );
+    let (_, audit) = s.get("/v1/audit").await;
+    let text = audit.to_string();
+    assert!(
+        text.contains("plugin.grant_fields") && !text.contains("ana@example.com"),
+        "{audit}"
+    );
+
+    let (_, _) = s
+        .put("/v1/plugins/hostile/grants", json!({"fields": []}))
+        .await;
+    let (_, o) = visit().await;
+    assert_eq!(
+        band(&o),
+        "no-email",
+        "a withdrawn grant takes effect at once"
+    );
+    s.finish().await;
+}

@@ -27,6 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/plugins/{name}/activate", post(activate))
         .route("/v1/plugins/{name}/rollback", post(rollback))
         .route("/v1/plugins/{name}/dry-run", post(dry_run))
+        .route("/v1/plugins/{name}/grants", put(grant_fields))
         .route("/v1/rescore", post(rescore))
         .route("/v1/jobs/{id}", get(job))
 }
@@ -75,6 +76,7 @@ async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value
     let suspended = store::suspensions(&mut conn, tenant, name).await?;
     let rule_sets = store::rule_sets(&mut conn, tenant, name).await?;
     let history = store::activations(&mut conn, tenant, name).await?;
+    let grants = store::field_grants(&mut conn, tenant, name).await?;
     let list: Vec<Value> = versions
         .iter()
         .map(|v| {
@@ -105,6 +107,7 @@ async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value
         "versions": list,
         "rule_sets": rule_sets,
         "activations": history,
+        "granted_fields": grants,
         "manifest": current.manifest,
     })))
 }
@@ -290,4 +293,24 @@ async fn job(
         .await?
         .map(|j| Json(json!(j)))
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    fields: Vec<String>,
+}
+
+/// Lets a plugin see sensitive fields it asks for (admin).
+async fn grant_fields(
+    State(s): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<GrantBody>,
+) -> Result<Json<Value>, ApiError> {
+    auth.require(Role::Admin)?;
+    s.crm
+        .grant_fields(auth.tenant(), &auth.0.token_id, &name, b.fields.clone())
+        .await?;
+    Ok(Json(json!({ "plugin": name, "granted_fields": b.fields })))
 }

@@ -561,3 +561,41 @@ pub async fn notify_change(tx: &mut super::Tx, tenant: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Replaces the sensitive fields `plugin` may see for `tenant`.
+pub async fn set_field_grants(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    fields: &[String],
+) -> Result<()> {
+    sqlx::query("DELETE FROM field_grants WHERE tenant_id = $1 AND plugin = $2")
+        .bind(tenant)
+        .bind(plugin)
+        .execute(&mut *conn)
+        .await?;
+    for f in fields {
+        sqlx::query("INSERT INTO field_grants (tenant_id, plugin, field) VALUES ($1, $2, $3)")
+            .bind(tenant)
+            .bind(plugin)
+            .bind(f)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The sensitive fields `plugin` may see for `tenant`.
+pub async fn field_grants(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT field FROM field_grants WHERE tenant_id = $1 AND plugin = $2 ORDER BY field",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .fetch_all(conn)
+    .await?)
+}

@@ -162,6 +162,10 @@ impl TestServer {
         send(self.req(reqwest::Method::POST, path).json(&body)).await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        send(self.req(reqwest::Method::PUT, path).json(&body)).await
+    }
+
     pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
         send(self.req(reqwest::Method::PATCH, path).json(&body)).await
     }

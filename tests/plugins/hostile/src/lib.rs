@@ -64,6 +64,11 @@ impl Plugin for Hostile {
             .stage("start", "Start", None, 0)
             .stage("end", "End", None, 1)
             .segment("all", "Everyone")
+            .reads(Reads {
+                fields: true,
+                ..Default::default()
+            })
+            .wants_field("email")
             .reason("ok", "value {0}", None)
             .reason("snoop", "env {0}, file {1}, clock {2}, random {3}", None)
             .default_rules(r#"{"mode": "ok", "value": 1.0}"#)
@@ -77,7 +82,7 @@ impl Plugin for Hostile {
         Ok(h)
     }
 
-    fn score(&self, ctx: &Context, _c: &Customer) -> Result<Score, PluginError> {
+    fn score(&self, ctx: &Context, c: &Customer) -> Result<Score, PluginError> {
         self.misbehave();
         match self.mode.as_str() {
             "bad-reason" => Ok(Score::new(1.0).reason(Reason::new("undeclared", 1.0))),
@@ -97,6 +102,14 @@ impl Plugin for Hostile {
                 Ok(Score::new(0.0)
                     .reason(Reason::new("snoop", 0.0).args([env, file, clock, random])))
             }
+            // Reports the fields it was given: how many, and whether `email` is one.
+            "fields" => Ok(Score::new(c.fields.len() as f64)
+                .band(if c.fields.get("email").is_some() {
+                    "sees-email"
+                } else {
+                    "no-email"
+                })
+                .reason(Reason::new("ok", 0.0).args([c.fields.len() as f64]))),
             _ => Ok(Score::new(self.value)
                 .band("ok")
                 .reason(Reason::new("ok", self.value).args([self.value]))),
