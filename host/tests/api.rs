@@ -291,15 +291,7 @@ async fn a_failing_plugin_is_contained_and_the_event_still_stored(db: Db) {
         && e["plugin"] == "hostile"
         && e["event_id"] == o["event_id"]));
     // And it is counted, next to the healthy plugin's run and the request itself.
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     for line in [
         r#"stagecraft_plugin_calls_total{outcome="trap",plugin="hostile",version="0.1.0"} 1"#,
         r#"stagecraft_plugin_calls_total{outcome="ok",plugin="value-tiers",version="0.1.0"} 1"#,

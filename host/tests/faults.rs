@@ -15,22 +15,7 @@ use std::time::Duration;
 on_both_databases!(a_server_killed_mid_stream_loses_no_acknowledged_event);
 
 fn spawn_server(dir: &std::path::Path, url: &str, port: u16) -> KillOnDrop {
-    KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_stagecraft"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                url,
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    common::server::spawn_serve(dir, url, port, &[])
 }
 
 const EVENTS: usize = 400;
@@ -40,11 +25,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_event(db: Db) {
     let s = TestServer::start(db, &[pack("value_tiers")]).await;
     s.post("/v1/customers", json!({"id": "k"})).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::server::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut server = spawn_server(dir.path(), s.database_url(), port);
     wait_healthy(&base).await;
@@ -288,11 +269,7 @@ async fn two_hosts_writing_one_customer_lose_no_update() {
     let dir = tempfile::tempdir().unwrap();
     let mut hosts = Vec::new();
     for n in 0..2 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::server::free_port();
         let child = spawn_server(&dir.path().join(format!("h{n}")), s.database_url(), port);
         let base = format!("http://127.0.0.1:{port}");
         wait_healthy(&base).await;

@@ -594,15 +594,7 @@ async fn a_failing_version_is_suspended_and_the_previous_one_restored(db: Db) {
         "{e}"
     );
     assert_eq!(e["detail"]["restored"]["version"], "1.0.0");
-    let metrics = s
-        .client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics_text().await;
     assert!(
         metrics
             .lines()
@@ -638,31 +630,15 @@ async fn an_activation_on_one_host_is_served_by_another_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let mut hosts = Vec::new();
     for n in 0..2 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_stagecraft"))
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("host{n}")))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                &url,
-            ])
-            // No periodic re-check within the test: the change must arrive by NOTIFY.
-            .env("STAGECRAFT_SYNC_INTERVAL_MS", "600000")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        hosts.push((
-            format!("http://127.0.0.1:{port}"),
-            common::server::KillOnDrop(child),
-        ));
+        let port = common::server::free_port();
+        // No periodic re-check within the test: the change must arrive by NOTIFY.
+        let child = common::server::spawn_serve(
+            &dir.path().join(format!("host{n}")),
+            &url,
+            port,
+            &[("STAGECRAFT_SYNC_INTERVAL_MS", "600000")],
+        );
+        hosts.push((format!("http://127.0.0.1:{port}"), child));
     }
     for (base, _) in &hosts {
         common::server::wait_healthy(base).await;

@@ -170,6 +170,18 @@ impl TestServer {
         send(self.req(reqwest::Method::PATCH, path).json(&body)).await
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A token of another role for the same tenant.
     pub async fn token_for(&self, role: Role) -> String {
         self.crm
@@ -238,4 +250,38 @@ pub async fn wait_healthy(base: &str) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `stagecraft serve` process on `url`, listening on `port`, with extra environment.
+pub fn spawn_serve(
+    data_dir: &std::path::Path,
+    url: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> KillOnDrop {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_stagecraft"));
+    c.arg("--data-dir")
+        .arg(data_dir)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    KillOnDrop(c.spawn().unwrap())
 }
