@@ -45,6 +45,24 @@ pub struct RowError {
 }
 
 impl ImportReport {
+    /// Counts a CSV row and gives its physical line (blank lines are skipped and
+    /// quoted cells may span lines); a malformed row is reported and skipped.
+    fn take_row(
+        &mut self,
+        rec: Result<csv_async::StringRecord, csv_async::Error>,
+    ) -> Option<(u64, csv_async::StringRecord)> {
+        self.rows += 1;
+        let fallback = self.rows + 1;
+        match rec {
+            Ok(r) => Some((r.position().map_or(fallback, |p| p.line()), r)),
+            Err(e) => {
+                let line = e.position().map_or(fallback, |p| p.line());
+                self.error(line, format!("malformed CSV: {e}"));
+                None
+            }
+        }
+    }
+
     fn error(&mut self, line: u64, message: String) {
         self.error_count += 1;
         if self.errors.len() < MAX_LISTED_ERRORS {
@@ -160,18 +178,8 @@ impl Crm {
         let mut tx = self.store.begin().await?;
         let mut in_chunk = 0;
         while let Some(rec) = records.next().await {
-            report.rows += 1;
-            // The physical line (blank lines are skipped, quoted cells may span lines).
-            let line = match &rec {
-                Ok(r) => r.position().map_or(report.rows + 1, |p| p.line()),
-                Err(e) => e.position().map_or(report.rows + 1, |p| p.line()),
-            };
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    report.error(line, format!("malformed CSV: {e}"));
-                    continue;
-                }
+            let Some((line, rec)) = report.take_row(rec) else {
+                continue;
             };
             let mut input = CustomerInput::default();
             let mut bad = None;
@@ -264,18 +272,8 @@ impl Crm {
         let mut records = rdr.records();
         let mut batch = EventBatch::new(self, tenant, now).await?;
         while let Some(rec) = records.next().await {
-            report.rows += 1;
-            // The physical line (blank lines are skipped, quoted cells may span lines).
-            let line = match &rec {
-                Ok(r) => r.position().map_or(report.rows + 1, |p| p.line()),
-                Err(e) => e.position().map_or(report.rows + 1, |p| p.line()),
-            };
-            let rec = match rec {
-                Ok(r) => r,
-                Err(e) => {
-                    report.error(line, format!("malformed CSV: {e}"));
-                    continue;
-                }
+            let Some((line, rec)) = report.take_row(rec) else {
+                continue;
             };
             if rec.len() != headers.len() {
                 report.error(

@@ -208,8 +208,26 @@ impl Packs {
             store::generations(&mut conn).await?.into_iter().collect();
         let enabled = store::enabled_plugins(&mut conn, tenant).await?;
         let mut grants = Vec::with_capacity(enabled.len());
+        // Component bytes only for what this host has not loaded yet: a reload
+        // after every activation or grant must not re-read every blob.
+        let mut bytes = Vec::with_capacity(enabled.len());
         for e in &enabled {
             grants.push(store::field_grants(&mut conn, &e.tenant, &e.name).await?);
+            let loaded = self
+                .by_digest
+                .read()
+                .expect("packs lock")
+                .get(&e.digest)
+                .cloned();
+            bytes.push(match loaded {
+                Some(p) => Ok(p),
+                None => Err(
+                    store::plugin_component(&mut conn, &e.tenant, &e.name, &e.version)
+                        .await?
+                        .map(|(_, _, wasm)| wasm)
+                        .unwrap_or_default(),
+                ),
+            });
         }
         drop(conn);
         let mut fresh: HashMap<String, TenantPacks> = HashMap::new();
@@ -221,17 +239,22 @@ impl Packs {
         if let Some(t) = tenant {
             fresh.insert(t.to_string(), empty());
         }
-        for (e, granted_fields) in enabled.into_iter().zip(grants) {
-            // Compiling is CPU work; keep it off the async workers.
-            let this = self.clone();
-            let (digest, wasm) = (e.digest.clone(), e.wasm);
-            let plugin = tokio::task::spawn_blocking(move || this.load(&digest, &wasm))
-                .await
-                .expect("plugin load task")
-                .map_err(|source| PacksError::Load {
-                    plugin: format!("{}@{}", e.name, e.version),
-                    source,
-                })?;
+        for ((e, granted_fields), loaded) in enabled.into_iter().zip(grants).zip(bytes) {
+            let plugin = match loaded {
+                Ok(p) => p,
+                Err(wasm) => {
+                    // Compiling is CPU work; keep it off the async workers.
+                    let this = self.clone();
+                    let digest = e.digest.clone();
+                    tokio::task::spawn_blocking(move || this.load(&digest, &wasm))
+                        .await
+                        .expect("plugin load task")
+                        .map_err(|source| PacksError::Load {
+                            plugin: format!("{}@{}", e.name, e.version),
+                            source,
+                        })?
+                }
+            };
             fresh
                 .entry(e.tenant)
                 .or_insert_with(empty)

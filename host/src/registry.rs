@@ -11,7 +11,9 @@ use crate::crm::{Crm, CrmError};
 use crate::model::{customer_snapshot_granted, now_ms, CustomerRecord, EventRecord};
 use crate::packs::ActivePack;
 use crate::pipeline::{PipelineError, RECENT_EVENTS};
-use crate::runtime::{Action, CallContext, Lang, LoadedPlugin, Manifest, RuntimeError};
+use crate::runtime::{
+    Action, CallContext, Lang, LoadedPlugin, Manifest, Membership, PluginError, RuntimeError, Score,
+};
 use crate::store::{self, Pair, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -148,52 +150,41 @@ impl Evaluator {
         let plugin = &self.pack.plugin;
         let m = plugin.manifest();
         let rules = self.pack.rules.as_deref();
-        let snaps: Vec<_> = batch
-            .iter()
-            .map(|(c, ev)| customer_snapshot_granted(c, ev, &self.pack.granted_fields))
-            .collect();
+        let snaps = snapshots(&self.pack, batch);
         let mut out = vec![Verdict::default(); batch.len()];
         let fail = |out: &mut Vec<Verdict>, e: &dyn std::fmt::Display| {
             for v in out.iter_mut() {
                 v.error.get_or_insert_with(|| e.to_string());
             }
         };
-        if m.scoring {
-            match plugin
-                .session(ctx, rules)
-                .and_then(|mut s| s.score(ctx, &snaps))
-            {
-                Ok(scores) => {
-                    for (v, s) in out.iter_mut().zip(scores) {
-                        match s {
-                            Ok(s) => {
-                                v.value = Some(s.value);
-                                v.band = s.band;
-                                v.reasons =
-                                    s.reasons.iter().map(|r| m.render(r, Lang::En)).collect();
-                            }
-                            Err(e) => v.error = Some(e.to_string()),
+        let calls = score_and_segment(&self.pack, ctx, &snaps);
+        match calls.scores {
+            Some(Ok(scores)) => {
+                for (v, s) in out.iter_mut().zip(scores) {
+                    match s {
+                        Ok(s) => {
+                            v.value = Some(s.value);
+                            v.band = s.band;
+                            v.reasons = s.reasons.iter().map(|r| m.render(r, Lang::En)).collect();
                         }
+                        Err(e) => v.error = Some(e.to_string()),
                     }
                 }
-                Err(e) => fail(&mut out, &e),
             }
+            Some(Err(e)) => fail(&mut out, &e),
+            None => {}
         }
-        if m.segmentation {
-            match plugin
-                .session(ctx, rules)
-                .and_then(|mut s| s.segment(ctx, &snaps))
-            {
-                Ok(segs) => {
-                    for (v, s) in out.iter_mut().zip(segs) {
-                        match s {
-                            Ok(ms) => v.segments = ms.into_iter().map(|x| x.segment).collect(),
-                            Err(e) => v.error = Some(e.to_string()),
-                        }
+        match calls.segments {
+            Some(Ok(segs)) => {
+                for (v, s) in out.iter_mut().zip(segs) {
+                    match s {
+                        Ok(ms) => v.segments = ms.into_iter().map(|x| x.segment).collect(),
+                        Err(e) => v.error = Some(e.to_string()),
                     }
                 }
-                Err(e) => fail(&mut out, &e),
             }
+            Some(Err(e)) => fail(&mut out, &e),
+            None => {}
         }
         if m.lifecycle && self.pack.owns_lifecycle {
             for (i, (snap, (_, events))) in snaps.iter().zip(batch).enumerate() {
@@ -1000,19 +991,10 @@ fn batch_results(
     String,
 > {
     let m = pack.plugin.manifest();
-    let snaps: Vec<_> = batch
-        .iter()
-        .map(|(c, ev)| customer_snapshot_granted(c, ev, &pack.granted_fields))
-        .collect();
-    let rules = pack.rules.as_deref();
+    let calls = score_and_segment(pack, ctx, &snapshots(pack, batch));
     let mut out = vec![(None, None); batch.len()];
-    if m.scoring {
-        let scores = pack
-            .plugin
-            .session(ctx, rules)
-            .and_then(|mut s| s.score(ctx, &snaps))
-            .map_err(|e| e.to_string())?;
-        for (o, s) in out.iter_mut().zip(scores) {
+    if let Some(scores) = calls.scores {
+        for (o, s) in out.iter_mut().zip(scores.map_err(|e| e.to_string())?) {
             o.0 = s.ok().map(|s| store::StoredScore {
                 plugin: m.name.clone(),
                 plugin_version: pack.version.clone(),
@@ -1027,13 +1009,8 @@ fn batch_results(
             });
         }
     }
-    if m.segmentation {
-        let segs = pack
-            .plugin
-            .session(ctx, rules)
-            .and_then(|mut s| s.segment(ctx, &snaps))
-            .map_err(|e| e.to_string())?;
-        for (o, s) in out.iter_mut().zip(segs) {
+    if let Some(segs) = calls.segments {
+        for (o, s) in out.iter_mut().zip(segs.map_err(|e| e.to_string())?) {
             o.1 = s.ok().map(|ms| {
                 ms.iter()
                     .map(|x| (x.segment.clone(), crate::pipeline::render(pack, &x.reason)))
@@ -1087,5 +1064,49 @@ impl Crm {
                 }
             }
         })
+    }
+}
+
+/// The customers of a batch as this pack may see them.
+fn snapshots<'a>(
+    pack: &ActivePack,
+    batch: &'a [(CustomerRecord, Vec<EventRecord>)],
+) -> Vec<stagecraft_plugin::snapshot::Customer<'a>> {
+    batch
+        .iter()
+        .map(|(c, ev)| customer_snapshot_granted(c, ev, &pack.granted_fields))
+        .collect()
+}
+
+/// One call over a batch: `Err` when the whole call failed, otherwise one result
+/// per customer.
+type BatchCall<T> = Result<Vec<Result<T, PluginError>>, RuntimeError>;
+
+/// A pack's raw answers for a batch; `None` for what it does not do.
+struct BatchCalls {
+    scores: Option<BatchCall<Score>>,
+    segments: Option<BatchCall<Vec<Membership>>>,
+}
+
+/// Scores and segments a batch, each in a fresh instance (blocking). Shared by the
+/// dry-run and the bulk rescore, so both see a pack exactly alike.
+fn score_and_segment(
+    pack: &ActivePack,
+    ctx: &CallContext,
+    snaps: &[stagecraft_plugin::snapshot::Customer<'_>],
+) -> BatchCalls {
+    let m = pack.plugin.manifest();
+    let rules = pack.rules.as_deref();
+    BatchCalls {
+        scores: m.scoring.then(|| {
+            pack.plugin
+                .session(ctx, rules)
+                .and_then(|mut s| s.score(ctx, snaps))
+        }),
+        segments: m.segmentation.then(|| {
+            pack.plugin
+                .session(ctx, rules)
+                .and_then(|mut s| s.segment(ctx, snaps))
+        }),
     }
 }

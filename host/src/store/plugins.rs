@@ -129,7 +129,6 @@ pub struct EnabledPlugin {
     pub version: String,
     pub digest: String,
     pub manifest: Manifest,
-    pub wasm: Vec<u8>,
     pub rules_version: Option<i64>,
     /// `None`: the plugin's default rules.
     pub rules: Option<String>,
@@ -142,7 +141,7 @@ pub async fn enabled_plugins(
     tenant: Option<&str>,
 ) -> Result<Vec<EnabledPlugin>> {
     sqlx::query(
-        "SELECT e.tenant_id, e.plugin, e.version, e.rules_version, e.owns_lifecycle, v.digest, v.manifest, v.wasm, r.rules \
+        "SELECT e.tenant_id, e.plugin, e.version, e.rules_version, e.owns_lifecycle, v.digest, v.manifest, r.rules \
          FROM enabled_plugins e \
          JOIN plugin_versions v ON v.tenant_id = e.tenant_id AND v.name = e.plugin AND v.version = e.version \
          LEFT JOIN rule_sets r ON r.tenant_id = e.tenant_id AND r.plugin = e.plugin AND r.version = e.rules_version \
@@ -159,7 +158,6 @@ pub async fn enabled_plugins(
             version: r.try_get("version")?,
             digest: r.try_get("digest")?,
             manifest: from_json(&r.try_get::<String, _>("manifest")?)?,
-            wasm: r.try_get("wasm")?,
             rules_version: r.try_get("rules_version")?,
             rules: r.try_get("rules")?,
             owns_lifecycle: r.try_get::<i64, _>("owns_lifecycle")? != 0,
