@@ -20,11 +20,12 @@ pub struct Crm {
 }
 
 /// A customer as a client creates it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerInput {
     /// Your id for the customer; one is generated if absent.
     #[serde(default)]
+    #[schema(pattern = "^[!-.0-~]{1,128}$")]
     pub id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
@@ -43,7 +44,7 @@ pub struct CustomerInput {
 }
 
 /// Changes to a customer; absent parts stay as they are.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerPatch {
     #[serde(default)]

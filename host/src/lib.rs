@@ -26,3 +26,14 @@ pub mod runtime;
 pub mod store;
 
 pub use crm::Crm;
+
+/// `tokio::task::spawn_blocking` that keeps the caller's span, so that the log
+/// lines of plugin calls (which run on blocking threads) carry the request id.
+pub fn spawn_blocking<F, R>(f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+}

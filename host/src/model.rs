@@ -19,7 +19,9 @@ pub const MAX_TEXT: usize = 1024;
 pub const MAX_ID: usize = 128;
 
 /// What a token may do. Each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -140,6 +142,23 @@ pub fn customer_snapshot_granted<'a>(
         ),
         events: events.iter().map(EventRecord::snapshot).collect(),
     }
+}
+
+/// The values of `c`'s sensitive fields that `granted` lets a plugin see: what
+/// its session must keep out of logs and errors ([`crate::runtime::Session::withhold`]).
+pub fn granted_secrets(c: &CustomerRecord, granted: &[String]) -> Vec<String> {
+    if granted.is_empty() {
+        return Vec::new();
+    }
+    c.fields
+        .iter()
+        .filter(|f| f.sensitive && granted.contains(&f.key))
+        .filter_map(|f| match &f.value {
+            FieldValue::Text(t) => Some(t.clone()),
+            FieldValue::Number(n) => Some(n.to_string()),
+            FieldValue::Boolean(_) | FieldValue::Time(_) => None,
+        })
+        .collect()
 }
 
 fn snapshot_value(v: &FieldValue) -> snapshot::Value<'_> {

@@ -246,7 +246,7 @@ impl Packs {
                     // Compiling is CPU work; keep it off the async workers.
                     let this = self.clone();
                     let digest = e.digest.clone();
-                    tokio::task::spawn_blocking(move || this.load(&digest, &wasm))
+                    crate::spawn_blocking(move || this.load(&digest, &wasm))
                         .await
                         .expect("plugin load task")
                         .map_err(|source| PacksError::Load {

@@ -35,11 +35,14 @@ pub enum PipelineError {
 }
 
 /// An event as a client sends it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventInput {
+    /// What happened: `order`, `visit`, `inquiry`... (a-z, 0-9, `_`, `-`).
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub kind: String,
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub channel: Option<String>,
     /// When it happened (ms since the epoch); defaults to now.
     #[serde(default)]
@@ -222,6 +225,7 @@ fn run_plugin(
         .plugin
         .session(ctx, pack.rules.as_deref())
         .map_err(from_runtime)?;
+    session.withhold(model::granted_secrets(customer, &pack.granted_fields));
     let mut out = PluginOutput {
         pack: pack.clone(),
         name: m.name.clone(),
@@ -415,7 +419,7 @@ pub async fn record_event(
         (Vec::new(), Vec::new())
     } else {
         let ev = event.clone();
-        tokio::task::spawn_blocking(move || evaluate(&packs, &ctx, customer, &recent, &ev))
+        crate::spawn_blocking(move || evaluate(&packs, &ctx, customer, &recent, &ev))
             .await
             .expect("plugin evaluation task")
     };

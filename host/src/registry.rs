@@ -8,7 +8,9 @@
 //! committed, so an activation never leaves a tenant with nothing to run.
 
 use crate::crm::{Crm, CrmError};
-use crate::model::{customer_snapshot_granted, now_ms, CustomerRecord, EventRecord};
+use crate::model::{
+    customer_snapshot_granted, granted_secrets, now_ms, CustomerRecord, EventRecord,
+};
 use crate::packs::ActivePack;
 use crate::pipeline::{PipelineError, RECENT_EVENTS};
 use crate::runtime::{
@@ -68,7 +70,7 @@ pub struct Uploaded {
 }
 
 /// A pair to dry-run or activate, as a client names it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Candidate {
     /// Plugin version; the active one if absent.
@@ -157,7 +159,7 @@ impl Evaluator {
                 v.error.get_or_insert_with(|| e.to_string());
             }
         };
-        let calls = score_and_segment(&self.pack, ctx, &snaps);
+        let calls = score_and_segment(&self.pack, ctx, batch, &snaps);
         match calls.scores {
             Some(Ok(scores)) => {
                 for (v, s) in out.iter_mut().zip(scores) {
@@ -187,13 +189,14 @@ impl Evaluator {
             None => {}
         }
         if m.lifecycle && self.pack.owns_lifecycle {
-            for (i, (snap, (_, events))) in snaps.iter().zip(batch).enumerate() {
+            for (i, (snap, (record, events))) in snaps.iter().zip(batch).enumerate() {
                 let Some(latest) = events.first() else {
                     continue;
                 };
-                let moved = plugin
-                    .session(ctx, rules)
-                    .and_then(|mut s| s.on_event(ctx, snap, &latest.snapshot()));
+                let moved = plugin.session(ctx, rules).and_then(|mut s| {
+                    s.withhold(granted_secrets(record, &self.pack.granted_fields));
+                    s.on_event(ctx, snap, &latest.snapshot())
+                });
                 match moved {
                     Ok(actions) => {
                         out[i].stage = actions.iter().rev().find_map(|a| match a {
@@ -293,7 +296,7 @@ impl Crm {
         }
         let packs = self.packs.clone();
         let bytes = wasm.clone();
-        let plugin = tokio::task::spawn_blocking(move || {
+        let plugin = crate::spawn_blocking(move || {
             let digest = crate::runtime::cache::digest(&bytes);
             packs.load(&digest, &bytes)
         })
@@ -343,7 +346,7 @@ impl Crm {
             .ok_or_else(|| RegistryError::NotFound(format!("plugin {name}@{version} not found")))?;
         drop(conn);
         let packs = self.packs.clone();
-        tokio::task::spawn_blocking(move || packs.load(&digest, &wasm))
+        crate::spawn_blocking(move || packs.load(&digest, &wasm))
             .await
             .expect("plugin load task")
             .map_err(RegistryError::Rejected)
@@ -390,7 +393,7 @@ impl Crm {
         let plugin = self.load_version(tenant, name, &version).await?;
         let text = serde_json::to_string(rules).expect("JSON serialises");
         let (p, t) = (plugin.clone(), text.clone());
-        tokio::task::spawn_blocking(move || check_rules(&p, &t))
+        crate::spawn_blocking(move || check_rules(&p, &t))
             .await
             .expect("rules check task")?;
         let mut tx = self.store.begin().await?;
@@ -486,7 +489,7 @@ impl Crm {
         };
         if let Some(r) = rules {
             let p = plugin.clone();
-            tokio::task::spawn_blocking(move || check_rules(&p, &r))
+            crate::spawn_blocking(move || check_rules(&p, &r))
                 .await
                 .expect("rules check task")?;
         }
@@ -657,7 +660,7 @@ impl Crm {
             (Some(r), _) => {
                 let text = serde_json::to_string(r).expect("JSON serialises");
                 let (p, t) = (plugin.clone(), text.clone());
-                tokio::task::spawn_blocking(move || check_rules(&p, &t))
+                crate::spawn_blocking(move || check_rules(&p, &t))
                     .await
                     .expect("rules check task")?;
                 (Some(text), None)
@@ -750,7 +753,7 @@ impl Crm {
                 tenant: tenant.to_string(),
             };
             let (b, a, bt) = (before_eval.clone(), after_eval.clone(), batch.clone());
-            let (before, after) = tokio::task::spawn_blocking(move || {
+            let (before, after) = crate::spawn_blocking(move || {
                 let before = match &b {
                     Some(e) => e.evaluate(&ctx, &bt),
                     None => vec![Verdict::default(); bt.len()],
@@ -944,7 +947,7 @@ impl Crm {
             tenant: tenant.to_string(),
         };
         let (p, b) = (packs.clone(), batch.clone());
-        let results: Vec<Result<Results, String>> = tokio::task::spawn_blocking(move || {
+        let results: Vec<Result<Results, String>> = crate::spawn_blocking(move || {
             p.packs
                 .iter()
                 .map(|pack| batch_results(pack, &ctx, &b))
@@ -991,7 +994,7 @@ fn batch_results(
     String,
 > {
     let m = pack.plugin.manifest();
-    let calls = score_and_segment(pack, ctx, &snapshots(pack, batch));
+    let calls = score_and_segment(pack, ctx, batch, &snapshots(pack, batch));
     let mut out = vec![(None, None); batch.len()];
     if let Some(scores) = calls.scores {
         for (o, s) in out.iter_mut().zip(scores.map_err(|e| e.to_string())?) {
@@ -1093,20 +1096,27 @@ struct BatchCalls {
 fn score_and_segment(
     pack: &ActivePack,
     ctx: &CallContext,
+    batch: &[(CustomerRecord, Vec<EventRecord>)],
     snaps: &[stagecraft_plugin::snapshot::Customer<'_>],
 ) -> BatchCalls {
     let m = pack.plugin.manifest();
     let rules = pack.rules.as_deref();
+    let secrets: Vec<String> = batch
+        .iter()
+        .flat_map(|(c, _)| granted_secrets(c, &pack.granted_fields))
+        .collect();
     BatchCalls {
         scores: m.scoring.then(|| {
-            pack.plugin
-                .session(ctx, rules)
-                .and_then(|mut s| s.score(ctx, snaps))
+            pack.plugin.session(ctx, rules).and_then(|mut s| {
+                s.withhold(secrets.clone());
+                s.score(ctx, snaps)
+            })
         }),
         segments: m.segmentation.then(|| {
-            pack.plugin
-                .session(ctx, rules)
-                .and_then(|mut s| s.segment(ctx, snaps))
+            pack.plugin.session(ctx, rules).and_then(|mut s| {
+                s.withhold(secrets);
+                s.segment(ctx, snaps)
+            })
         }),
     }
 }

@@ -4,7 +4,7 @@
 #[macro_use]
 mod common;
 
-use common::server::{pack, Db, Pack, TestServer};
+use common::server::{pack, send, Db, Pack, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 use stagecraft::model::{now_ms, Role};
@@ -27,6 +27,7 @@ on_both_databases!(
     a_lapsed_customer_steps_back_and_returns_with_an_order,
     follow_ups_are_listed_until_marked_done,
     reasons_can_be_read_in_chinese,
+    openapi_lists_every_route,
 );
 
 fn standard_packs() -> Vec<Pack<'static>> {
@@ -648,6 +649,82 @@ async fn customers_list_filters_and_pages(db: Db) {
     );
     assert_eq!(ids(&s.get("/v1/customers?stage=prospect").await.1), ["k3"]);
     assert_eq!(ids(&s.get("/v1/customers?segment=acquire").await.1), ["k3"]);
+
+    // Text search: a piece of the id or name, any case; LIKE's wildcards are literal.
+    s.patch(
+        "/v1/customers/k5",
+        json!({"name": "Mueller & Sons 50%_off"}),
+    )
+    .await;
+    assert_eq!(ids(&s.get("/v1/customers?q=MUELLER").await.1), ["k5"]);
+    assert_eq!(ids(&s.get("/v1/customers?q=50%25_").await.1), ["k5"]);
+    assert_eq!(ids(&s.get("/v1/customers?q=%25").await.1), ["k5"]);
+    assert_eq!(ids(&s.get("/v1/customers?q=K6").await.1), ["k6"]);
+    // Scores: bounds on one plugin's score or any.
+    let k3 = s.get("/v1/customers/k3").await.1;
+    let v = k3["scores"]["value-tiers"]["value"].as_f64().unwrap();
+    event(&s, "k1", json!({"kind": "inquiry"})).await;
+    assert_eq!(
+        ids(&s
+            .get("/v1/customers?score_plugin=value-tiers&min_score=-1e12")
+            .await
+            .1),
+        ["k1", "k3"],
+        "only scored customers"
+    );
+    let around = ids(&s
+        .get(&format!("/v1/customers?min_score={v}&max_score={v}"))
+        .await
+        .1);
+    assert!(around.contains(&"k3".to_string()), "{around:?}");
+    assert_eq!(
+        ids(&s.get("/v1/customers?min_score=1e12").await.1),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(&s
+            .get("/v1/customers?score_plugin=nope&min_score=-1e12")
+            .await
+            .1),
+        Vec::<String>::new()
+    );
+    let (status, e) = s.get("/v1/customers?min_score=NaN").await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (400, Some("bad_query")),
+        "{e}"
+    );
+    s.finish().await;
+}
+
+/// `/openapi.json` is served and every operation it describes exists: called
+/// without a token, none answers "no such route" or 405.
+async fn openapi_lists_every_route(db: Db) {
+    let s = TestServer::start(db, &[]).await;
+    let (status, doc) = send(s.client.get(s.url("/openapi.json"))).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "{}", paths.len());
+    for (template, item) in paths {
+        let path = template
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()));
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let resp = s.client.request(m, s.url(&path)).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            assert_ne!(status, 405, "{method} {template}");
+            assert!(!body.contains("no such route"), "{method} {template}");
+            if op.get("security").is_some() {
+                assert_eq!(status, 401, "{method} {template} needs a token");
+            }
+        }
+    }
     s.finish().await;
 }
 

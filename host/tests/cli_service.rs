@@ -268,3 +268,160 @@ fn the_demo_starts_fresh_with_packs_and_data_and_prints_a_working_token() {
         assert_eq!(c2["stage"], "repeat");
     }
 }
+
+/// `--log-format json`: every line is a JSON object; every line written while a
+/// request is served carries its request id (the client's `X-Request-Id`, echoed);
+/// and a sensitive value never reaches the log or the audit trail, even from a
+/// plugin that was granted it and writes it to its log, stdout, stderr, an error
+/// and a panic.
+#[test]
+fn json_logs_carry_the_request_id_and_never_a_sensitive_value() {
+    const SECRET: &str = "ana.secret@example.com";
+    let dir = tempfile::tempdir().unwrap();
+    let token = json_out(
+        stagecraft(dir.path()).args(["token", "create", "--tenant", "acme", "--role", "admin"]),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rules = dir.path().join("leak.json");
+    std::fs::write(&rules, r#"{"mode": "leak"}"#).unwrap();
+    json_out(
+        stagecraft(dir.path())
+            .args([
+                "plugin",
+                "install",
+                "--tenant",
+                "acme",
+                "--enable",
+                "--owns-lifecycle",
+                "--rules",
+            ])
+            .arg(&rules)
+            .arg(common::wasm_path("hostile")),
+    );
+    let log_path = dir.path().join("server.log");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = Server(
+        stagecraft(dir.path())
+            .args(["--log-format", "json", "serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("STAGECRAFT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_healthy(&base);
+    let http = reqwest::blocking::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>, rid: &str| {
+        let mut r = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(&token)
+            .header("x-request-id", rid);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().unwrap();
+        assert_eq!(resp.headers()["x-request-id"], rid, "echoed");
+        (resp.status().as_u16(), resp.json::<Value>().unwrap())
+    };
+    use reqwest::Method;
+    let (status, b) = call(
+        Method::PUT,
+        "/v1/plugins/hostile/grants",
+        Some(serde_json::json!({"fields": ["email"]})),
+        "grant-1",
+    );
+    assert_eq!(status, 200, "{b}");
+    let (status, b) = call(
+        Method::POST,
+        "/v1/customers",
+        Some(serde_json::json!({"id": "ana", "fields": {"email": SECRET, "city": "Porto"}})),
+        "create-1",
+    );
+    assert_eq!(status, 201, "{b}");
+    let (status, o) = call(
+        Method::POST,
+        "/v1/customers/ana/events",
+        Some(serde_json::json!({"kind": "visit"})),
+        "event-1",
+    );
+    assert_eq!(
+        status, 201,
+        "the event is stored although the plugin failed: {o}"
+    );
+    // The batch paths too: a dry-run (scores and segments in one instance each).
+    let (status, d) = call(
+        Method::POST,
+        "/v1/plugins/hostile/dry-run",
+        Some(serde_json::json!({"rules": {"mode": "leak"}})),
+        "dry-1",
+    );
+    assert_eq!(status, 200, "{d}");
+    let (_, timeline) = call(Method::GET, "/v1/customers/ana/timeline", None, "tl-1");
+    let (_, audit) = call(Method::GET, "/v1/audit", None, "audit-1");
+    let bad_id = http
+        .get(format!("{base}/v1/customers"))
+        .bearer_auth(&token)
+        .header("x-request-id", "not acceptable: spaces")
+        .send()
+        .unwrap();
+    let made = bad_id.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        made.len() == 32 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
+    drop(_server);
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of = |rid: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["span"]["request_id"] == rid)
+            .collect()
+    };
+    let event_lines = of("event-1");
+    let text = |l: &Value| l["fields"]["message"].as_str().unwrap_or("").to_string();
+    assert!(
+        event_lines
+            .iter()
+            .any(|l| text(l) == "served" && l["fields"]["status"] == 201),
+        "{log}"
+    );
+    assert!(
+        event_lines
+            .iter()
+            .any(|l| text(l).contains("the email is [withheld]")),
+        "the plugin's own log line, within the request: {log}"
+    );
+    assert!(
+        event_lines
+            .iter()
+            .any(|l| text(l).contains("plugin failed")),
+        "{log}"
+    );
+    assert!(of("dry-1").iter().any(|l| text(l) == "served"), "{log}");
+    assert!(lines
+        .iter()
+        .any(|l| l["span"]["request_id"] == made.as_str()));
+    // The value reached the plugin (it was granted) but nowhere else.
+    assert!(!log.contains(SECRET), "the log holds the secret: {log}");
+    assert!(log.contains("[withheld]"));
+    assert!(!audit.to_string().contains(SECRET), "{audit}");
+    let t = timeline.to_string();
+    assert!(
+        !t.contains(SECRET) && t.contains("cannot score [withheld]"),
+        "{t}"
+    );
+    assert!(!d.to_string().contains(SECRET), "{d}");
+}

@@ -21,6 +21,10 @@ pub struct Cli {
     /// [default: .stagecraft].
     #[arg(long, env = "STAGECRAFT_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// Log lines as text or as one JSON object each (levels: `STAGECRAFT_LOG`,
+    /// e.g. `info` or `stagecraft=debug`).
+    #[arg(long, env = "STAGECRAFT_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -272,15 +276,33 @@ async fn run_service(cli: Cli) -> anyhow::Result<Value> {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr; each line inside a request carries its `request_id`
+/// (the span `http::request` opens).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STAGECRAFT_LOG")
+        .unwrap_or_else(|_| "warn,stagecraft=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STAGECRAFT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Command::Plugin {
             command: PluginCommand::Check { .. } | PluginCommand::Run { .. },

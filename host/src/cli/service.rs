@@ -91,7 +91,7 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    eprintln!("stagecraft listening on http://{addr}");
+    tracing::info!(address = %addr, "stagecraft listening on http://{addr}");
     if let Some(b) = banner {
         // Whoever started us may have stopped reading: a closed stdout must not stop the server.
         use std::io::Write;
@@ -122,7 +122,7 @@ pub async fn install_plugin(
     let packs = crm.packs.clone();
     let plugin = {
         let wasm = wasm.clone();
-        tokio::task::spawn_blocking(move || packs.runtime().load(&wasm)).await??
+        crate::spawn_blocking(move || packs.runtime().load(&wasm)).await??
     };
     if let Some(r) = &rules {
         plugin.check_rules(r)?;

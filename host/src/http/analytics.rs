@@ -1,21 +1,23 @@
 //! `/v1/analytics/*`: stage funnel, segment sizes, score distribution.
 
+use super::openapi::{Errors, ANALYTICS};
 use super::{ApiError, AppState, Auth};
 use crate::model::{now_ms, Role};
 use crate::store;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/analytics/funnel", get(funnel))
-        .route("/v1/analytics/segments", get(segments))
-        .route("/v1/analytics/scores", get(scores))
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(funnel))
+        .routes(utoipa_axum::routes!(segments))
+        .routes(utoipa_axum::routes!(scores))
 }
 
-/// Customers per stage, in the order of the lifecycle owner's graph.
+/// Customers per stage, in the order of the lifecycle owner's graph (viewer).
+#[utoipa::path(get, path = "/v1/analytics/funnel", tag = ANALYTICS, security(("bearer" = [])),
+    responses((status = 200, description = "`{owner, stages: [...], no_stage, other_stages}`", body = Object), Errors))]
 async fn funnel(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     let mut conn = s.crm.store.conn().await?;
@@ -53,6 +55,9 @@ async fn funnel(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, Ap
     })))
 }
 
+/// Members per segment (viewer).
+#[utoipa::path(get, path = "/v1/analytics/segments", tag = ANALYTICS, security(("bearer" = [])),
+    responses((status = 200, description = "`{segments: [...]}`", body = Object), Errors))]
 async fn segments(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     let mut conn = s.crm.store.conn().await?;
@@ -60,6 +65,9 @@ async fn segments(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, 
     Ok(Json(json!({ "segments": sizes })))
 }
 
+/// Score distributions per plugin, and the follow-ups due today (viewer).
+#[utoipa::path(get, path = "/v1/analytics/scores", tag = ANALYTICS, security(("bearer" = [])),
+    responses((status = 200, description = "`{scores: [...], follow_ups_due_today}`", body = Object), Errors))]
 async fn scores(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     let mut conn = s.crm.store.conn().await?;

@@ -1,29 +1,32 @@
 //! `/v1/customers`: create, read, update, list; events; the timeline.
 
-use super::{translate, ApiError, ApiJson, ApiQuery, AppState, Auth, LangQuery};
+use super::openapi::{Errors, CUSTOMERS};
+use super::{translate, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Auth, LangQuery};
 use crate::crm::{CustomerInput, CustomerPatch};
 use crate::model::Role;
 use crate::pipeline::EventInput;
 use crate::store::{self, CustomerFilter};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/customers", post(create).get(list))
-        .route("/v1/customers/{id}", get(read).patch(update))
-        .route("/v1/customers/{id}/events", post(record_event))
-        .route("/v1/customers/{id}/timeline", get(timeline))
-        .route(
-            "/v1/customers/{id}/follow-ups/{follow_up}/done",
-            post(follow_up_done),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read, update))
+        .routes(routes!(record_event))
+        .routes(routes!(timeline))
+        .routes(routes!(follow_up_done))
 }
 
+/// Creates a customer (agent).
+#[utoipa::path(post, path = "/v1/customers", tag = CUSTOMERS, security(("bearer" = [])),
+    request_body = CustomerInput,
+    responses((status = 201, description = "The customer as stored, with what the plugins made of it", body = Object), Errors))]
 async fn create(
     State(s): State<AppState>,
     auth: Auth,
@@ -35,10 +38,14 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json!(view))))
 }
 
+/// One customer: fields, stage, scores with reasons, segments, tags, follow-ups (viewer).
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = CUSTOMERS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Customer id"), LangQuery),
+    responses((status = 200, description = "The customer", body = Object), Errors))]
 async fn read(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LangQuery>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
@@ -48,10 +55,15 @@ async fn read(
     Ok(Json(v))
 }
 
+/// Changes a customer: fields, tags, stage by hand (agent).
+#[utoipa::path(patch, path = "/v1/customers/{id}", tag = CUSTOMERS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Customer id")),
+    request_body = CustomerPatch,
+    responses((status = 200, description = "The customer after the change", body = Object), Errors))]
 async fn update(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<CustomerPatch>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Agent)?;
@@ -59,16 +71,34 @@ async fn update(
     Ok(Json(json!(s.crm.customer_view(auth.tenant(), &id).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only customers in this stage.
     stage: Option<String>,
+    /// Only members of this segment.
     segment: Option<String>,
+    /// Only customers with this tag.
     tag: Option<String>,
+    /// A piece of the id or the name, any case.
+    q: Option<String>,
+    /// With `min_score`/`max_score`: whose score of this plugin (default: any plugin).
+    score_plugin: Option<String>,
+    /// Only customers with a score at least this.
+    min_score: Option<f64>,
+    /// Only customers with a score at most this.
+    max_score: Option<f64>,
+    /// Page size, 1-500 (default 50).
     limit: Option<i64>,
+    /// The `next` cursor of the previous page.
     after: Option<String>,
 }
 
+/// Customers, filtered, a page at a time in id order (viewer).
+#[utoipa::path(get, path = "/v1/customers", tag = CUSTOMERS, security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "`{customers: [...], next}`; `next` is the cursor of the next page or null", body = Object), Errors))]
 async fn list(
     State(s): State<AppState>,
     auth: Auth,
@@ -82,10 +112,28 @@ async fn list(
             "limit must be between 1 and 500",
         ));
     }
+    for (name, v) in [("min_score", q.min_score), ("max_score", q.max_score)] {
+        if v.is_some_and(|v| !v.is_finite()) {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                format!("{name} must be a finite number"),
+            ));
+        }
+    }
+    if q.q.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "q is longer than 200 bytes",
+        ));
+    }
     let f = CustomerFilter {
         stage: q.stage,
         segment: q.segment,
         tag: q.tag,
+        text: q.q.filter(|t| !t.is_empty()),
+        score_plugin: q.score_plugin,
+        min_score: q.min_score,
+        max_score: q.max_score,
         after: q.after,
         limit,
     };
@@ -95,10 +143,18 @@ async fn list(
     Ok(Json(json!({ "customers": rows, "next": next.flatten() })))
 }
 
+/// Records an event; the enabled plugins score, segment and stage the customer in
+/// the same transaction (agent). An `Idempotency-Key` makes a retry safe.
+#[utoipa::path(post, path = "/v1/customers/{id}/events", tag = CUSTOMERS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Customer id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first response")),
+    request_body = EventInput,
+    responses((status = 201, description = "Recorded: the event and what each plugin did", body = Object),
+              (status = 200, description = "A replay of an idempotency key: the stored response", body = Object), Errors))]
 async fn record_event(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(input): ApiJson<EventInput>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -123,17 +179,24 @@ async fn record_event(
     Ok((status, Json(json!(outcome))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TimelineQuery {
+    /// Entries, newest first, 1-1000 (default 100).
     limit: Option<i64>,
+    /// `en` (default) or `zh`: the language of the reasons.
     lang: Option<String>,
 }
 
+/// Events, stage moves, score changes and plugin failures, newest first (viewer).
+#[utoipa::path(get, path = "/v1/customers/{id}/timeline", tag = CUSTOMERS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Customer id"), TimelineQuery),
+    responses((status = 200, description = "`{customer_id, entries: [...]}`", body = Object), Errors))]
 async fn timeline(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
@@ -149,11 +212,14 @@ async fn timeline(
     Ok(Json(v))
 }
 
-/// Marks a follow-up done: staff contacted the customer.
+/// Marks a follow-up done: staff contacted the customer (agent).
+#[utoipa::path(post, path = "/v1/customers/{id}/follow-ups/{follow_up}/done", tag = CUSTOMERS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Customer id"), ("follow_up" = i64, Path, description = "Follow-up number")),
+    responses((status = 200, description = "The customer after the change", body = Object), Errors))]
 async fn follow_up_done(
     State(s): State<AppState>,
     auth: Auth,
-    Path((id, follow_up)): Path<(String, i64)>,
+    ApiPath((id, follow_up)): ApiPath<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Agent)?;
     let mut tx = s.crm.store.begin().await?;

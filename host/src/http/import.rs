@@ -1,31 +1,38 @@
 //! `/v1/import/{customers,events,cdnow}`: streamed bulk import.
 
-use super::{ApiError, ApiQuery, AppState, Auth};
+use super::openapi::{Errors, CUSTOMERS};
+use super::{ApiError, ApiPath, ApiQuery, AppState, Auth};
 use crate::model::Role;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::extract::State;
+use axum::Json;
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_util::io::StreamReader;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/import/{what}", post(import))
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new().routes(utoipa_axum::routes!(import))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ImportQuery {
     /// The time plugins are told (ms), for replaying history; defaults to now.
     now: Option<i64>,
 }
 
+/// Streams a CSV of customers or events, or CDNOW order lines, through the
+/// pipeline; bad rows are reported by line and skipped (agent).
+#[utoipa::path(post, path = "/v1/import/{what}", tag = CUSTOMERS, security(("bearer" = [])),
+    params(("what" = String, Path, description = "`customers`, `events` or `cdnow`"), ImportQuery),
+    request_body(content = String, content_type = "text/csv", description = "CSV with a header row (CDNOW: its whitespace-separated lines)"),
+    responses((status = 200, description = "The report: rows read, imported, skipped, errors by line", body = Object), Errors))]
 async fn import(
     State(s): State<AppState>,
     auth: Auth,
-    Path(what): Path<String>,
+    ApiPath(what): ApiPath<String>,
     ApiQuery(q): ApiQuery<ImportQuery>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {

@@ -6,6 +6,7 @@ mod analytics;
 mod customers;
 pub mod error;
 mod import;
+pub mod openapi;
 mod plugins;
 
 pub use error::ApiError;
@@ -14,10 +15,14 @@ use crate::model::{Principal, Role};
 use crate::{store, Crm};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
-use axum::routing::get;
 use axum::{Json, Router};
+use openapi::{Errors, ADMIN, SERVICE};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The largest JSON body accepted (imports stream and have no such limit).
 pub const JSON_LIMIT: usize = 1 << 20;
@@ -28,29 +33,58 @@ pub struct AppState {
     pub crm: Crm,
 }
 
-/// The whole service.
-pub fn app(crm: Crm) -> Router {
-    let state = AppState { crm };
-    Router::new()
-        .route("/healthz", get(health))
+/// The API's routes and, built from the same calls, their OpenAPI description.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(metrics))
         .merge(customers::routes())
         .merge(import::routes())
         .merge(analytics::routes())
         .merge(plugins::routes())
-        .route("/v1/audit", get(audit))
-        .route("/v1/tokens", axum::routing::post(create_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        .with_state(state)
+        .routes(routes!(audit))
+        .routes(routes!(create_token))
+        .routes(routes!(revoke_token))
+        .split_for_parts()
+}
+
+/// The whole service.
+pub fn app(crm: Crm) -> Router {
+    let state = AppState { crm };
+    let (api, mut doc) = api();
+    doc.paths.paths.insert(
+        "/openapi.json".into(),
+        utoipa::openapi::PathItem::new(
+            utoipa::openapi::HttpMethod::Get,
+            utoipa::openapi::path::OperationBuilder::new()
+                .tag(SERVICE)
+                .summary(Some("This document"))
+                .response(
+                    "200",
+                    utoipa::openapi::Response::new("The OpenAPI 3.1 description"),
+                ),
+        ),
+    );
+    let doc = Arc::new(doc);
+    api.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let doc = doc.clone();
+            async move { Json(doc) }
+        }),
+    )
+    .fallback(|| async { ApiError::NotFound("no such route".into()) })
+    .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        observe_request,
+    ))
+    .with_state(state)
 }
 
 /// Prometheus metrics (unauthenticated, like /healthz: no customer data in it).
+#[utoipa::path(get, path = "/metrics", tag = SERVICE,
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
     (
         [(
@@ -61,31 +95,68 @@ async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse
     )
 }
 
-/// Counts every request by its route pattern (not its path: ids would explode the
-/// label set), method and status, and times it.
-async fn count_requests(
+/// What a client may send as `X-Request-Id` and have echoed (else one is made).
+fn acceptable_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Every request: a request id (the client's `X-Request-Id` if acceptable, else
+/// a fresh one) on a span that every log line of the request carries, echoed in
+/// the response; one log line when it is served; counted by its route pattern
+/// (not its path: ids would explode the label set), method and status, and timed.
+async fn observe_request(
     State(s): State<AppState>,
     req: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument;
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_request_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let span = tracing::info_span!("request", request_id = %id, %method, %route);
     let started = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
     let m = s.crm.packs.metrics();
     m.http_seconds
         .with_label_values(&[&route])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
     m.http_requests
         .with_label_values(&[&route, &method, resp.status().as_str()])
         .inc();
+    let status = resp.status().as_u16();
+    let ms = elapsed.as_secs_f64() * 1e3;
+    span.in_scope(|| {
+        // Scrapes and probes are frequent and dull.
+        if route == "/metrics" || route == "/healthz" {
+            tracing::debug!(status, ms, "served");
+        } else {
+            tracing::info!(status, ms, "served");
+        }
+    });
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     resp
 }
 
+/// Whether the service and its database answer.
+#[utoipa::path(get, path = "/healthz", tag = SERVICE,
+    responses((status = 200, description = "`{status: ok, database: ok}`", body = Object),
+              (status = 503, description = "The database is unavailable", body = openapi::ErrorBody)))]
 async fn health(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     s.crm
         .store
@@ -95,12 +166,17 @@ async fn health(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Ap
     Ok(Json(json!({ "status": "ok", "database": "ok" })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitQuery {
+    /// Entries, newest first, 1-1000 (default 100).
     #[serde(default)]
     limit: Option<i64>,
 }
 
+/// The audit trail: uploads, rule sets, activations, rollbacks, suspensions, grants, tokens (admin).
+#[utoipa::path(get, path = "/v1/audit", tag = ADMIN, security(("bearer" = [])), params(LimitQuery),
+    responses((status = 200, description = "`{entries: [...]}`", body = Object), Errors))]
 async fn audit(
     State(s): State<AppState>,
     auth: Auth,
@@ -117,15 +193,18 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTokenBody {
     role: Role,
+    /// What the token is for, up to 200 bytes.
     #[serde(default)]
     label: Option<String>,
 }
 
 /// Creates a token for the caller's tenant (admin); the secret is shown once.
+#[utoipa::path(post, path = "/v1/tokens", tag = ADMIN, security(("bearer" = [])), request_body = NewTokenBody,
+    responses((status = 201, description = "`{id, token, role, label}`: the token is shown only here", body = Object), Errors))]
 async fn create_token(
     State(s): State<AppState>,
     auth: Auth,
@@ -154,10 +233,13 @@ async fn create_token(
 }
 
 /// Revokes a token of the caller's tenant (admin); it stops working at once.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = ADMIN, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 200, description = "`{revoked}`", body = Object), Errors))]
 async fn revoke_token(
     State(s): State<AppState>,
     auth: Auth,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.require(Role::Admin)?;
     let mut tx = s.crm.store.begin().await?;
@@ -230,6 +312,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// `Path<T>` whose rejections are our JSON errors.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(ApiError::from)
+    }
+}
+
 /// `Query<T>` whose rejections are our JSON errors.
 pub struct ApiQuery<T>(pub T);
 
@@ -255,8 +350,10 @@ pub async fn serve(
 }
 
 /// `?lang=en|zh`: the language reasons are rendered in.
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LangQuery {
+    /// `en` (default) or `zh`: the language of the reasons.
     #[serde(default)]
     pub lang: Option<String>,
 }

@@ -1,37 +1,44 @@
 //! `/v1/plugins`: the registry (upload, versions, rule sets), activation,
 //! rollback, dry-run; `/v1/rescore` and `/v1/jobs/{id}`.
 
-use super::{ApiError, ApiJson, ApiQuery, AppState, Auth};
+use super::openapi::{Errors, PLUGINS};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Auth};
 use crate::model::Role;
 use crate::registry::{Candidate, DryRunOutcome, MAX_COMPONENT_BYTES};
 use crate::store::{self, Pair};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/plugins",
-            post(upload)
-                .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES))
-                .get(list),
-        )
-        .route("/v1/plugins/{name}", get(show))
-        .route("/v1/plugins/{name}/rules", put(put_rules))
-        .route("/v1/plugins/{name}/activate", post(activate))
-        .route("/v1/plugins/{name}/rollback", post(rollback))
-        .route("/v1/plugins/{name}/dry-run", post(dry_run))
-        .route("/v1/plugins/{name}/grants", put(grant_fields))
-        .route("/v1/rescore", post(rescore))
-        .route("/v1/jobs/{id}", get(job))
+pub fn routes() -> OpenApiRouter<AppState> {
+    // Components are larger than the JSON limit; only this route takes them.
+    let (schemas, paths, upload_route) = routes!(upload);
+    let upload_route = upload_route.layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES));
+    OpenApiRouter::new()
+        .routes((schemas, paths, upload_route))
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(put_rules))
+        .routes(routes!(activate))
+        .routes(routes!(rollback))
+        .routes(routes!(dry_run))
+        .routes(routes!(grant_fields))
+        .routes(routes!(rescore))
+        .routes(routes!(job))
 }
 
+/// Uploads a plugin component; it is checked (world, imports, manifest) and stored,
+/// not enabled (integrator). Uploading the same bytes again is not an error.
+#[utoipa::path(post, path = "/v1/plugins", tag = PLUGINS, security(("bearer" = [])),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A wasm component of the stagecraft:plugin world (any content type is accepted)"),
+    responses((status = 201, description = "Stored: name, version, digest, manifest", body = Object),
+              (status = 200, description = "These bytes were already stored", body = Object), Errors))]
 async fn upload(
     State(s): State<AppState>,
     auth: Auth,
@@ -112,6 +119,9 @@ async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value
     })))
 }
 
+/// The tenant's plugins with their versions, status and health (viewer).
+#[utoipa::path(get, path = "/v1/plugins", tag = PLUGINS, security(("bearer" = [])),
+    responses((status = 200, description = "`{plugins: [...]}`", body = Object), Errors))]
 async fn list(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     let mut conn = s.crm.store.conn().await?;
@@ -137,10 +147,13 @@ async fn list(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiE
     Ok(Json(json!({ "plugins": out })))
 }
 
+/// One plugin: versions with status and health, rule sets, activation history, grants, manifest (viewer).
+#[utoipa::path(get, path = "/v1/plugins/{name}", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
+    responses((status = 200, description = "The plugin", body = Object), Errors))]
 async fn show(
     State(s): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     describe(&s, auth.tenant(), &name)
@@ -149,17 +162,22 @@ async fn show(
         .ok_or_else(|| ApiError::NotFound(format!("plugin {name} not found")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RulesQuery {
     /// The plugin version to check the rules with (default: the active one).
     version: Option<String>,
 }
 
+/// Stores a new rule-set version, validated against the plugin's schema (integrator).
+#[utoipa::path(put, path = "/v1/plugins/{name}/rules", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name"), RulesQuery),
+    request_body(content = Object, description = "The rule set; the plugin's manifest gives its JSON schema"),
+    responses((status = 201, description = "`{plugin, rules_version, checked_with}`", body = Object), Errors))]
 async fn put_rules(
     State(s): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<RulesQuery>,
     ApiJson(rules): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -180,7 +198,7 @@ async fn put_rules(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ActivateBody {
     version: String,
@@ -192,10 +210,14 @@ struct ActivateBody {
     owns_lifecycle: Option<bool>,
 }
 
+/// Makes a version and rule set the active pair, on every host within a second (admin).
+#[utoipa::path(post, path = "/v1/plugins/{name}/activate", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
+    request_body = ActivateBody,
+    responses((status = 200, description = "`{plugin, from, to}`", body = Object), Errors))]
 async fn activate(
     State(s): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(b): ApiJson<ActivateBody>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Admin)?;
@@ -216,17 +238,22 @@ async fn activate(
     Ok(Json(json!({ "plugin": name, "from": from, "to": to })))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackBody {
+    /// Why, for the audit trail.
     #[serde(default)]
     reason: Option<String>,
 }
 
+/// Restores the previously active pair (admin).
+#[utoipa::path(post, path = "/v1/plugins/{name}/rollback", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
+    request_body(content = Option<RollbackBody>, description = "Optional"),
+    responses((status = 200, description = "`{plugin, from, to}`", body = Object), Errors))]
 async fn rollback(
     State(s): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Admin)?;
@@ -245,10 +272,15 @@ async fn rollback(
     Ok(Json(json!({ "plugin": name, "from": from, "to": to })))
 }
 
+/// Compares a candidate pair with the active one on stored customers, changing nothing (integrator).
+#[utoipa::path(post, path = "/v1/plugins/{name}/dry-run", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
+    request_body = Candidate,
+    responses((status = 200, description = "The diff: counts and the customers that change, with reasons", body = Object),
+              (status = 202, description = "Large: runs as a job; `{job, status}`", body = Object), Errors))]
 async fn dry_run(
     State(s): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(c): ApiJson<Candidate>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth.require(Role::Integrator)?;
@@ -261,6 +293,9 @@ async fn dry_run(
     }
 }
 
+/// Rescores every customer of the tenant with the active pairs, as a job (integrator).
+#[utoipa::path(post, path = "/v1/rescore", tag = PLUGINS, security(("bearer" = [])),
+    responses((status = 202, description = "`{job, status}`", body = Object), Errors))]
 async fn rescore(
     State(s): State<AppState>,
     auth: Auth,
@@ -268,24 +303,28 @@ async fn rescore(
     auth.require(Role::Integrator)?;
     let job = s.crm.start_rescore(auth.tenant(), &auth.0.token_id).await?;
     let (crm, tenant, id) = (s.crm.clone(), auth.tenant().to_string(), job.clone());
-    tokio::spawn(async move {
+    // The job's log lines keep the request id of the request that started it.
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         if let Err(e) = crm
             .work_on_rescore(&tenant, &id, &crate::registry::host_id())
             .await
         {
             tracing::error!("rescore job {id}: {e}");
         }
-    });
+    }));
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "job": job, "status": format!("/v1/jobs/{job}") })),
     ))
 }
 
+/// A dry-run or rescore job: progress and, when done, the result (viewer).
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = PLUGINS, security(("bearer" = [])), params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The job", body = Object), Errors))]
 async fn job(
     State(s): State<AppState>,
     auth: Auth,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     let mut conn = s.crm.store.conn().await?;
@@ -295,17 +334,21 @@ async fn job(
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantBody {
+    /// Sensitive fields the plugin may see; replaces the previous grant.
     fields: Vec<String>,
 }
 
 /// Lets a plugin see sensitive fields it asks for (admin).
+#[utoipa::path(put, path = "/v1/plugins/{name}/grants", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
+    request_body = GrantBody,
+    responses((status = 200, description = "`{plugin, granted_fields}`", body = Object), Errors))]
 async fn grant_fields(
     State(s): State<AppState>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(b): ApiJson<GrantBody>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Admin)?;

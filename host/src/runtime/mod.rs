@@ -526,6 +526,12 @@ pub struct Session<'p> {
 }
 
 impl Session<'_> {
+    /// Values (of sensitive fields this plugin was granted) that must not reach
+    /// the host log or an error message: they are replaced by `[withheld]`.
+    pub fn withhold(&mut self, values: impl IntoIterator<Item = String>) {
+        self.store.data_mut().withhold(values);
+    }
+
     fn arm(&mut self) {
         let limits = &self.plugin.runtime.inner.limits;
         let ticks = limits
@@ -598,7 +604,7 @@ impl Session<'_> {
                 }
                 None => RuntimeError::Trap {
                     plugin,
-                    message: format!("{:#}", e.root_cause()),
+                    message: self.store.data().redact(&format!("{:#}", e.root_cause())),
                 },
             }
         })
@@ -614,15 +620,19 @@ impl Session<'_> {
     fn bad_output(&self, message: String) -> RuntimeError {
         RuntimeError::BadOutput {
             plugin: self.plugin.label.to_string(),
-            message,
+            message: self.store.data().redact(&message),
         }
     }
 
     fn plugin_error(&self, e: bindings::stagecraft::plugin::types::PluginError) -> RuntimeError {
         RuntimeError::Plugin {
             plugin: self.plugin.label.to_string(),
-            error: e.into(),
+            error: self.redact_error(e.into()),
         }
+    }
+
+    fn redact_error(&self, e: PluginError) -> PluginError {
+        e.map_message(|m| self.store.data().redact(m))
     }
 
     /// Scores a batch: one result per customer, in order. A customer the plugin
@@ -662,6 +672,7 @@ impl Session<'_> {
             .map(|r| {
                 r.map_err(PluginError::from)
                     .and_then(|s| check_score(m, s.into()))
+                    .map_err(|e| self.redact_error(e))
             })
             .collect())
     }
@@ -693,6 +704,7 @@ impl Session<'_> {
             .map(|r| {
                 r.map_err(PluginError::from)
                     .and_then(|ms| check_memberships(m, ms.into_iter().map(Into::into).collect()))
+                    .map_err(|e| self.redact_error(e))
             })
             .collect())
     }

@@ -123,6 +123,9 @@ pub struct PluginState {
     seen: [usize; 2],
     label: Arc<str>,
     log_lines: u32,
+    /// Values of sensitive fields this instance was granted: never written to
+    /// the host log or into an error message (see [`PluginState::redact`]).
+    secrets: Vec<String>,
 }
 
 impl PluginState {
@@ -155,7 +158,25 @@ impl PluginState {
             seen: [0, 0],
             label,
             log_lines: 0,
+            secrets: Vec::new(),
         }
+    }
+
+    /// Adds values that must not leave the instance through its log or errors.
+    pub fn withhold(&mut self, values: impl IntoIterator<Item = String>) {
+        self.secrets
+            .extend(values.into_iter().filter(|v| !v.trim().is_empty()));
+    }
+
+    /// `text` with every withheld value replaced by `[withheld]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "[withheld]");
+            }
+        }
+        out
     }
 
     /// Sends what the guest wrote to stdout and stderr since the last call to the
@@ -175,11 +196,12 @@ impl PluginState {
             self.seen[i] = bytes.len();
             let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
             while let Some(line) = lines.next() {
-                tracing::warn!(plugin = %self.label, stream = name, "{}", truncate(line, MAX_LOG_LINE));
+                let line = self.redact(line);
+                tracing::warn!(plugin = %self.label, stream = name, "{}", truncate(&line, MAX_LOG_LINE));
                 // Rust prints "thread '...' panicked at FILE:LINE:COL:" then the message.
                 if name == "stderr" && line.contains("panicked at") {
                     if let Some(msg) = lines.peek() {
-                        panic = Some(truncate(msg, MAX_LOG_LINE).to_string());
+                        panic = Some(truncate(&self.redact(msg), MAX_LOG_LINE).to_string());
                     }
                 }
             }
@@ -219,6 +241,7 @@ impl bindings::stagecraft::plugin::host::Host for PluginState {
             }
             return;
         }
+        let message = self.redact(&message);
         let message = truncate(&message, MAX_LOG_LINE);
         match Level::from(level) {
             Level::Debug => tracing::debug!(plugin = %self.label, "{message}"),

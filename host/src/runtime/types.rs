@@ -24,6 +24,17 @@ pub enum PluginError {
     Failed(String),
 }
 
+impl PluginError {
+    /// The same error with its message passed through `f`.
+    pub fn map_message(self, f: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            PluginError::BadInput(m) => PluginError::BadInput(f(&m)),
+            PluginError::BadRules(m) => PluginError::BadRules(f(&m)),
+            PluginError::Failed(m) => PluginError::Failed(f(&m)),
+        }
+    }
+}
+
 /// A reason as the plugin returned it: a catalogue code, points and arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {

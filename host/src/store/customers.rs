@@ -604,6 +604,12 @@ pub struct CustomerFilter {
     pub stage: Option<String>,
     pub segment: Option<String>,
     pub tag: Option<String>,
+    /// A case-insensitive piece of the id or the name.
+    pub text: Option<String>,
+    /// Only customers with a score within these bounds (of `score_plugin`, or any plugin).
+    pub score_plugin: Option<String>,
+    pub min_score: Option<f64>,
+    pub max_score: Option<f64>,
     /// Only customers whose id sorts after this one (the cursor).
     pub after: Option<String>,
     pub limit: i64,
@@ -622,6 +628,19 @@ pub struct CustomerSummary {
 }
 
 /// Customers in id order, filtered, at most `limit`.
+/// `%piece%` in lower case, with LIKE's own characters escaped.
+fn like_pattern(piece: &str) -> String {
+    let mut p = String::from("%");
+    for ch in piece.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push('%');
+    p
+}
+
 pub async fn list_customers(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -635,6 +654,9 @@ pub async fn list_customers(
          AND ($3 IS NULL OR EXISTS (SELECT 1 FROM memberships m WHERE m.tenant_id = c.tenant_id AND m.customer_id = c.id AND m.segment = $3)) \
          AND ($4 IS NULL OR EXISTS (SELECT 1 FROM customer_tags t WHERE t.tenant_id = c.tenant_id AND t.customer_id = c.id AND t.tag = $4)) \
          AND ($5 IS NULL OR c.id > $5) \
+         AND ($7 IS NULL OR LOWER(c.id) LIKE $7 ESCAPE '\\' OR LOWER(COALESCE(c.name, '')) LIKE $7 ESCAPE '\\') \
+         AND ($8 = 0 OR EXISTS (SELECT 1 FROM scores s WHERE s.tenant_id = c.tenant_id AND s.customer_id = c.id \
+              AND ($9 IS NULL OR s.plugin = $9) AND s.value >= $10 AND s.value <= $11)) \
          ORDER BY c.id LIMIT $6",
     )
     .bind(tenant)
@@ -643,6 +665,13 @@ pub async fn list_customers(
     .bind(&f.tag)
     .bind(&f.after)
     .bind(f.limit)
+    .bind(f.text.as_deref().map(like_pattern))
+    .bind(i64::from(
+        f.min_score.is_some() || f.max_score.is_some() || f.score_plugin.is_some(),
+    ))
+    .bind(&f.score_plugin)
+    .bind(f.min_score.unwrap_or(f64::MIN))
+    .bind(f.max_score.unwrap_or(f64::MAX))
     .fetch_all(conn)
     .await?
     .iter()

@@ -1,7 +1,9 @@
 //! A plugin that misbehaves on purpose, for the sandbox tests. Its rule set picks
 //! the misbehaviour: `{"mode": "trap" | "loop" | "grow" | "recurse" | "recurse-wasm" |
 //! "flood" |
-//! "bad-stage" | "bad-reason" | "snoop" | "ok", "value": 1.0}`.
+//! "bad-stage" | "bad-reason" | "snoop" | "leak" | "ok", "value": 1.0}`.
+//! `leak` writes the customer's `email` (when granted) everywhere it can reach the
+//! host: its log, stdout, stderr, an error message and a panic.
 
 use serde::Deserialize;
 use stagecraft_plugin::*;
@@ -24,6 +26,14 @@ fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
 #[allow(unconditional_recursion)]
 fn recurse_wasm(n: u64) -> u64 {
     recurse_wasm(std::hint::black_box(n + 1)).wrapping_add(n)
+}
+
+fn email_of(c: &Customer) -> String {
+    c.fields
+        .get("email")
+        .and_then(|v| v.as_text())
+        .unwrap_or("(none)")
+        .to_string()
 }
 
 impl Hostile {
@@ -85,6 +95,7 @@ impl Plugin for Hostile {
     fn score(&self, ctx: &Context, c: &Customer) -> Result<Score, PluginError> {
         self.misbehave();
         match self.mode.as_str() {
+            "leak" => Err(PluginError::Failed(format!("cannot score {}", email_of(c)))),
             "bad-reason" => Ok(Score::new(1.0).reason(Reason::new("undeclared", 1.0))),
             "snoop" => {
                 let env = std::env::vars().count() as f64;
@@ -116,18 +127,27 @@ impl Plugin for Hostile {
         }
     }
 
-    fn segment(&self, _ctx: &Context, _c: &Customer) -> Result<Vec<Membership>, PluginError> {
+    fn segment(&self, _ctx: &Context, c: &Customer) -> Result<Vec<Membership>, PluginError> {
         self.misbehave();
+        if self.mode == "leak" {
+            panic!("leaking {}", email_of(c));
+        }
         Ok(vec![Membership::new("all", Reason::new("ok", 0.0))])
     }
 
     fn on_event(
         &self,
         _ctx: &Context,
-        _c: &Customer,
+        c: &Customer,
         _e: &Event,
     ) -> Result<Vec<Action>, PluginError> {
         self.misbehave();
+        if self.mode == "leak" {
+            let email = email_of(c);
+            log(LogLevel::Warn, &format!("the email is {email}"));
+            println!("stdout: {email}");
+            eprintln!("stderr: {email}");
+        }
         match self.mode.as_str() {
             "bad-stage" => Ok(vec![Action::MoveToStage {
                 stage: "nowhere".into(),
