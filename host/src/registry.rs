@@ -149,9 +149,7 @@ impl Evaluator {
         ctx: &CallContext,
         batch: &[(CustomerRecord, Vec<EventRecord>)],
     ) -> Vec<Verdict> {
-        let plugin = &self.pack.plugin;
-        let m = plugin.manifest();
-        let rules = self.pack.rules.as_deref();
+        let m = self.pack.plugin.manifest();
         let snaps = snapshots(&self.pack, batch);
         let mut out = vec![Verdict::default(); batch.len()];
         let fail = |out: &mut Vec<Verdict>, e: &dyn std::fmt::Display| {
@@ -189,23 +187,14 @@ impl Evaluator {
             None => {}
         }
         if m.lifecycle && self.pack.owns_lifecycle {
-            for (i, (snap, (record, events))) in snaps.iter().zip(batch).enumerate() {
-                let Some(latest) = events.first() else {
-                    continue;
-                };
-                let moved = plugin.session(ctx, rules).and_then(|mut s| {
-                    s.withhold(granted_secrets(record, &self.pack.granted_fields));
-                    s.on_event(ctx, snap, &latest.snapshot())
-                });
+            for (v, moved) in out
+                .iter_mut()
+                .zip(lifecycle_moves(&self.pack, ctx, batch, &snaps))
+            {
                 match moved {
-                    Ok(actions) => {
-                        out[i].stage = actions.iter().rev().find_map(|a| match a {
-                            Action::MoveToStage { stage, .. } => Some(stage.clone()),
-                            _ => None,
-                        });
-                    }
+                    Ok(to) => v.stage = to.map(|(stage, _)| stage),
                     Err(e) => {
-                        out[i].error.get_or_insert_with(|| e.to_string());
+                        v.error.get_or_insert_with(|| e.to_string());
                     }
                 }
             }
@@ -533,7 +522,7 @@ impl Crm {
         actor: &str,
         name: &str,
         reason: &str,
-    ) -> Result<(Pair, Pair), RegistryError> {
+    ) -> Result<(Pair, Option<Pair>), RegistryError> {
         self.ensure_plugin(tenant, name).await?;
         let at = now_ms();
         let mut tx = self.store.begin().await?;
@@ -603,15 +592,10 @@ impl Crm {
             _ => return Ok(()),
         }
         store::suspend(tx.conn(), tenant, name, version, reason, at).await?;
-        let restored =
-            match store::rollback(tx.conn(), tenant, name, "circuit-breaker", reason, at).await {
-                Ok((_, to)) => json!(to),
-                Err(StoreError::Conflict(_)) => {
-                    store::disable_plugin(tx.conn(), tenant, name).await?;
-                    json!(null)
-                }
-                Err(e) => return Err(e.into()),
-            };
+        // The previous pair, or (after a first activation) not enabled at all.
+        let (_, to) =
+            store::rollback(tx.conn(), tenant, name, "circuit-breaker", reason, at).await?;
+        let restored = json!(to);
         store::audit(
             tx.conn(),
             tenant,
@@ -680,7 +664,13 @@ impl Crm {
             ),
             (None, None) => (None, None),
         };
-        let owns = active.as_ref().is_some_and(|a| a.owns_lifecycle);
+        // A plugin not yet active is previewed as the lifecycle owner when it has
+        // stages and no plugin owns the tenant's lifecycle (what activating it
+        // with `owns_lifecycle` would do).
+        let owns = match &active {
+            Some(a) => a.owns_lifecycle,
+            None => plugin.manifest().lifecycle && packs.lifecycle_owner().is_none(),
+        };
         let candidate = ActivePack {
             plugin,
             version: version.clone(),
@@ -936,26 +926,62 @@ impl Crm {
         ids: &[String],
         now: i64,
     ) -> Result<(), RegistryError> {
-        type Results = Vec<(
-            Option<store::StoredScore>,
-            Option<Vec<(String, store::RenderedReason)>>,
-        )>;
         let packs = self.packs.for_tenant(tenant);
-        let batch = Arc::new(self.load_batch(tenant, ids, now).await?);
+        let mut batch = self.load_batch(tenant, ids, now).await?;
         let ctx = CallContext {
             now,
             tenant: tenant.to_string(),
         };
-        let (p, b) = (packs.clone(), batch.clone());
-        let results: Vec<Result<Results, String>> = crate::spawn_blocking(move || {
-            p.packs
+        // First the lifecycle owner re-stages each customer on its latest event;
+        // then every pack scores and segments the customer in that stage, as the
+        // pipeline does for a new event.
+        let owner = packs.lifecycle_owner().cloned();
+        let p = packs.clone();
+        let (batch, moves, results) = crate::spawn_blocking(move || {
+            let moves: Vec<Option<(String, crate::runtime::Reason)>> = match &owner {
+                Some(o) => lifecycle_moves(o, &ctx, &batch, &snapshots(o, &batch))
+                    .into_iter()
+                    .map(|m| m.ok().flatten())
+                    .collect(),
+                None => vec![None; batch.len()],
+            };
+            let before: Vec<Option<String>> = batch.iter().map(|(c, _)| c.stage.clone()).collect();
+            for ((c, _), m) in batch.iter_mut().zip(&moves) {
+                if let Some((to, _)) = m {
+                    c.stage = Some(to.clone());
+                }
+            }
+            let results: Vec<Result<Vec<RescoreRow>, String>> = p
+                .packs
                 .iter()
-                .map(|pack| batch_results(pack, &ctx, &b))
-                .collect()
+                .map(|pack| batch_results(pack, &ctx, &batch))
+                .collect();
+            for ((c, _), b) in batch.iter_mut().zip(before) {
+                c.stage = b;
+            }
+            (batch, moves, results)
         })
         .await
         .expect("rescore task");
         let mut tx = self.store.begin().await?;
+        if let Some(owner) = packs.lifecycle_owner() {
+            for ((c, _), m) in batch.iter().zip(moves) {
+                match m {
+                    Some((to, reason)) if c.stage.as_deref() != Some(to.as_str()) => {
+                        let mv = store::StageMove {
+                            from: c.stage.clone(),
+                            reason_text: crate::pipeline::render(owner, &reason).text,
+                            reason,
+                            to,
+                            plugin: owner.name().to_string(),
+                            plugin_version: owner.version.clone(),
+                        };
+                        store::move_stage(tx.conn(), tenant, &c.id, &mv, None, now).await?;
+                    }
+                    _ => {}
+                }
+            }
+        }
         for (pack, r) in packs.packs.iter().zip(results) {
             let rows = match r {
                 Ok(rows) => rows,
@@ -979,23 +1005,22 @@ impl Crm {
     }
 }
 
-/// A pack's scores and segments for a batch (blocking); per customer, `None` where
-/// the pack does not score/segment or failed on that customer.
-#[allow(clippy::type_complexity)]
+/// What a rescore stores for one customer and pack: the score and the segments.
+type RescoreRow = (
+    Option<store::StoredScore>,
+    Option<Vec<(String, store::RenderedReason)>>,
+);
+
+/// A pack's scores and segments for a batch (blocking); per customer, `None`
+/// where the pack does not do it or failed on that customer.
 fn batch_results(
     pack: &ActivePack,
     ctx: &CallContext,
     batch: &[(CustomerRecord, Vec<EventRecord>)],
-) -> Result<
-    Vec<(
-        Option<store::StoredScore>,
-        Option<Vec<(String, store::RenderedReason)>>,
-    )>,
-    String,
-> {
+) -> Result<Vec<RescoreRow>, String> {
     let m = pack.plugin.manifest();
     let calls = score_and_segment(pack, ctx, batch, &snapshots(pack, batch));
-    let mut out = vec![(None, None); batch.len()];
+    let mut out: Vec<RescoreRow> = vec![(None, None); batch.len()];
     if let Some(scores) = calls.scores {
         for (o, s) in out.iter_mut().zip(scores.map_err(|e| e.to_string())?) {
             o.0 = s.ok().map(|s| store::StoredScore {
@@ -1068,6 +1093,35 @@ impl Crm {
             }
         })
     }
+}
+
+/// Where the lifecycle owner moves each customer of a batch on its latest event,
+/// each in a fresh instance (blocking): `Ok(None)` for no move or no events. The
+/// dry-run shows these; the rescore applies them, so a new owner (or new rules)
+/// re-stages stored customers the way the dry-run said it would.
+fn lifecycle_moves(
+    pack: &ActivePack,
+    ctx: &CallContext,
+    batch: &[(CustomerRecord, Vec<EventRecord>)],
+    snaps: &[stagecraft_plugin::snapshot::Customer<'_>],
+) -> Vec<Result<Option<(String, crate::runtime::Reason)>, RuntimeError>> {
+    let rules = pack.rules.as_deref();
+    snaps
+        .iter()
+        .zip(batch)
+        .map(|(snap, (record, events))| {
+            let Some(latest) = events.first() else {
+                return Ok(None);
+            };
+            let mut s = pack.plugin.session(ctx, rules)?;
+            s.withhold(granted_secrets(record, &pack.granted_fields));
+            let actions = s.on_event(ctx, snap, &latest.snapshot())?;
+            Ok(actions.into_iter().rev().find_map(|a| match a {
+                Action::MoveToStage { stage, reason } => Some((stage, reason)),
+                _ => None,
+            }))
+        })
+        .collect()
 }
 
 /// The customers of a batch as this pack may see them.

@@ -65,6 +65,7 @@ fn routes(job: &str) -> Vec<(Method, String, Option<Value>, Role)> {
     let j = |v: Value| Some(v);
     vec![
         (Method::GET, "/v1/customers".into(), None, Viewer),
+        (Method::GET, "/v1/me".into(), None, Viewer),
         (Method::GET, "/v1/customers/c1".into(), None, Viewer),
         (
             Method::GET,
@@ -209,6 +210,7 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
         let own = matches!(
             r.1.as_str(),
             "/v1/customers"
+                | "/v1/me"
                 | "/v1/plugins"
                 | "/v1/audit"
                 | "/v1/tokens"

@@ -589,6 +589,32 @@ async fn cdnow_import_matches_the_file_and_feeds_analytics(db: Db) {
     assert_eq!(staged, ids.len() as i64, "{funnel}");
     let (_, scores) = s.get("/v1/analytics/scores").await;
     assert_eq!(scores["scores"][0]["customers"], ids.len());
+    // The histogram is the stored scores in ten equal buckets from min to max.
+    let d = &scores["scores"][0];
+    let values: Vec<f64> =
+        sqlx::query_scalar("SELECT value FROM scores WHERE tenant_id = 'acme' AND plugin = $1")
+            .bind(d["plugin"].as_str().unwrap())
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    let (lo, hi) = (d["min"].as_f64().unwrap(), d["max"].as_f64().unwrap());
+    let width = (hi - lo) / 10.0;
+    let expected: Vec<usize> = (0..10)
+        .map(|i| {
+            let from = lo + width * i as f64;
+            let to = if i == 9 {
+                hi
+            } else {
+                lo + width * (i + 1) as f64
+            };
+            values
+                .iter()
+                .filter(|&&v| v >= from && (v < to || (i == 9 && v <= to)))
+                .count()
+        })
+        .collect();
+    assert_eq!(expected.iter().sum::<usize>(), ids.len());
+    assert_eq!(d["histogram"], json!(expected), "{d}");
 
     // The same file again adds nothing.
     let (_, again) = common::server::send(s.req(Method::POST, &url).body(sample)).await;

@@ -26,6 +26,7 @@ on_both_databases!(
     bulk_rescore_applies_the_active_rules_to_every_customer,
     a_failing_version_is_suspended_and_the_previous_one_restored,
     a_rescore_left_unfinished_by_a_dead_host_is_resumed,
+    a_new_lifecycle_owner_restages_customers_as_its_dry_run_said,
 );
 
 async fn upload(s: &TestServer, bytes: Vec<u8>) -> (u16, Value) {
@@ -229,7 +230,14 @@ async fn activation_really_changes_behaviour_and_rollback_restores_it(db: Db) {
         (Some(1.0), Some("1.0.0")),
         "{o}"
     );
-    // Nothing left to roll back to.
+    // Before the first activation the plugin was not enabled: that is where the
+    // next rollback goes; after that there is nothing left to roll back.
+    let (status, r) = s.post("/v1/plugins/scorer/rollback", json!({})).await;
+    assert_eq!((status, &r["to"]), (200, &Value::Null), "{r}");
+    let (_, p) = s.get("/v1/plugins/scorer").await;
+    assert!(p["active"].is_null(), "{p}");
+    let o = event(&s, "c").await;
+    assert!(o["scores"].get("scorer").is_none(), "not enabled: {o}");
     let (status, e) = s.post("/v1/plugins/scorer/rollback", json!({})).await;
     assert_eq!(status, 409, "{e}");
     let (status, e) = s
@@ -260,13 +268,22 @@ async fn activation_really_changes_behaviour_and_rollback_restores_it(db: Db) {
     assert!(
         actions.starts_with(&[
             "plugin.rollback",
+            "plugin.rollback",
             "plugin.activate",
             "rules.put",
             "plugin.upload"
         ]),
         "{actions:?}"
     );
-    let rb = entries[0];
+    assert_eq!(
+        (
+            entries[0]["detail"]["from"]["version"].as_str(),
+            &entries[0]["detail"]["to"]
+        ),
+        (Some("1.0.0"), &Value::Null),
+        "the last rollback disabled the plugin"
+    );
+    let rb = entries[1];
     assert_eq!(
         (
             rb["detail"]["from"]["version"].as_str(),
@@ -542,6 +559,70 @@ async fn bulk_rescore_applies_the_active_rules_to_every_customer(db: Db) {
         expected.len() as i64,
         "one tier each after the rescore: {segs}"
     );
+    s.finish().await;
+}
+
+/// A tenant without a lifecycle owner takes one on: the dry-run previews the
+/// stages, activation plus a rescore applies exactly those, each with a stage
+/// move on the timeline.
+async fn a_new_lifecycle_owner_restages_customers_as_its_dry_run_said(db: Db) {
+    let s = TestServer::start(db, &[pack("value_tiers")]).await;
+    import_cdnow_sample(&s, 400).await;
+    upload(&s, wasm("b2b_trade")).await;
+    let (status, d) = s
+        .post("/v1/plugins/b2b-trade/dry-run", json!({"version": "1.0.0"}))
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let previewed = d["changed"]["stages"].as_i64().unwrap();
+    assert!(previewed > 0, "{d}");
+    let (status, a) = s
+        .post(
+            "/v1/plugins/b2b-trade/activate",
+            json!({"version": "1.0.0", "owns_lifecycle": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    let (_, j) = s.post("/v1/rescore", json!({})).await;
+    wait_for_job(&s, j["job"].as_str().unwrap()).await;
+    let (_, funnel) = s.get("/v1/analytics/funnel").await;
+    assert_eq!(funnel["owner"], "b2b-trade");
+    let staged: i64 = funnel["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["customers"].as_i64().unwrap())
+        .sum();
+    assert_eq!(staged, previewed, "{funnel}");
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let moves: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM stage_moves WHERE tenant_id = 'acme' AND plugin = 'b2b-trade' AND event_id IS NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(moves, previewed);
+    // Segments are computed on the new stage (b2b-trade's `select` is the persona stage).
+    let stale: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM memberships m JOIN customers c ON c.tenant_id = m.tenant_id AND c.id = m.customer_id \
+         WHERE m.tenant_id = 'acme' AND m.plugin = 'b2b-trade' AND m.segment = 'select' AND c.stage IS NOT NULL AND c.stage <> 'persona'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(stale, 0, "no staged customer keeps the segment of no stage");
+    drop(conn);
+    // A second rescore moves nobody: the stages already are what the owner says.
+    let (_, j) = s.post("/v1/rescore", json!({})).await;
+    wait_for_job(&s, j["job"].as_str().unwrap()).await;
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let again: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM stage_moves WHERE tenant_id = 'acme'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(again, previewed);
+    drop(conn);
     s.finish().await;
 }
 

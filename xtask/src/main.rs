@@ -114,6 +114,45 @@ fn plugins(root: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// What the console's browser test needs: Debian's Chromium (no downloaded
+/// browser) and playwright-core from npm, pinned by `tests/browser/package-lock.json`.
+fn ensure_browser(root: &Path) -> Result<()> {
+    if !Path::new("/usr/bin/chromium").exists() {
+        eprintln!("installing Debian's chromium for the console test");
+        let sudo = if Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false)
+        {
+            vec![]
+        } else {
+            vec!["sudo"]
+        };
+        let apt = |args: &[&str]| {
+            let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+            if !sudo.is_empty() {
+                c.arg("apt-get");
+            }
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            run(&mut c)
+        };
+        if apt(&["install", "-y", "--no-install-recommends", "chromium"]).is_err() {
+            apt(&["update"])?;
+            apt(&["install", "-y", "--no-install-recommends", "chromium"])
+                .context("installing chromium with apt-get")?;
+        }
+    }
+    let browser = root.join("tests/browser");
+    if !browser.join("node_modules/playwright-core").exists() {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&browser))
+        .context("installing playwright-core with npm (needs Node.js and npm)")?;
+    }
+    Ok(())
+}
+
 /// The componentize-py release the Python plugins are built with.
 const COMPONENTIZE_PY: &str = "0.25.1";
 
@@ -181,6 +220,7 @@ fn python_plugins(root: &Path, out: &Path) -> Result<()> {
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     plugins(root)?;
+    ensure_browser(root)?;
     // Default members: the host, the SDK, the packs (natively) and xtask. The test
     // components under tests/plugins are only meaningful as wasm.
     let mut cmd = cargo();

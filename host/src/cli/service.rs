@@ -275,7 +275,7 @@ pub async fn demo(
     eprintln!("recorded {n} events of the demo stories (every stage and segment of the packs)");
     let listener_addr = listen.to_string();
     let banner = format!(
-        "\nStagecraft demo is ready.\n  URL:   http://{listener_addr}\n  token: {}\n\nTry:\n  curl -H 'Authorization: Bearer {}' http://{listener_addr}/v1/analytics/segments\n",
+        "\nStagecraft demo is ready.\n  URL:   http://{listener_addr}\n  token: {}\n\nOpen the URL in a browser and sign in with the token, or try:\n  curl -H 'Authorization: Bearer {}' http://{listener_addr}/v1/analytics/segments\n",
         token.token, token.token
     );
     serve(crm, listen, Some(banner)).await

@@ -3,6 +3,7 @@
 //! translates: the work happens in [`crate::crm`], [`crate::pipeline`] and [`crate::store`].
 
 mod analytics;
+mod console;
 mod customers;
 pub mod error;
 mod import;
@@ -42,6 +43,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(import::routes())
         .merge(analytics::routes())
         .merge(plugins::routes())
+        .routes(routes!(me))
         .routes(routes!(audit))
         .routes(routes!(create_token))
         .routes(routes!(revoke_token))
@@ -66,20 +68,21 @@ pub fn app(crm: Crm) -> Router {
         ),
     );
     let doc = Arc::new(doc);
-    api.route(
-        "/openapi.json",
-        axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { Json(doc) }
-        }),
-    )
-    .fallback(|| async { ApiError::NotFound("no such route".into()) })
-    .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
-    .layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        observe_request,
-    ))
-    .with_state(state)
+    api.merge(console::routes())
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
+        )
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe_request,
+        ))
+        .with_state(state)
 }
 
 /// Prometheus metrics (unauthenticated, like /healthz: no customer data in it).
@@ -164,6 +167,18 @@ async fn health(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Ap
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(json!({ "status": "ok", "database": "ok" })))
+}
+
+/// The caller: tenant, role and token id (viewer). The console signs in with it.
+#[utoipa::path(get, path = "/v1/me", tag = ADMIN, security(("bearer" = [])),
+    responses((status = 200, description = "`{tenant, role, token_id}`", body = Object), Errors))]
+async fn me(auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.require(Role::Viewer)?;
+    Ok(Json(json!({
+        "tenant": auth.0.tenant,
+        "role": auth.0.role,
+        "token_id": auth.0.token_id,
+    })))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]

@@ -7,7 +7,6 @@ use crate::model::Role;
 use crate::registry::{Candidate, DryRunOutcome, MAX_COMPONENT_BYTES};
 use crate::store::{self, Pair};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -17,9 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    // Components are larger than the JSON limit; only this route takes them.
+    // Components are larger than the JSON limit; `read_component` bounds them.
     let (schemas, paths, upload_route) = routes!(upload);
-    let upload_route = upload_route.layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES));
+    let upload_route = upload_route.layer(DefaultBodyLimit::disable());
     OpenApiRouter::new()
         .routes((schemas, paths, upload_route))
         .routes(routes!(list))
@@ -42,18 +41,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 async fn upload(
     State(s): State<AppState>,
     auth: Auth,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth.require(Role::Integrator)?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(format!(
-                "a component may be at most {MAX_COMPONENT_BYTES} bytes"
-            ))
-        } else {
-            ApiError::bad_request("bad_body", e.body_text())
-        }
-    })?;
+    let body = read_component(body).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "bad_body",
@@ -70,6 +61,33 @@ async fn upload(
         StatusCode::OK
     };
     Ok((status, Json(json!(up))))
+}
+
+/// The uploaded bytes, at most [`MAX_COMPONENT_BYTES`]. A larger upload is read
+/// on (and thrown away) up to a bound before the 413 goes out: a client still
+/// sending when the server answers and closes would see a reset instead of the
+/// reason.
+async fn read_component(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    const DRAIN_LIMIT: usize = 4 * MAX_COMPONENT_BYTES;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
+        seen += chunk.len();
+        if seen <= MAX_COMPONENT_BYTES {
+            bytes.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > MAX_COMPONENT_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "a component may be at most {MAX_COMPONENT_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Everything the registry knows about one plugin of the tenant.

@@ -58,7 +58,12 @@ pub struct ScoreDistribution {
     pub mean: f64,
     /// Customers per band (`null` for scores without a band).
     pub bands: Vec<(Option<String>, i64)>,
+    /// Customers per equal-width bucket from `min` to `max` ([`HISTOGRAM_BUCKETS`]
+    /// of them; the last includes `max`; one bucket when all scores are equal).
+    pub histogram: Vec<i64>,
 }
+
+pub const HISTOGRAM_BUCKETS: usize = 10;
 
 pub async fn score_distributions(
     conn: &mut AnyConnection,
@@ -80,7 +85,11 @@ pub async fn score_distributions(
             max: r.try_get("hi")?,
             mean: r.try_get("mean")?,
             bands: Vec::new(),
+            histogram: Vec::new(),
         });
+    }
+    for d in &mut out {
+        d.histogram = histogram(conn, tenant, &d.plugin, d.min, d.max).await?;
     }
     for r in sqlx::query(
         "SELECT plugin, band, CAST(COUNT(*) AS BIGINT) AS n FROM scores WHERE tenant_id = $1 \
@@ -96,6 +105,44 @@ pub async fn score_distributions(
         }
     }
     Ok(out)
+}
+
+/// Customers per bucket, by conditional aggregation (one portable statement;
+/// bucket edges are bound as numbers).
+async fn histogram(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    min: f64,
+    max: f64,
+) -> Result<Vec<i64>> {
+    let n = if max > min { HISTOGRAM_BUCKETS } else { 1 };
+    let width = (max - min) / n as f64;
+    let columns: Vec<String> = (0..n)
+        .map(|i| {
+            let (lo, hi) = (3 + 2 * i, 4 + 2 * i);
+            let upper = if i + 1 == n { "<=" } else { "<" };
+            format!("CAST(SUM(CASE WHEN value >= ${lo} AND value {upper} ${hi} THEN 1 ELSE 0 END) AS BIGINT) AS b{i}")
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM scores WHERE tenant_id = $1 AND plugin = $2",
+        columns.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(tenant).bind(plugin);
+    for i in 0..n {
+        let lo = min + width * i as f64;
+        let hi = if i + 1 == n {
+            max
+        } else {
+            min + width * (i + 1) as f64
+        };
+        q = q.bind(lo).bind(hi);
+    }
+    let row = q.fetch_one(conn).await?;
+    (0..n)
+        .map(|i| Ok(row.try_get::<Option<i64>, _>(i)?.unwrap_or(0)))
+        .collect()
 }
 
 /// Open follow-ups due at or before `until`.

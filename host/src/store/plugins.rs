@@ -414,8 +414,9 @@ pub async fn activate(
     Ok(current.map(|(p, _)| p))
 }
 
-/// Returns the plugin to the pair before the active one. The active one is marked
-/// rolled back and is never returned to by a later rollback.
+/// Returns the plugin to the pair before the active one, or, when the active one
+/// was its first, to not being enabled (`None`). The active one is marked rolled
+/// back and is never returned to by a later rollback.
 pub async fn rollback(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -423,7 +424,7 @@ pub async fn rollback(
     actor: &str,
     reason: &str,
     at: i64,
-) -> Result<(Pair, Pair)> {
+) -> Result<(Pair, Option<Pair>)> {
     let rows = sqlx::query(
         "SELECT seq, version, rules_version, status FROM activations WHERE tenant_id = $1 AND plugin = $2 \
          AND status IN ('active', 'superseded') ORDER BY seq DESC LIMIT 2",
@@ -438,15 +439,18 @@ pub async fn rollback(
             rules_version: r.try_get("rules_version")?,
         })
     };
-    let (Some(cur), Some(prev)) = (rows.first(), rows.get(1)) else {
-        return Err(StoreError::Conflict(format!(
-            "{plugin} has no earlier version to roll back to"
-        )));
+    let Some(cur) = rows.first() else {
+        return Err(StoreError::Conflict(format!("{plugin} is not active")));
     };
     if cur.try_get::<String, _>("status")? != "active" {
         return Err(StoreError::Conflict(format!("{plugin} is not active")));
     }
-    let (from, to) = (pair(cur)?, pair(prev)?);
+    let from = pair(cur)?;
+    let Some(prev) = rows.get(1) else {
+        disable_plugin(conn, tenant, plugin).await?;
+        return Ok((from, None));
+    };
+    let to = pair(prev)?;
     sqlx::query("UPDATE activations SET status = 'rolled_back' WHERE seq = $1")
         .bind(cur.try_get::<i64, _>("seq")?)
         .execute(&mut *conn)
@@ -474,7 +478,7 @@ pub async fn rollback(
     )
     .await?;
     bump_generation(conn, tenant).await?;
-    Ok((from, to))
+    Ok((from, Some(to)))
 }
 
 /// Takes a plugin out of a tenant's service (no earlier pair to return to).
