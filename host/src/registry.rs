@@ -254,7 +254,13 @@ impl DryRunReport {
         c.segments += (before.segments != after.segments) as i64;
         c.stages += (before.stage != after.stage) as i64;
         let delta = after.value.unwrap_or(0.0) - before.value.unwrap_or(0.0);
-        if before != after && top > 0 {
+        // Listed: customers whose outcome changes (a reworded reason alone is not one).
+        let changes = before.value != after.value
+            || before.band != after.band
+            || before.segments != after.segments
+            || before.stage != after.stage
+            || before.error != after.error;
+        if changes && top > 0 {
             self.largest.push(CustomerDiff {
                 customer_id: id.to_string(),
                 delta,

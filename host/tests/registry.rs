@@ -448,6 +448,18 @@ async fn dry_run_counts_exactly_the_customers_whose_band_changes(db: Db) {
         Some(expected_in_sample),
         "{d}"
     );
+    // The customers listed are ones whose outcome changes, not just their wording.
+    let listed = d["largest"].as_array().unwrap();
+    assert!(!listed.is_empty());
+    for c in listed {
+        let (b, a) = (&c["before"], &c["after"]);
+        assert!(
+            ["value", "band", "segments", "stage", "error"]
+                .iter()
+                .any(|k| b[k] != a[k]),
+            "{c}"
+        );
+    }
     let (status, d) = s
         .post(
             "/v1/plugins/value-tiers/dry-run",

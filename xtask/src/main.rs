@@ -21,8 +21,12 @@ fn main() -> Result<()> {
         Some("test") => test(&root, &args[1..]),
         Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
+        Some("fuzz") => fuzz(&root, &args[1..]),
+        Some("api-fuzz") => run(Command::new(root.join("scripts/api-fuzz.sh")).args(&args[1..])),
         _ => {
-            eprintln!("usage: cargo xtask <plugins | test | demo | bench [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <plugins | test | demo | bench [--quick] | fuzz [SECONDS] | api-fuzz [EXAMPLES]>"
+            );
             std::process::exit(2);
         }
     }
@@ -151,6 +155,33 @@ fn ensure_browser(root: &Path) -> Result<()> {
         .context("installing playwright-core with npm (needs Node.js and npm)")?;
     }
     Ok(())
+}
+
+/// Runs the importer fuzz target for SECONDS (default 300) with cargo fuzz on the
+/// nightly toolchain, from a working copy of the seed corpus. A crash leaves its
+/// input in `fuzz/artifacts/import/`: copy it to `fuzz/regressions/` once fixed,
+/// where `host/tests/import_regressions.rs` replays it on stable.
+fn fuzz(root: &Path, extra: &[String]) -> Result<()> {
+    let seconds = extra.first().map(String::as_str).unwrap_or("300");
+    if !Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let work = root.join("fuzz/corpus-work");
+    std::fs::create_dir_all(&work)?;
+    for e in std::fs::read_dir(root.join("fuzz/corpus/import"))? {
+        let p = e?.path();
+        std::fs::copy(&p, work.join(p.file_name().expect("a file")))?;
+    }
+    run(Command::new("cargo")
+        .current_dir(root.join("fuzz"))
+        .args(["+nightly", "fuzz", "run", "import", "-s", "none"])
+        .arg(&work)
+        .args(["--", &format!("-max_total_time={seconds}"), "-max_len=4096"]))
+    .context("cargo fuzz needs the nightly toolchain (`rustup toolchain install nightly`)")
 }
 
 /// The componentize-py release the Python plugins are built with.

@@ -40,11 +40,15 @@ pub fn routes() -> OpenApiRouter<AppState> {
               (status = 200, description = "These bytes were already stored", body = Object), Errors))]
 async fn upload(
     State(s): State<AppState>,
-    auth: Auth,
+    auth: Result<Auth, ApiError>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // The body is read (bounded) before a refusal too: answering while the client
+    // is still sending closes the connection under it.
+    let body = read_component(body).await;
+    let auth = auth?;
     auth.require(Role::Integrator)?;
-    let body = read_component(body).await?;
+    let body = body?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "bad_body",
