@@ -141,9 +141,9 @@ fn ensure_browser(root: &Path) -> Result<()> {
             c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
             run(&mut c)
         };
-        if apt(&["install", "-y", "--no-install-recommends", "chromium"]).is_err() {
+        if apt(&["install", "-y", "chromium"]).is_err() {
             apt(&["update"])?;
-            apt(&["install", "-y", "--no-install-recommends", "chromium"])
+            apt(&["install", "-y", "chromium"])
                 .context("installing chromium with apt-get")?;
         }
     }
