@@ -93,6 +93,88 @@ fn wasm() -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask plugins` first)", path.display()))
 }
 
+/// value-tiers' scoring in Rhai, line for line.
+const VALUE_TIERS_RHAI: &str = r#"
+fn score(m, r) {
+    let cost = m.orders * r.cost_per_order_cents + m.touchpoints_90d * r.cost_per_touchpoint_cents
+             + m.complaints * r.cost_per_complaint_cents;
+    let net = m.total_spend_cents - cost;
+    let spend = m.total_spend_cents.to_float() / 100.0;
+    let netf = net.to_float() / 100.0;
+    let reasons = [
+        #{ code: "spend", points: spend, args: [spend, m.orders.to_float()] },
+        #{ code: "cost_to_serve", points: -cost.to_float() / 100.0,
+           args: [cost.to_float() / 100.0, m.orders.to_float(), m.touchpoints_90d.to_float(), m.complaints.to_float()] },
+        #{ code: "repeat_days", points: 0.0, args: [m.purchase_days.to_float()] },
+    ];
+    if m.complaints > 0 {
+        let c = (m.complaints * r.cost_per_complaint_cents).to_float() / 100.0;
+        reasons.push(#{ code: "complaints", points: -c, args: [m.complaints.to_float()] });
+    }
+    let band = "";
+    if net < 0 {
+        band = "negative";
+        reasons.push(#{ code: "band_negative", points: 0.0, args: [netf] });
+    } else if net >= r.high_min_net_cents && m.purchase_days >= r.high_min_purchase_days {
+        band = "high";
+        reasons.push(#{ code: "band_high", points: 0.0,
+                        args: [netf, r.high_min_net_cents.to_float() / 100.0, m.purchase_days.to_float()] });
+    } else if net >= r.medium_min_net_cents {
+        band = "medium";
+        reasons.push(#{ code: "band_medium", points: 0.0, args: [netf, r.medium_min_net_cents.to_float() / 100.0] });
+    } else {
+        band = "low";
+        reasons.push(#{ code: "band_low", points: 0.0, args: [netf, r.medium_min_net_cents.to_float() / 100.0] });
+    }
+    #{ value: netf, band: band, reasons: reasons }
+}
+"#;
+
+struct Rhai {
+    engine: rhai::Engine,
+    ast: rhai::AST,
+    rules: rhai::Map,
+}
+
+impl Rhai {
+    fn new() -> Rhai {
+        let engine = rhai::Engine::new();
+        let ast = engine.compile(VALUE_TIERS_RHAI).unwrap();
+        let rules = engine
+            .parse_json(value_tiers::DEFAULT_RULES, false)
+            .unwrap();
+        Rhai { engine, ast, rules }
+    }
+
+    /// (value, band, number of reasons), read back out of the script's map.
+    fn score(&self, c: &Customer<'_>) -> (f64, String, usize) {
+        let m = &c.metrics;
+        let mut metrics = rhai::Map::new();
+        for (k, v) in [
+            ("orders", m.orders as i64),
+            ("purchase_days", m.purchase_days as i64),
+            ("total_spend_cents", m.total_spend_cents),
+            ("touchpoints_90d", m.touchpoints_90d as i64),
+            ("complaints", m.complaints as i64),
+        ] {
+            metrics.insert(k.into(), v.into());
+        }
+        let out: rhai::Map = self
+            .engine
+            .call_fn(
+                &mut rhai::Scope::new(),
+                &self.ast,
+                "score",
+                (metrics, self.rules.clone()),
+            )
+            .unwrap();
+        let value = out["value"].as_float().unwrap();
+        let band = out["band"].clone().into_string().unwrap();
+        let reasons = out["reasons"].clone().into_array().unwrap().len();
+        (value, band, reasons)
+    }
+}
+
 fn bench(c: &mut Criterion) {
     const BATCH: usize = 1000;
     let pool = Pool {
@@ -123,8 +205,30 @@ fn bench(c: &mut Criterion) {
         assert_eq!(ws.as_ref().unwrap().value, ns.value);
     }
 
+    // The same scoring as a Rhai script, as a user might embed instead of wasm:
+    // compiled once, called per customer with the metrics and rules as maps,
+    // returning the value, band and reasons.
+    let rhai = Rhai::new();
+    for cu in &batch {
+        let ns = native.score(&native_ctx, cu).unwrap();
+        let (value, band, reasons) = rhai.score(cu);
+        let expected = (
+            ns.value,
+            ns.band.as_deref().map(str::to_string),
+            ns.reasons.len(),
+        );
+        assert_eq!((value, Some(band), reasons), expected);
+    }
+
     let mut g = c.benchmark_group("score");
     g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("rhai_script", |b| {
+        b.iter(|| {
+            for cu in &batch {
+                black_box(rhai.score(black_box(cu)));
+            }
+        })
+    });
     g.bench_function("native", |b| {
         b.iter(|| {
             for cu in &batch {

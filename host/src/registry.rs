@@ -706,18 +706,8 @@ impl Crm {
         now: i64,
     ) -> Result<Vec<(CustomerRecord, Vec<EventRecord>)>, StoreError> {
         let mut conn = self.store.conn().await?;
-        let backend = self.store.backend();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(mut c) = store::load_customer(&mut conn, backend, tenant, id, false).await?
-            else {
-                continue;
-            };
-            c.metrics.touchpoints_90d = store::touchpoints_90d(&mut conn, tenant, id, now).await?;
-            let events = store::recent_events(&mut conn, tenant, id, RECENT_EVENTS).await?;
-            out.push((c, events));
-        }
-        Ok(out)
+        // A few statements for the whole chunk (see `store::bulk`).
+        store::load_customers(&mut conn, tenant, ids, now, RECENT_EVENTS).await
     }
 
     /// Compares the candidate with the active pair over `ids`; writes nothing.
@@ -996,15 +986,19 @@ impl Crm {
                     continue;
                 }
             };
+            let mut scores = Vec::new();
+            let mut memberships = Vec::new();
             for ((c, _), (score, segments)) in batch.iter().zip(rows) {
                 if let Some(s) = score {
-                    store::save_score(tx.conn(), tenant, &c.id, &s, None).await?;
+                    scores.push((c.id.clone(), s));
                 }
                 if let Some(segs) = segments {
-                    store::replace_memberships(tx.conn(), tenant, &c.id, pack.name(), &segs, now)
-                        .await?;
+                    memberships.push((c.id.clone(), segs));
                 }
             }
+            store::save_scores(tx.conn(), tenant, &scores).await?;
+            store::replace_memberships_of_many(tx.conn(), tenant, pack.name(), &memberships, now)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

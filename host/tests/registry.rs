@@ -27,6 +27,7 @@ on_both_databases!(
     a_failing_version_is_suspended_and_the_previous_one_restored,
     a_rescore_left_unfinished_by_a_dead_host_is_resumed,
     a_new_lifecycle_owner_restages_customers_as_its_dry_run_said,
+    bulk_reads_and_writes_match_the_one_customer_functions,
 );
 
 async fn upload(s: &TestServer, bytes: Vec<u8>) -> (u16, Value) {
@@ -634,6 +635,132 @@ async fn a_new_lifecycle_owner_restages_customers_as_its_dry_run_said(db: Db) {
     .await
     .unwrap();
     assert_eq!(again, previewed);
+    drop(conn);
+    s.finish().await;
+}
+
+/// What the rescore reads and writes a chunk at a time equals what the
+/// per-customer functions read and write.
+async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
+    use stagecraft::store::{self, RenderedReason, StoredScore};
+    let s = TestServer::start(db, &[pack("value_tiers")]).await;
+    import_cdnow_sample(&s, 1200).await;
+    s.post(
+        "/v1/customers",
+        json!({"id": "zz-fields", "tags": ["b", "a"],
+        "fields": {"city": "Porto", "email": "x@example.com", "size": 12}}),
+    )
+    .await;
+    s.post("/v1/customers/zz-fields/events", json!({"kind": "visit"}))
+        .await;
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM customers WHERE tenant_id = 'acme' ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    ids.push("no-such-customer".into());
+    let now = now_ms();
+    let bulk = store::load_customers(&mut conn, "acme", &ids, now, 10)
+        .await
+        .unwrap();
+    assert_eq!(bulk.len(), ids.len() - 1);
+    for (c, events) in &bulk {
+        let mut one = store::load_customer(&mut conn, s.crm.store.backend(), "acme", &c.id, false)
+            .await
+            .unwrap()
+            .unwrap();
+        one.metrics.touchpoints_90d = store::touchpoints_90d(&mut conn, "acme", &c.id, now)
+            .await
+            .unwrap();
+        assert_eq!(c, &one, "{}", c.id);
+        assert_eq!(
+            events,
+            &store::recent_events(&mut conn, "acme", &c.id, 10)
+                .await
+                .unwrap()
+        );
+    }
+    assert!(bulk
+        .iter()
+        .any(|(c, _)| c.fields.len() == 3 && c.tags == ["a", "b"]));
+
+    // Scores: a history row only where value or band changed.
+    let score = |v: f64, band: &str| StoredScore {
+        plugin: "bulk".into(),
+        plugin_version: "1".into(),
+        value: v,
+        band: Some(band.into()),
+        reasons: vec![],
+        updated_at: now,
+    };
+    let rows: Vec<(String, StoredScore)> = ids[..250]
+        .iter()
+        .map(|id| (id.clone(), score(1.0, "a")))
+        .collect();
+    store::save_scores(&mut conn, "acme", &rows).await.unwrap();
+    store::save_scores(&mut conn, "acme", &rows).await.unwrap();
+    let mut changed = rows.clone();
+    changed[7].1 = score(2.0, "a");
+    changed[9].1 = score(1.0, "b");
+    store::save_scores(&mut conn, "acme", &changed)
+        .await
+        .unwrap();
+    let history: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM score_history WHERE plugin = 'bulk'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(history, 252);
+    let stored = store::scores_of(&mut conn, "acme", &ids[7]).await.unwrap();
+    assert!(
+        stored.iter().any(|x| x.plugin == "bulk" && x.value == 2.0),
+        "{stored:?}"
+    );
+
+    // Memberships: `since` stays for a segment that goes on, ended ones go.
+    let reason = RenderedReason {
+        code: "r".into(),
+        points: 0.0,
+        args: vec![],
+        text: "r".into(),
+    };
+    let seg = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| (n.to_string(), reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    let first: Vec<_> = ids[..150]
+        .iter()
+        .map(|id| (id.clone(), seg(&["x", "y"])))
+        .collect();
+    store::replace_memberships_of_many(&mut conn, "acme", "bulk", &first, 1000)
+        .await
+        .unwrap();
+    let second: Vec<_> = ids[..150]
+        .iter()
+        .map(|id| (id.clone(), seg(&["y", "z", "z"])))
+        .collect();
+    store::replace_memberships_of_many(&mut conn, "acme", "bulk", &second, 2000)
+        .await
+        .unwrap();
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT segment, since FROM memberships WHERE plugin = 'bulk' AND customer_id = $1 ORDER BY segment",
+    )
+    .bind(&ids[120])
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(rows, [("y".to_string(), 1000), ("z".to_string(), 2000)]);
+    let total: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM memberships WHERE plugin = 'bulk'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(total, 300);
     drop(conn);
     s.finish().await;
 }

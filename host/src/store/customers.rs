@@ -84,29 +84,7 @@ pub async fn load_customer(
     else {
         return Ok(None);
     };
-    let metrics = Metrics {
-        orders: row.try_get::<i64, _>("orders")? as u32,
-        purchase_days: row.try_get::<i64, _>("purchase_days")? as u32,
-        total_spend_cents: row.try_get("spend_cents")?,
-        first_order_at: row.try_get("first_order_at")?,
-        last_order_at: row.try_get("last_order_at")?,
-        last_contact_at: row.try_get("last_contact_at")?,
-        complaints: row.try_get::<i64, _>("complaints")? as u32,
-        referrals: row.try_get::<i64, _>("referrals")? as u32,
-        touchpoints_90d: 0,
-    };
-    let mut c = CustomerRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        source: row.try_get("source")?,
-        stage: row.try_get("stage")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        metrics,
-        fields: Vec::new(),
-        tags: Vec::new(),
-        segments: Vec::new(),
-    };
+    let mut c = customer_from_row(&row)?;
     for r in sqlx::query(
         "SELECT key, value, sensitive FROM customer_fields WHERE tenant_id = $1 AND customer_id = $2 ORDER BY key",
     )
@@ -115,13 +93,7 @@ pub async fn load_customer(
     .fetch_all(&mut *conn)
     .await?
     {
-        let value: serde_json::Value = from_json(&r.try_get::<String, _>("value")?)?;
-        c.fields.push(FieldEntry {
-            key: r.try_get("key")?,
-            value: crate::model::field_value_from_json("stored", &value)
-                .map_err(StoreError::Corrupt)?,
-            sensitive: r.try_get::<i64, _>("sensitive")? != 0,
-        });
+        c.fields.push(field_from_row(&r)?);
     }
     c.tags = sqlx::query_scalar(
         "SELECT tag FROM customer_tags WHERE tenant_id = $1 AND customer_id = $2 ORDER BY tag",
@@ -142,6 +114,44 @@ pub async fn load_customer(
     c.segments.sort();
     c.segments.dedup();
     Ok(Some(c))
+}
+
+/// A customer row (`SELECT *`), without fields, tags and segments.
+pub(super) fn customer_from_row(row: &sqlx::any::AnyRow) -> Result<CustomerRecord> {
+    let metrics = Metrics {
+        orders: row.try_get::<i64, _>("orders")? as u32,
+        purchase_days: row.try_get::<i64, _>("purchase_days")? as u32,
+        total_spend_cents: row.try_get("spend_cents")?,
+        first_order_at: row.try_get("first_order_at")?,
+        last_order_at: row.try_get("last_order_at")?,
+        last_contact_at: row.try_get("last_contact_at")?,
+        complaints: row.try_get::<i64, _>("complaints")? as u32,
+        referrals: row.try_get::<i64, _>("referrals")? as u32,
+        touchpoints_90d: 0,
+    };
+    Ok(CustomerRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        source: row.try_get("source")?,
+        stage: row.try_get("stage")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        metrics,
+        fields: Vec::new(),
+        tags: Vec::new(),
+        segments: Vec::new(),
+    })
+}
+
+/// A `customer_fields` row (`key`, `value`, `sensitive`).
+pub(super) fn field_from_row(r: &sqlx::any::AnyRow) -> Result<FieldEntry> {
+    let value: serde_json::Value = from_json(&r.try_get::<String, _>("value")?)?;
+    Ok(FieldEntry {
+        key: r.try_get("key")?,
+        value: crate::model::field_value_from_json("stored", &value)
+            .map_err(StoreError::Corrupt)?,
+        sensitive: r.try_get::<i64, _>("sensitive")? != 0,
+    })
 }
 
 /// Writes the stored metrics of a customer.

@@ -83,7 +83,7 @@ pub async fn insert_event(
     Ok(())
 }
 
-fn event_from_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {
+pub(super) fn event_from_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {
     let fields: serde_json::Map<String, serde_json::Value> =
         from_json(&r.try_get::<String, _>("fields")?)?;
     Ok(EventRecord {

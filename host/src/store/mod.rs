@@ -14,6 +14,7 @@
 
 mod analytics;
 mod auth;
+mod bulk;
 mod customers;
 mod events;
 mod jobs;
@@ -21,6 +22,7 @@ mod plugins;
 
 pub use analytics::*;
 pub use auth::*;
+pub use bulk::*;
 pub use customers::*;
 pub use events::*;
 pub use jobs::*;

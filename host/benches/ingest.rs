@@ -1,0 +1,532 @@
+//! Event ingest over HTTP, swaps under load, and bulk import — measured, printed
+//! with their targets, never asserted (this machine is shared and noisy).
+//!
+//! A real server (the same `http::serve` the binary runs) on a loopback socket
+//! with a real SQLite file (and PostgreSQL when `STAGECRAFT_TEST_POSTGRES_URL` is
+//! set), and a bounded load generator in the same process: `CONCURRENCY`
+//! clients posting events for a fixed time. Run by `cargo xtask bench`:
+//!   cargo bench -p stagecraft --bench ingest [-- --quick]
+
+use reqwest::Client;
+use serde_json::json;
+use stagecraft::cli::service::install_plugin;
+use stagecraft::model::Role;
+use stagecraft::packs::Packs;
+use stagecraft::runtime::{Limits, Runtime};
+use stagecraft::store::Store;
+use stagecraft::Crm;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TENANT: &str = "bench";
+const CUSTOMERS: usize = 2_000;
+const CONCURRENCY: usize = 16;
+
+struct Server {
+    crm: Crm,
+    base: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+fn wasm(stem: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{stem}.wasm"))
+}
+
+/// A server on `database` with `packs` (file stem, owns the lifecycle) enabled.
+async fn start(database: &Database, packs: &[(&str, bool)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database.fresh(dir.path()).await;
+    let store = Store::connect(&url).await.unwrap();
+    let runtime = Runtime::new(Limits::default(), Some(dir.path().join("cache"))).unwrap();
+    let crm = Crm::new(store, Packs::new(runtime));
+    let token = crm
+        .create_token(TENANT, Role::Admin, "bench")
+        .await
+        .unwrap()
+        .token;
+    for (stem, owns) in packs {
+        install_plugin(&crm, TENANT, &wasm(stem), None, true, *owns)
+            .await
+            .unwrap();
+    }
+    for i in 0..CUSTOMERS {
+        crm.create_customer(
+            TENANT,
+            serde_json::from_value(json!({"id": format!("c{i:05}"), "source": "web"})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let serving = crm.clone();
+    tokio::spawn(async move {
+        stagecraft::http::serve(listener, serving, std::future::pending())
+            .await
+            .unwrap()
+    });
+    Server {
+        crm,
+        base,
+        token,
+        _dir: dir,
+    }
+}
+
+enum Database {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Database {
+    fn name(&self) -> &'static str {
+        match self {
+            Database::Sqlite => "SQLite",
+            Database::Postgres(_) => "PostgreSQL",
+        }
+    }
+    async fn fresh(&self, dir: &Path) -> String {
+        match self {
+            Database::Sqlite => format!("sqlite:{}", dir.join("bench.db").display()),
+            Database::Postgres(server) => {
+                sqlx::any::install_default_drivers();
+                let name = format!("stagecraft_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
+                    .await
+                    .expect("PostgreSQL reachable");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let base = server.rsplit_once('/').map(|(b, _)| b).unwrap_or(server);
+                format!("{base}/{name}")
+            }
+        }
+    }
+}
+
+struct Load {
+    ok: u64,
+    failed: u64,
+    seconds: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Load {
+    fn per_second(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+}
+
+/// `CONCURRENCY` clients posting events (visits, inquiries, orders) to random
+/// customers until `stop` is set or `duration` passes.
+async fn load(base: &str, token: &str, duration: Duration, stop: Arc<AtomicBool>) -> Load {
+    let client = Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..CONCURRENCY {
+        let (client, base, token, stop, seq) = (
+            client.clone(),
+            base.to_string(),
+            token.to_string(),
+            stop.clone(),
+            seq.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut lat) = (0u64, 0u64, Vec::new());
+            let mut x = 0x9E37_79B9u64 ^ (w as u64 * 7919);
+            while started.elapsed() < duration && !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let customer = format!("c{:05}", x % CUSTOMERS as u64);
+                let body = match x % 10 {
+                    0..=5 => json!({"kind": "visit", "channel": "web"}),
+                    6..=7 => json!({"kind": "inquiry", "channel": "web"}),
+                    _ => json!({"kind": "order", "amount_cents": 1000 + (x % 50_000) as i64}),
+                };
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/v1/customers/{customer}/events"))
+                    .bearer_auth(&token)
+                    .header("idempotency-key", format!("load-{n}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                match r {
+                    Ok(r) if r.status().is_success() => {
+                        ok += 1;
+                        lat.push(us);
+                    }
+                    Ok(r) => {
+                        failed += 1;
+                        if failed <= 3 {
+                            eprintln!(
+                                "  failed: {} {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        if failed <= 3 {
+                            eprintln!("  failed: {e}");
+                        }
+                    }
+                }
+            }
+            (ok, failed, lat)
+        }));
+    }
+    let mut out = Load {
+        ok: 0,
+        failed: 0,
+        seconds: 0.0,
+        latencies_us: Vec::new(),
+    };
+    for t in tasks {
+        let (ok, failed, lat) = t.await.unwrap();
+        out.ok += ok;
+        out.failed += failed;
+        out.latencies_us.extend(lat);
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    out.latencies_us.sort_unstable();
+    out
+}
+
+/// This process's resident memory, in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+async fn ingest(database: &Database, duration: Duration) {
+    let name = database.name();
+    let bare = start(database, &[]).await;
+    let none = load(
+        &bare.base,
+        &bare.token,
+        duration,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    let two = start(database, &[("b2b_trade", true), ("value_tiers", false)]).await;
+    let packs = load(
+        &two.base,
+        &two.token,
+        duration,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    println!();
+    println!("event ingest over HTTP, {name}, {CONCURRENCY} clients, {CUSTOMERS} customers, {duration:?} each");
+    println!(
+        "{:<28} {:>10} {:>9} {:>9} {:>8}",
+        "", "events/s", "p50 ms", "p99 ms", "failed"
+    );
+    for (label, l) in [("no plugin", &none), ("b2b-trade + value-tiers", &packs)] {
+        println!(
+            "{label:<28} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+            l.per_second(),
+            l.percentile_ms(0.5),
+            l.percentile_ms(0.99),
+            l.failed
+        );
+    }
+    let cost = 1.0 - packs.per_second() / none.per_second();
+    println!(
+        "targets ({name}): >= 2,000 events/s -> {:.0}, {}; p99 <= 25 ms -> {:.2} ms, {}; plugin cost <= 30% -> {:.0}%, {}",
+        packs.per_second(),
+        verdict(packs.per_second() >= 2000.0),
+        packs.percentile_ms(0.99),
+        verdict(packs.percentile_ms(0.99) <= 25.0),
+        cost * 100.0,
+        verdict(cost <= 0.30)
+    );
+}
+
+/// Activate/roll back a rule set while the load runs: no request may fail, and
+/// memory after many swaps stays near memory after a few.
+async fn swaps_under_load(swaps: usize) {
+    let s = start(
+        &Database::Sqlite,
+        &[("b2b_trade", true), ("value_tiers", false)],
+    )
+    .await;
+    let http = Client::new();
+    let rules = json!({"high_min_net_cents": 20000, "high_min_purchase_days": 2, "medium_min_net_cents": 5000,
+                       "cost_per_order_cents": 500, "cost_per_touchpoint_cents": 300, "cost_per_complaint_cents": 5000});
+    let r = http
+        .put(format!("{}/v1/plugins/value-tiers/rules", s.base))
+        .bearer_auth(&s.token)
+        .json(&rules)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load_task = {
+        let (stop, base, token) = (stop.clone(), s.base.clone(), s.token.clone());
+        tokio::spawn(async move { load(&base, &token, Duration::from_secs(3600), stop).await })
+    };
+    let (mut swap_failures, mut rss_10, mut slowest) = (0u64, f64::NAN, Duration::ZERO);
+    let started = Instant::now();
+    for i in 0..swaps {
+        let t = Instant::now();
+        let r = if i % 2 == 0 {
+            http.post(format!("{}/v1/plugins/value-tiers/activate", s.base))
+                .bearer_auth(&s.token)
+                .json(&json!({"version": "0.1.0", "rules_version": 1}))
+                .send()
+                .await
+        } else {
+            http.post(format!("{}/v1/plugins/value-tiers/rollback", s.base))
+                .bearer_auth(&s.token)
+                .json(&json!({"reason": "bench"}))
+                .send()
+                .await
+        };
+        slowest = slowest.max(t.elapsed());
+        if !r.is_ok_and(|r| r.status().is_success()) {
+            swap_failures += 1;
+        }
+        if i + 1 == 10 {
+            rss_10 = rss_mib();
+        }
+    }
+    let swap_seconds = started.elapsed().as_secs_f64();
+    let rss_end = rss_mib();
+    stop.store(true, Ordering::Relaxed);
+    let l = load_task.await.unwrap();
+    let growth = rss_end / rss_10 - 1.0;
+    println!();
+    println!("swaps under load (SQLite, {CONCURRENCY} clients posting events): {swaps} swaps (activate/rollback) in {swap_seconds:.1} s, slowest {:.0} ms",
+        slowest.as_secs_f64() * 1e3);
+    println!(
+        "events during the swaps: {} ok ({:.0}/s, p99 {:.2} ms), {} failed; swaps failed: {swap_failures}",
+        l.ok,
+        l.per_second(),
+        l.percentile_ms(0.99),
+        l.failed
+    );
+    println!(
+        "targets: zero failed requests -> {}, {}; RSS after {swaps} swaps within 10% of after 10 -> {rss_10:.0} -> {rss_end:.0} MiB ({:+.1}%), {}",
+        l.failed + swap_failures,
+        verdict(l.failed + swap_failures == 0),
+        growth * 100.0,
+        verdict(growth <= 0.10)
+    );
+}
+
+/// Bulk import through the same pipeline as the API, with two packs enabled.
+async fn import(generated_orders: usize) {
+    let cdnow =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data/cdnow/CDNOW_master.txt");
+    let s = start(
+        &Database::Sqlite,
+        &[("b2b_trade", true), ("value_tiers", false)],
+    )
+    .await;
+    let file = tokio::fs::File::open(&cdnow).await.unwrap();
+    let t = Instant::now();
+    let r = s
+        .crm
+        .import_cdnow(TENANT, file, Some(899_251_200_000), &|_| {})
+        .await
+        .unwrap();
+    let cdnow_s = t.elapsed().as_secs_f64();
+    // Generated orders in the CDNOW format: 20 orders each for generated customers.
+    let mut text = String::with_capacity(generated_orders * 32);
+    for i in 0..generated_orders {
+        let day = 1 + (i % 28);
+        let month = 1 + (i / 20 % 12);
+        text.push_str(&format!(
+            "g{:07} 1997{month:02}{day:02} {} {}.{:02}\n",
+            i / 20,
+            1 + i % 3,
+            5 + i % 90,
+            i % 100
+        ));
+    }
+    let s2 = start(
+        &Database::Sqlite,
+        &[("b2b_trade", true), ("value_tiers", false)],
+    )
+    .await;
+    let t = Instant::now();
+    let g = s2
+        .crm
+        .import_cdnow(TENANT, text.as_bytes(), Some(899_251_200_000), &|_| {})
+        .await
+        .unwrap();
+    let gen_s = t.elapsed().as_secs_f64();
+    println!();
+    println!("import (SQLite, b2b-trade + value-tiers run on every order)");
+    println!(
+        "CDNOW in full: {} rows in {cdnow_s:.1} s = {:.0} rows/s ({} errors)",
+        r.rows,
+        r.rows as f64 / cdnow_s,
+        r.error_count
+    );
+    println!(
+        "generated orders: {} rows in {gen_s:.1} s = {:.0} rows/s ({} errors)",
+        g.rows,
+        g.rows as f64 / gen_s,
+        g.error_count
+    );
+}
+
+/// Resets this process's peak RSS (VmHWM) so that a phase can read its own.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Bulk rescore of `n` generated customers (three orders each) by value-tiers and
+/// clv, results written back; beside it the floor: one plain SQL statement that
+/// writes the same score rows.
+async fn rescore(n: usize) {
+    let s = start(&Database::Sqlite, &[("value_tiers", false), ("clv", false)]).await;
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let t = Instant::now();
+    // Generated in SQL (a recursive counter), realistic spreads of orders and spend.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1) \
+         INSERT INTO customers (tenant_id, id, source, created_at, updated_at, orders, purchase_days, spend_cents, \
+                                first_order_at, last_order_at, last_contact_at, complaints, referrals) \
+         SELECT $2, printf('g%07d', i), 'web', 850000000000, 850000000000, 3, 3, 3000 + (i * 7919) % 90000, \
+                860000000000 + (i % 97) * 86400000, 890000000000 - (i % 89) * 86400000, 890000000000, (i % 17 = 0), 0 FROM n",
+    )
+    .bind(n as i64)
+    .bind(TENANT)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1), k(j) AS (VALUES (0), (1), (2)) \
+         INSERT INTO events (id, tenant_id, customer_id, kind, channel, at, day, amount_cents, fields, outcome, recorded_at) \
+         SELECT printf('e%07d-%d', i, j), $2, printf('g%07d', i), 'order', 'web', \
+                860000000000 + (i % 97) * 86400000 + j * (i % 13 + 1) * 864000000, \
+                (860000000000 + (i % 97) * 86400000 + j * (i % 13 + 1) * 864000000) / 86400000, \
+                1000 + (i * 7919 + j * 104729) % 30000, '{}', '{}', 890000000000 FROM n, k",
+    )
+    .bind(n as i64)
+    .bind(TENANT)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let generated = t.elapsed().as_secs_f64();
+    drop(conn);
+
+    reset_peak();
+    let t = Instant::now();
+    let job = s.crm.start_rescore(TENANT, "bench").await.unwrap();
+    let done = s.crm.work_on_rescore(TENANT, &job, "bench").await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let peak = peak_mib();
+
+    // The floor: the same rows (value-tiers' net value and band) in one statement.
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let t = Instant::now();
+    sqlx::query(
+        "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
+         SELECT tenant_id, id, 'floor', '0', (spend_cents - orders * 500 - complaints * 5000) / 100.0, \
+                CASE WHEN spend_cents - orders * 500 - complaints * 5000 < 0 THEN 'negative' \
+                     WHEN spend_cents - orders * 500 - complaints * 5000 >= 50000 AND purchase_days >= 3 THEN 'high' \
+                     WHEN spend_cents - orders * 500 - complaints * 5000 >= 10000 THEN 'medium' ELSE 'low' END, \
+                '[]', 0 FROM customers WHERE tenant_id = $1",
+    )
+    .bind(TENANT)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let floor = t.elapsed().as_secs_f64();
+    let rate = done as f64 / secs;
+    println!();
+    println!("bulk rescore (SQLite): {n} generated customers, 3 orders each (generated in {generated:.1} s), value-tiers + clv");
+    println!(
+        "rescore: {done} customers in {secs:.1} s = {rate:.0} customers/s, peak RSS {peak:.0} MiB; plain SQL writing the score rows: {floor:.2} s ({:.0}/s)",
+        n as f64 / floor
+    );
+    println!(
+        "targets: >= 50,000 customers/s -> {rate:.0}, {}; within 3x of the SQL floor -> {:.1}x, {}; peak memory < 500 MB -> {peak:.0} MiB, {}",
+        verdict(rate >= 50_000.0),
+        secs / floor,
+        verdict(secs <= 3.0 * floor),
+        verdict(peak < 500.0)
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `--quick` shortens every phase.
+    let quick = std::env::args().any(|a| a == "--quick");
+    let duration = Duration::from_secs(if quick { 8 } else { 30 });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // `BENCH_ONLY=rescore,import` runs just those phases.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let want = |phase: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|p| p == phase))
+    };
+    runtime.block_on(async {
+        if want("ingest") {
+            ingest(&Database::Sqlite, duration).await;
+            if let Ok(pg) = std::env::var("STAGECRAFT_TEST_POSTGRES_URL") {
+                ingest(&Database::Postgres(pg), duration).await;
+            }
+        }
+        if want("swaps") {
+            swaps_under_load(if quick { 100 } else { 1000 }).await;
+        }
+        if want("rescore") {
+            rescore(if quick { 20_000 } else { 1_000_000 }).await;
+        }
+        if want("import") {
+            import(if quick { 20_000 } else { 1_000_000 }).await;
+        }
+    });
+}
