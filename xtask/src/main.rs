@@ -355,15 +355,6 @@ fn report(dir: &Path) -> Result<()> {
         println!("{name:<34} {ns:>12.1} {:>14.2}", ns / native);
     }
     let batch = per("wasm_batch_1000")?;
-    let verdict = if batch <= 5.0 * native {
-        "met"
-    } else {
-        "MISSED"
-    };
-    println!(
-        "target: batched wasm within 5x of native -> {:.2}x, {verdict}",
-        batch / native
-    );
     let script = per("rhai_script")?;
     let faster = script / batch;
     println!(
