@@ -320,11 +320,40 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        // Read (and over the limit, drain) the body first, so that a 413 reaches
+        // a client that is still sending instead of a closed connection.
+        let (parts, body) = req.into_parts();
+        let bytes = read_bounded(body, JSON_LIMIT).await?.ok_or_else(|| {
+            ApiError::TooLarge(format!("the body is larger than {JSON_LIMIT} bytes"))
+        })?;
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| ApiJson(v))
             .map_err(ApiError::from)
     }
+}
+
+/// The body if it is at most `limit` bytes, else `None` — after reading on (and
+/// discarding) up to four times the limit: answering while the client still
+/// sends would close the connection under it and lose the answer.
+pub async fn read_bounded(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut seen) = (Vec::new(), 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
+        seen += chunk.len();
+        if seen <= limit {
+            bytes.extend_from_slice(&chunk);
+        } else if seen > 4 * limit {
+            break;
+        }
+    }
+    Ok((seen <= limit).then_some(bytes))
 }
 
 /// `Path<T>` whose rejections are our JSON errors.

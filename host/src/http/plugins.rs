@@ -67,31 +67,15 @@ async fn upload(
     Ok((status, Json(json!(up))))
 }
 
-/// The uploaded bytes, at most [`MAX_COMPONENT_BYTES`]. A larger upload is read
-/// on (and thrown away) up to a bound before the 413 goes out: a client still
-/// sending when the server answers and closes would see a reset instead of the
-/// reason.
+/// The uploaded bytes, at most [`MAX_COMPONENT_BYTES`] (see [`super::read_bounded`]).
 async fn read_component(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
-    use futures::StreamExt;
-    const DRAIN_LIMIT: usize = 4 * MAX_COMPONENT_BYTES;
-    let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
-    let mut seen = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", e.to_string()))?;
-        seen += chunk.len();
-        if seen <= MAX_COMPONENT_BYTES {
-            bytes.extend_from_slice(&chunk);
-        } else if seen > DRAIN_LIMIT {
-            break;
-        }
-    }
-    if seen > MAX_COMPONENT_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "a component may be at most {MAX_COMPONENT_BYTES} bytes"
-        )));
-    }
-    Ok(bytes)
+    super::read_bounded(body, MAX_COMPONENT_BYTES)
+        .await?
+        .ok_or_else(|| {
+            ApiError::TooLarge(format!(
+                "a component may be at most {MAX_COMPONENT_BYTES} bytes"
+            ))
+        })
 }
 
 /// Everything the registry knows about one plugin of the tenant.
