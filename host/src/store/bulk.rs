@@ -30,6 +30,16 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
+/// `sql` with the tenant as `$1` and `ids` as `$2...`.
+fn with_ids<'q>(
+    sql: &'q str,
+    tenant: &'q str,
+    ids: &'q [String],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    ids.iter()
+        .fold(sqlx::query(sql).bind(tenant), |q, id| q.bind(id))
+}
+
 /// The customers `ids` (those that exist, in the order given), each with its
 /// fields, tags, segments, 90-day touchpoints as of `now`, and its `recent`
 /// latest events (newest first): six statements for the whole chunk.
@@ -56,11 +66,7 @@ pub async fn load_customers(
     let mut by_id: HashMap<String, (CustomerRecord, Vec<EventRecord>)> = HashMap::new();
 
     let sql = format!("SELECT * FROM customers WHERE tenant_id = $1 AND id IN ({list})");
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for id in ids {
-        q = q.bind(id);
-    }
-    for row in q.fetch_all(&mut *conn).await? {
+    for row in with_ids(&sql, tenant, ids).fetch_all(&mut *conn).await? {
         let c = customer_from_row(&row)?;
         by_id.insert(c.id.clone(), (c, Vec::new()));
     }
@@ -69,11 +75,7 @@ pub async fn load_customers(
         "SELECT customer_id, key, value, sensitive FROM customer_fields \
          WHERE tenant_id = $1 AND customer_id IN ({list}) ORDER BY customer_id, key"
     );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for id in ids {
-        q = q.bind(id);
-    }
-    for row in q.fetch_all(&mut *conn).await? {
+    for row in with_ids(&sql, tenant, ids).fetch_all(&mut *conn).await? {
         let id: String = row.try_get("customer_id")?;
         if let Some((c, _)) = by_id.get_mut(&id) {
             c.fields.push(field_from_row(&row)?);
@@ -84,11 +86,7 @@ pub async fn load_customers(
         "SELECT customer_id, tag FROM customer_tags WHERE tenant_id = $1 AND customer_id IN ({list}) \
          ORDER BY customer_id, tag"
     );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for id in ids {
-        q = q.bind(id);
-    }
-    for row in q.fetch_all(&mut *conn).await? {
+    for row in with_ids(&sql, tenant, ids).fetch_all(&mut *conn).await? {
         let id: String = row.try_get("customer_id")?;
         if let Some((c, _)) = by_id.get_mut(&id) {
             c.tags.push(row.try_get("tag")?);
@@ -98,11 +96,7 @@ pub async fn load_customers(
     let sql = format!(
         "SELECT customer_id, segment FROM memberships WHERE tenant_id = $1 AND customer_id IN ({list})"
     );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for id in ids {
-        q = q.bind(id);
-    }
-    for row in q.fetch_all(&mut *conn).await? {
+    for row in with_ids(&sql, tenant, ids).fetch_all(&mut *conn).await? {
         let id: String = row.try_get("customer_id")?;
         if let Some((c, _)) = by_id.get_mut(&id) {
             c.segments.push(row.try_get("segment")?);
@@ -116,11 +110,7 @@ pub async fn load_customers(
         n + 2,
         n + 3
     );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for id in ids {
-        q = q.bind(id);
-    }
-    for row in q
+    for row in with_ids(&sql, tenant, ids)
         .bind(now - 90 * DAY_MS)
         .bind(now)
         .fetch_all(&mut *conn)
@@ -140,11 +130,11 @@ pub async fn load_customers(
          WHERE rn <= ${} ORDER BY customer_id, rn",
         n + 2
     );
-    let mut q = sqlx::query(&sql).bind(tenant);
-    for id in ids {
-        q = q.bind(id);
-    }
-    for row in q.bind(recent).fetch_all(&mut *conn).await? {
+    for row in with_ids(&sql, tenant, ids)
+        .bind(recent)
+        .fetch_all(&mut *conn)
+        .await?
+    {
         let id: String = row.try_get("customer_id")?;
         if let Some((_, events)) = by_id.get_mut(&id) {
             events.push(event_from_row(&row)?);
