@@ -130,10 +130,13 @@ try {
   await page.locator('#customers').waitFor();
   const stage = after.bars.find((b) => b.value > 0);
   await page.goto(`${base}/#/customers?stage=${encodeURIComponent(stage.id)}`);
+  // The filtered page is rendered when its form shows the filter.
+  await page.locator(`#f-stage[value="${stage.id}"]`).waitFor();
   await page.locator('#customers tbody tr').first().waitFor();
   assert.equal(await page.locator('#customers tbody tr').count(), Math.min(stage.value, 50), `the ${stage.id} filter`);
   await page.fill('#f-q', 'buyer');
   await page.press('#f-q', 'Enter');
+  await page.locator('#f-q[value="buyer"]').waitFor();
   await page.locator('#customers tbody tr').first().waitFor();
   const rows = await page.locator('#customers tbody tr').count();
   assert.ok(rows > 0);
