@@ -216,10 +216,15 @@ async fn load(base: &str, token: &str, duration: Duration, stop: Arc<AtomicBool>
 
 /// This process's resident memory, in MiB.
 fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A `/proc/self/status` memory line (`VmRSS:`, `VmHWM:`), in MiB.
+fn status_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -414,12 +419,7 @@ fn reset_peak() {
 }
 
 fn peak_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    status_mib("VmHWM:")
 }
 
 /// Bulk rescore of `n` generated customers (three orders each) by value-tiers and

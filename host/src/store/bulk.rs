@@ -40,6 +40,14 @@ fn with_ids<'q>(
         .fold(sqlx::query(sql).bind(tenant), |q, id| q.bind(id))
 }
 
+/// `($1, ..., $width), ($width+1, ...)` for `rows` rows of a multi-row INSERT.
+fn value_rows(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(1 + i * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The customers `ids` (those that exist, in the order given), each with its
 /// fields, tags, segments, 90-day touchpoints as of `now`, and its `recent`
 /// latest events (newest first): six statements for the whole chunk.
@@ -181,10 +189,7 @@ pub async fn save_scores(
         }
         let reasons: Vec<String> = part.iter().map(|(_, s)| to_json(&s.reasons)).collect();
 
-        let values = (0..part.len())
-            .map(|i| format!("({})", placeholders(1 + i * 8, 8)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = value_rows(part.len(), 8);
         let sql = format!(
             "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
              VALUES {values} ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET \
@@ -216,10 +221,7 @@ pub async fn save_scores(
         if changed.is_empty() {
             continue;
         }
-        let values = (0..changed.len())
-            .map(|i| format!("({})", placeholders(1 + i * 8, 8)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = value_rows(changed.len(), 8);
         let sql = format!(
             "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, at) \
              VALUES {values}"
@@ -303,10 +305,7 @@ pub async fn replace_memberships_of_many(
             }
         }
         for chunk in now.chunks(INSERT_ROWS) {
-            let values = (0..chunk.len())
-                .map(|i| format!("({})", placeholders(1 + i * 6, 6)))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(chunk.len(), 6);
             let sql = format!(
                 "INSERT INTO memberships (tenant_id, customer_id, plugin, segment, reason, since) VALUES {values} \
                  ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason"
