@@ -13,9 +13,13 @@ use crate::model::{
 };
 use crate::packs::{ActivePack, TenantPacks};
 use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError};
-use crate::store::{self, PluginFailure, RenderedReason, StageMove, StoreError, StoredScore, Tx};
+use crate::store::{
+    self, Backend, PluginFailure, RenderedReason, StageMove, StoreError, StoredScore, Tx,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sqlx::AnyConnection;
+use stagecraft_plugin::snapshot::Metrics;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -365,6 +369,115 @@ fn evaluate(
     (outputs, failures)
 }
 
+/// What the plugins see of one event: the customer with the event counted, and
+/// the recent events.
+struct Inputs {
+    event: EventRecord,
+    now: i64,
+    /// The customer as the plugins see it (metrics with the event, 90-day touchpoints).
+    customer: CustomerRecord,
+    /// The metrics to store: as above, without the touchpoints (they are counted, not kept).
+    stored_metrics: Metrics,
+    recent: Vec<EventRecord>,
+}
+
+/// The first step of an event: the stored answer for a replayed idempotency key,
+/// or what the plugins are to see.
+enum Prepared {
+    Replayed(EventOutcome),
+    Ready(Inputs),
+}
+
+/// The plugins' results for [`Inputs`].
+struct Evaluation {
+    inputs: Inputs,
+    outputs: Vec<PluginOutput>,
+    failures: Vec<FailureReport>,
+}
+
+/// Reads what an event needs: the answer already given under `idempotency_key`,
+/// or the customer, the counts and the recent events. On PostgreSQL the
+/// customer's row stays locked until the transaction ends.
+async fn prepare(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    tenant: &str,
+    customer_id: &str,
+    event: &EventRecord,
+    idempotency_key: Option<&str>,
+    now: i64,
+) -> Result<Prepared, PipelineError> {
+    if let Some(key) = idempotency_key {
+        if let Some((_, owner, outcome)) = store::event_by_key(conn, tenant, key).await? {
+            if owner != customer_id {
+                return Err(PipelineError::KeyReused(key.to_string(), owner));
+            }
+            let mut o: EventOutcome =
+                serde_json::from_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            o.replayed = true;
+            return Ok(Prepared::Replayed(o));
+        }
+    }
+    let mut customer = store::load_customer(conn, backend, tenant, customer_id, true)
+        .await?
+        .ok_or_else(|| PipelineError::UnknownCustomer(customer_id.to_string()))?;
+    let (touchpoints, ordered_that_day) =
+        store::touchpoints_and_order_on_day(conn, tenant, customer_id, now, event.at).await?;
+    let new_day = event.kind == "order" && !ordered_that_day;
+    apply_event(
+        &mut customer.metrics,
+        &event.kind,
+        event.at,
+        event.amount_cents,
+        new_day,
+    );
+    let stored_metrics = customer.metrics;
+    // The snapshot counts the new event among the recent touchpoints.
+    let in_window = event.at > now - 90 * stagecraft_plugin::snapshot::DAY_MS && event.at <= now;
+    customer.metrics.touchpoints_90d = touchpoints + in_window as u32;
+    let mut recent = vec![event.clone()];
+    recent.extend(store::recent_events(conn, tenant, customer_id, RECENT_EVENTS - 1).await?);
+    recent.sort_by_key(|e| std::cmp::Reverse(e.at));
+    Ok(Prepared::Ready(Inputs {
+        event: event.clone(),
+        now,
+        customer,
+        stored_metrics,
+        recent,
+    }))
+}
+
+/// Runs the tenant's plugins on `inputs`, off the async threads.
+async fn run_plugins(packs: Arc<TenantPacks>, tenant: &str, inputs: Inputs) -> Evaluation {
+    if packs.packs.is_empty() {
+        return Evaluation {
+            inputs,
+            outputs: Vec::new(),
+            failures: Vec::new(),
+        };
+    }
+    let ctx = CallContext {
+        now: inputs.now,
+        tenant: tenant.to_string(),
+    };
+    crate::spawn_blocking(move || {
+        let (outputs, failures) = evaluate(
+            &packs,
+            &ctx,
+            inputs.customer.clone(),
+            &inputs.recent,
+            &inputs.event,
+        );
+        Evaluation {
+            inputs,
+            outputs,
+            failures,
+        }
+    })
+    .await
+    .expect("plugin evaluation task")
+}
+
 /// Records one event for `customer_id` with everything it causes, inside `tx`.
 /// The caller commits. `now` is the time the plugins are told.
 pub async fn record_event(
@@ -376,53 +489,29 @@ pub async fn record_event(
     idempotency_key: Option<&str>,
     now: i64,
 ) -> Result<EventOutcome, PipelineError> {
-    if let Some(key) = idempotency_key {
-        if let Some((_, owner, outcome)) = store::event_by_key(tx.conn(), tenant, key).await? {
-            if owner != customer_id {
-                return Err(PipelineError::KeyReused(key.to_string(), owner));
-            }
-            let mut o: EventOutcome =
-                serde_json::from_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            o.replayed = true;
-            return Ok(o);
-        }
-    }
     let backend = tx.backend();
-    let mut customer = store::load_customer(tx.conn(), backend, tenant, customer_id, true)
-        .await?
-        .ok_or_else(|| PipelineError::UnknownCustomer(customer_id.to_string()))?;
-    let new_day = event.kind == "order"
-        && !store::has_order_on_day(tx.conn(), tenant, customer_id, event.at).await?;
-    apply_event(
-        &mut customer.metrics,
-        &event.kind,
-        event.at,
-        event.amount_cents,
-        new_day,
-    );
-    let stored_metrics = customer.metrics;
-    // The snapshot counts the new event among the recent touchpoints.
-    let in_window = event.at > now - 90 * stagecraft_plugin::snapshot::DAY_MS && event.at <= now;
-    customer.metrics.touchpoints_90d =
-        store::touchpoints_90d(tx.conn(), tenant, customer_id, now).await? + in_window as u32;
-    let mut recent = vec![event.clone()];
-    recent.extend(store::recent_events(tx.conn(), tenant, customer_id, RECENT_EVENTS - 1).await?);
-    recent.sort_by_key(|e| std::cmp::Reverse(e.at));
-
-    let ctx = CallContext {
+    let inputs = match prepare(
+        tx.conn(),
+        backend,
+        tenant,
+        customer_id,
+        &event,
+        idempotency_key,
         now,
-        tenant: tenant.to_string(),
+    )
+    .await?
+    {
+        Prepared::Replayed(o) => return Ok(o),
+        Prepared::Ready(inputs) => inputs,
     };
     let metrics = packs.metrics.clone();
-    let before = customer.clone();
-    let (outputs, failures) = if packs.packs.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        let ev = event.clone();
-        crate::spawn_blocking(move || evaluate(&packs, &ctx, customer, &recent, &ev))
-            .await
-            .expect("plugin evaluation task")
-    };
+    let Evaluation {
+        inputs,
+        outputs,
+        failures,
+    } = run_plugins(packs, tenant, inputs).await;
+    let before = inputs.customer;
+    let stored_metrics = inputs.stored_metrics;
 
     let mut outcome = EventOutcome {
         event_id: event.id.clone(),
@@ -433,6 +522,8 @@ pub async fn record_event(
     let ev_id = Some(event.id.as_str());
     store::save_metrics(tx.conn(), tenant, customer_id, &stored_metrics, now).await?;
     let mut stage = before.stage.clone();
+    let mut scores = Vec::new();
+    let mut segment_sets = Vec::new();
     for o in &outputs {
         for a in &o.actions {
             match a {
@@ -503,26 +594,39 @@ pub async fn record_event(
             }
         }
         if let Some(s) = &o.score {
-            let prev = store::save_score(tx.conn(), tenant, customer_id, s, ev_id).await?;
-            outcome.scores.insert(
-                o.name.clone(),
-                ScoreChange {
-                    version: o.version.clone(),
-                    value: s.value,
-                    band: s.band.clone(),
-                    previous_value: prev.as_ref().map(|p| p.value),
-                    previous_band: prev.and_then(|p| p.band),
-                    reasons: s.reasons.clone(),
-                },
-            );
+            scores.push((customer_id.to_string(), s.clone()));
         }
-        if let Some(segs) = &o.segments {
-            let (joined, left) =
-                store::replace_memberships(tx.conn(), tenant, customer_id, &o.name, segs, now)
-                    .await?;
-            outcome.segments_joined.extend(joined);
-            outcome.segments_left.extend(left);
+        if let Some(segments) = &o.segments {
+            segment_sets.push(store::SegmentSet {
+                customer: customer_id.to_string(),
+                plugin: o.name.clone(),
+                segments: segments.clone(),
+            });
         }
+    }
+    // Every plugin's scores and segments in a few statements: each one is a round
+    // trip inside the write transaction, and those round trips bound the ingest rate.
+    let previous = store::save_scores(tx.conn(), tenant, &scores, ev_id).await?;
+    for ((_, s), prev) in scores.iter().zip(previous) {
+        let o = outputs
+            .iter()
+            .find(|o| o.name == s.plugin)
+            .expect("a score comes from an output");
+        outcome.scores.insert(
+            o.name.clone(),
+            ScoreChange {
+                version: o.version.clone(),
+                value: s.value,
+                band: s.band.clone(),
+                previous_value: prev.as_ref().map(|p| p.0),
+                previous_band: prev.and_then(|p| p.1),
+                reasons: s.reasons.clone(),
+            },
+        );
+    }
+    for (joined, left) in store::replace_memberships(tx.conn(), tenant, &segment_sets, now).await? {
+        outcome.segments_joined.extend(joined);
+        outcome.segments_left.extend(left);
     }
     for f in &outcome.failures {
         let pf = PluginFailure {

@@ -992,13 +992,16 @@ impl Crm {
                 if let Some(s) = score {
                     scores.push((c.id.clone(), s));
                 }
-                if let Some(segs) = segments {
-                    memberships.push((c.id.clone(), segs));
+                if let Some(segments) = segments {
+                    memberships.push(store::SegmentSet {
+                        customer: c.id.clone(),
+                        plugin: pack.name().to_string(),
+                        segments,
+                    });
                 }
             }
-            store::save_scores(tx.conn(), tenant, &scores).await?;
-            store::replace_memberships_of_many(tx.conn(), tenant, pack.name(), &memberships, now)
-                .await?;
+            store::save_scores(tx.conn(), tenant, &scores, None).await?;
+            store::replace_memberships(tx.conn(), tenant, &memberships, now).await?;
         }
         tx.commit().await?;
         Ok(())

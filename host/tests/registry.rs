@@ -698,14 +698,20 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
         .iter()
         .map(|id| (id.clone(), score(1.0, "a")))
         .collect();
-    store::save_scores(&mut conn, "acme", &rows).await.unwrap();
-    store::save_scores(&mut conn, "acme", &rows).await.unwrap();
+    store::save_scores(&mut conn, "acme", &rows, None)
+        .await
+        .unwrap();
+    store::save_scores(&mut conn, "acme", &rows, None)
+        .await
+        .unwrap();
     let mut changed = rows.clone();
     changed[7].1 = score(2.0, "a");
     changed[9].1 = score(1.0, "b");
-    store::save_scores(&mut conn, "acme", &changed)
+    let previous = store::save_scores(&mut conn, "acme", &changed, None)
         .await
         .unwrap();
+    assert_eq!(previous[7], Some((1.0, Some("a".to_string()))));
+    assert_eq!(previous.len(), changed.len());
     let history: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM score_history WHERE plugin = 'bulk'",
     )
@@ -732,20 +738,24 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
             .map(|n| (n.to_string(), reason.clone()))
             .collect::<Vec<_>>()
     };
-    let first: Vec<_> = ids[..150]
-        .iter()
-        .map(|id| (id.clone(), seg(&["x", "y"])))
-        .collect();
-    store::replace_memberships_of_many(&mut conn, "acme", "bulk", &first, 1000)
+    let sets = |names: &[&str]| {
+        ids[..150]
+            .iter()
+            .map(|id| store::SegmentSet {
+                customer: id.clone(),
+                plugin: "bulk".into(),
+                segments: seg(names),
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = store::replace_memberships(&mut conn, "acme", &sets(&["x", "y"]), 1000)
         .await
         .unwrap();
-    let second: Vec<_> = ids[..150]
-        .iter()
-        .map(|id| (id.clone(), seg(&["y", "z", "z"])))
-        .collect();
-    store::replace_memberships_of_many(&mut conn, "acme", "bulk", &second, 2000)
+    assert_eq!(first[0], (vec!["x".to_string(), "y".to_string()], vec![]));
+    let second = store::replace_memberships(&mut conn, "acme", &sets(&["y", "z", "z"]), 2000)
         .await
         .unwrap();
+    assert_eq!(second[120], (vec!["z".to_string()], vec!["x".to_string()]));
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT segment, since FROM memberships WHERE plugin = 'bulk' AND customer_id = $1 ORDER BY segment",
     )

@@ -4,9 +4,10 @@
 //! that, not the plugins, is what bulk work spends its time on.
 //!
 //! The results are the same as the one-customer functions give
-//! (`load_customer` + `touchpoints_90d` + `recent_events`, `save_score`,
-//! `replace_memberships`); `host/tests/registry.rs` checks a rescore against a
-//! native computation.
+//! (`load_customer` + `touchpoints_90d` + `recent_events`); the writers serve
+//! both bulk work and the event pipeline, which stores every plugin's scores and
+//! segments of one customer at once. `host/tests/registry.rs` checks a rescore
+//! against a native computation.
 
 use super::customers::{customer_from_row, field_from_row};
 use super::events::event_from_row;
@@ -81,7 +82,7 @@ pub async fn load_customers(
 
     let sql = format!(
         "SELECT customer_id, key, value, sensitive FROM customer_fields \
-         WHERE tenant_id = $1 AND customer_id IN ({list}) ORDER BY customer_id, key"
+         WHERE tenant_id = $1 AND customer_id IN ({list})"
     );
     for row in with_ids(&sql, tenant, ids).fetch_all(&mut *conn).await? {
         let id: String = row.try_get("customer_id")?;
@@ -91,8 +92,7 @@ pub async fn load_customers(
     }
 
     let sql = format!(
-        "SELECT customer_id, tag FROM customer_tags WHERE tenant_id = $1 AND customer_id IN ({list}) \
-         ORDER BY customer_id, tag"
+        "SELECT customer_id, tag FROM customer_tags WHERE tenant_id = $1 AND customer_id IN ({list})"
     );
     for row in with_ids(&sql, tenant, ids).fetch_all(&mut *conn).await? {
         let id: String = row.try_get("customer_id")?;
@@ -153,6 +153,9 @@ pub async fn load_customers(
         .iter()
         .filter_map(|id| by_id.remove(id))
         .map(|(mut c, ev)| {
+            // Byte order, as `load_customer` gives, whatever the database's collation.
+            c.fields.sort_by(|a, b| a.key.cmp(&b.key));
+            c.tags.sort();
             c.segments.sort();
             c.segments.dedup();
             (c, ev)
@@ -160,30 +163,60 @@ pub async fn load_customers(
         .collect())
 }
 
-/// Stores one plugin's scores for many customers (`(customer, score)`, every
-/// score of the same plugin), with a history row only where the value or band
-/// changed, as [`super::save_score`] does for one.
+/// Distinct values of `items`, in first-seen order.
+fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// `tenant_id = $1 AND customer_id IN (...) AND plugin IN (...)` for the distinct
+/// customers and plugins of a chunk, and the query binding them. The cross product
+/// may name pairs the chunk lacks; callers match rows back by (customer, plugin).
+fn by_customer_and_plugin<'q>(
+    select: &str,
+    tenant: &'q str,
+    customers: &[&'q str],
+    plugins: &[&'q str],
+) -> (String, Vec<&'q str>) {
+    let sql = format!(
+        "{select} WHERE tenant_id = $1 AND customer_id IN ({}) AND plugin IN ({})",
+        placeholders(2, customers.len()),
+        placeholders(2 + customers.len(), plugins.len())
+    );
+    let mut binds = vec![tenant];
+    binds.extend(customers);
+    binds.extend(plugins);
+    (sql, binds)
+}
+
+/// Stores scores (`(customer, score)`, each (customer, plugin) at most once), with
+/// a history row (naming `event_id`, if any) only where the value or band changed.
+/// Returns each row's previous (value, band), in order: the event pipeline stores
+/// every plugin's score of one customer at once, a rescore one plugin's of many.
 pub async fn save_scores(
     conn: &mut AnyConnection,
     tenant: &str,
     rows: &[(String, StoredScore)],
-) -> Result<()> {
+    event_id: Option<&str>,
+) -> Result<Vec<Option<(f64, Option<String>)>>> {
+    let mut previous = Vec::with_capacity(rows.len());
     for part in rows.chunks(INSERT_ROWS) {
-        let plugin = &part[0].1.plugin;
-        debug_assert!(part.iter().all(|(_, s)| &s.plugin == plugin));
-        let sql = format!(
-            "SELECT customer_id, value, band FROM scores WHERE tenant_id = $1 AND plugin = $2 \
-             AND customer_id IN ({})",
-            placeholders(3, part.len())
+        let (sql, binds) = by_customer_and_plugin(
+            "SELECT customer_id, plugin, value, band FROM scores",
+            tenant,
+            &distinct(part.iter().map(|(id, _)| id.as_str())),
+            &distinct(part.iter().map(|(_, s)| s.plugin.as_str())),
         );
-        let mut q = sqlx::query(&sql).bind(tenant).bind(plugin);
-        for (id, _) in part {
-            q = q.bind(id);
-        }
-        let mut before: HashMap<String, (f64, Option<String>)> = HashMap::new();
+        let mut before: HashMap<(String, String), (f64, Option<String>)> = HashMap::new();
+        let q = binds.iter().fold(sqlx::query(&sql), |q, b| q.bind(*b));
         for r in q.fetch_all(&mut *conn).await? {
             before.insert(
-                r.try_get("customer_id")?,
+                (r.try_get("customer_id")?, r.try_get("plugin")?),
                 (r.try_get("value")?, r.try_get("band")?),
             );
         }
@@ -210,20 +243,25 @@ pub async fn save_scores(
         }
         q.execute(&mut *conn).await?;
 
+        let first = previous.len();
+        previous.extend(
+            part.iter()
+                .map(|(id, s)| before.remove(&(id.clone(), s.plugin.clone()))),
+        );
         let changed: Vec<usize> = (0..part.len())
             .filter(|&i| {
-                let (id, s) = &part[i];
-                before
-                    .get(id)
+                let s = &part[i].1;
+                previous[first + i]
+                    .as_ref()
                     .is_none_or(|(v, b)| *v != s.value || *b != s.band)
             })
             .collect();
         if changed.is_empty() {
             continue;
         }
-        let values = value_rows(changed.len(), 8);
+        let values = value_rows(changed.len(), 9);
         let sql = format!(
-            "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, at) \
+            "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, event_id, at) \
              VALUES {values}"
         );
         let mut q = sqlx::query(&sql);
@@ -237,70 +275,95 @@ pub async fn save_scores(
                 .bind(s.value)
                 .bind(&s.band)
                 .bind(&reasons[i])
+                .bind(event_id)
                 .bind(s.updated_at);
         }
         q.execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(previous)
 }
 
-/// Sets one plugin's segments of many customers (`(customer, segments)`), as
-/// [`super::replace_memberships`] does for one: memberships that end are
-/// deleted, `since` stays for those that go on, reasons follow the latest.
-pub async fn replace_memberships_of_many(
+/// The segments one plugin puts one customer in.
+#[derive(Debug, Clone)]
+pub struct SegmentSet {
+    pub customer: String,
+    pub plugin: String,
+    pub segments: Vec<(String, RenderedReason)>,
+}
+
+/// Sets segments (each (customer, plugin) at most once): memberships that end
+/// are deleted, `since` stays for those that go on, reasons follow the latest.
+/// Returns each row's (joined, left) segments, in order.
+pub async fn replace_memberships(
     conn: &mut AnyConnection,
     tenant: &str,
-    plugin: &str,
-    rows: &[(String, Vec<(String, RenderedReason)>)],
+    rows: &[SegmentSet],
     at: i64,
-) -> Result<()> {
+) -> Result<Vec<(Vec<String>, Vec<String>)>> {
+    let mut changes = Vec::with_capacity(rows.len());
     for part in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT customer_id, segment FROM memberships WHERE tenant_id = $1 AND plugin = $2 \
-             AND customer_id IN ({})",
-            placeholders(3, part.len())
+        let (sql, binds) = by_customer_and_plugin(
+            "SELECT customer_id, plugin, segment FROM memberships",
+            tenant,
+            &distinct(part.iter().map(|r| r.customer.as_str())),
+            &distinct(part.iter().map(|r| r.plugin.as_str())),
         );
-        let mut q = sqlx::query(&sql).bind(tenant).bind(plugin);
-        for (id, _) in part {
-            q = q.bind(id);
-        }
-        let mut left: Vec<(String, String)> = Vec::new();
+        let mut before: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let q = binds.iter().fold(sqlx::query(&sql), |q, b| q.bind(*b));
         for r in q.fetch_all(&mut *conn).await? {
-            let (id, segment): (String, String) =
-                (r.try_get("customer_id")?, r.try_get("segment")?);
-            let stays = part
-                .iter()
-                .any(|(c, segs)| *c == id && segs.iter().any(|(s, _)| *s == segment));
-            if !stays {
-                left.push((id, segment));
-            }
+            before
+                .entry((r.try_get("customer_id")?, r.try_get("plugin")?))
+                .or_default()
+                .push(r.try_get("segment")?);
         }
-        if !left.is_empty() {
-            let pairs = (0..left.len())
+        // (customer, plugin, segment) rows to delete.
+        let mut ended: Vec<(&str, &str, String)> = Vec::new();
+        for row in part {
+            let was = before
+                .remove(&(row.customer.clone(), row.plugin.clone()))
+                .unwrap_or_default();
+            let is = |s: &String| row.segments.iter().any(|(x, _)| x == s);
+            let left: Vec<String> = was.iter().filter(|s| !is(s)).cloned().collect();
+            let mut joined: Vec<String> = Vec::new();
+            for (s, _) in &row.segments {
+                if !was.contains(s) && !joined.contains(s) {
+                    joined.push(s.clone());
+                }
+            }
+            ended.extend(
+                left.iter()
+                    .map(|s| (row.customer.as_str(), row.plugin.as_str(), s.clone())),
+            );
+            changes.push((joined, left));
+        }
+        if !ended.is_empty() {
+            let triples = (0..ended.len())
                 .map(|i| {
                     format!(
-                        "(customer_id = ${} AND segment = ${})",
-                        3 + 2 * i,
-                        4 + 2 * i
+                        "(customer_id = ${} AND plugin = ${} AND segment = ${})",
+                        2 + 3 * i,
+                        3 + 3 * i,
+                        4 + 3 * i
                     )
                 })
                 .collect::<Vec<_>>()
                 .join(" OR ");
-            let sql = format!(
-                "DELETE FROM memberships WHERE tenant_id = $1 AND plugin = $2 AND ({pairs})"
-            );
-            let mut q = sqlx::query(&sql).bind(tenant).bind(plugin);
-            for (id, segment) in &left {
-                q = q.bind(id).bind(segment);
+            let sql = format!("DELETE FROM memberships WHERE tenant_id = $1 AND ({triples})");
+            let mut q = sqlx::query(&sql).bind(tenant);
+            for (id, plugin, segment) in &ended {
+                q = q.bind(*id).bind(*plugin).bind(segment);
             }
             q.execute(&mut *conn).await?;
         }
-        // One row per (customer, segment), even if a plugin named a segment twice.
-        let mut now: Vec<(&str, &str, String)> = Vec::new();
-        for (id, segs) in part {
-            for (s, reason) in segs {
-                if !now.iter().any(|(c, x, _)| c == id && x == s) {
-                    now.push((id, s, to_json(reason)));
+        // One row per (customer, plugin, segment), even if a plugin named a segment twice.
+        let mut now: Vec<(&str, &str, &str, String)> = Vec::new();
+        for row in part {
+            for (s, reason) in &row.segments {
+                if !now
+                    .iter()
+                    .any(|(c, p, x, _)| *c == row.customer && *p == row.plugin && x == s)
+                {
+                    now.push((&row.customer, &row.plugin, s, to_json(reason)));
                 }
             }
         }
@@ -311,11 +374,11 @@ pub async fn replace_memberships_of_many(
                  ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason"
             );
             let mut q = sqlx::query(&sql);
-            for (id, s, reason) in chunk {
+            for (id, plugin, s, reason) in chunk {
                 q = q
                     .bind(tenant)
                     .bind(*id)
-                    .bind(plugin)
+                    .bind(*plugin)
                     .bind(*s)
                     .bind(reason)
                     .bind(at);
@@ -323,5 +386,5 @@ pub async fn replace_memberships_of_many(
             q.execute(&mut *conn).await?;
         }
     }
-    Ok(())
+    Ok(changes)
 }

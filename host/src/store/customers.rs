@@ -85,32 +85,30 @@ pub async fn load_customer(
         return Ok(None);
     };
     let mut c = customer_from_row(&row)?;
-    for r in sqlx::query(
-        "SELECT key, value, sensitive FROM customer_fields WHERE tenant_id = $1 AND customer_id = $2 ORDER BY key",
+    // Fields, tags and segments in one round trip (`part` 0, 1, 2), sorted here:
+    // byte order whatever the database's collation, and SQLite's planner, given an
+    // ORDER BY, may walk the tenant-wide segment index instead of this customer's rows.
+    let parts = sqlx::query(
+        "SELECT CAST(0 AS BIGINT) AS part, key, value, sensitive FROM customer_fields \
+           WHERE tenant_id = $1 AND customer_id = $2 \
+         UNION ALL SELECT CAST(1 AS BIGINT), tag, NULL, CAST(0 AS BIGINT) FROM customer_tags \
+           WHERE tenant_id = $1 AND customer_id = $2 \
+         UNION ALL SELECT CAST(2 AS BIGINT), segment, NULL, CAST(0 AS BIGINT) FROM memberships \
+           WHERE tenant_id = $1 AND customer_id = $2",
     )
     .bind(tenant)
     .bind(id)
     .fetch_all(&mut *conn)
-    .await?
-    {
-        c.fields.push(field_from_row(&r)?);
+    .await?;
+    for r in &parts {
+        match r.try_get::<i64, _>("part")? {
+            0 => c.fields.push(field_from_row(r)?),
+            1 => c.tags.push(r.try_get("key")?),
+            _ => c.segments.push(r.try_get("key")?),
+        }
     }
-    c.tags = sqlx::query_scalar(
-        "SELECT tag FROM customer_tags WHERE tenant_id = $1 AND customer_id = $2 ORDER BY tag",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    // Sorted and deduplicated here: with DISTINCT/ORDER BY, SQLite's planner picks
-    // the tenant-wide segment index and scans every membership of the tenant.
-    c.segments = sqlx::query_scalar(
-        "SELECT segment FROM memberships WHERE tenant_id = $1 AND customer_id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
+    c.fields.sort_by(|a, b| a.key.cmp(&b.key));
+    c.tags.sort();
     c.segments.sort();
     c.segments.dedup();
     Ok(Some(c))
@@ -343,66 +341,6 @@ pub struct RenderedReason {
     pub text: String,
 }
 
-/// Stores a score; returns the previous one. History gets a row only when the
-/// value or band changed, so the timeline shows changes, not repetitions.
-pub async fn save_score(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    id: &str,
-    s: &StoredScore,
-    event_id: Option<&str>,
-) -> Result<Option<StoredScore>> {
-    let prev = sqlx::query(
-        "SELECT plugin, plugin_version, value, band, reasons, updated_at FROM scores \
-         WHERE tenant_id = $1 AND customer_id = $2 AND plugin = $3",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(&s.plugin)
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|r| score_from_row(&r))
-    .transpose()?;
-    let reasons = to_json(&s.reasons);
-    sqlx::query(
-        "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET \
-         plugin_version = excluded.plugin_version, value = excluded.value, band = excluded.band, \
-         reasons = excluded.reasons, updated_at = excluded.updated_at",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(&s.plugin)
-    .bind(&s.plugin_version)
-    .bind(s.value)
-    .bind(&s.band)
-    .bind(&reasons)
-    .bind(s.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    let changed = prev
-        .as_ref()
-        .is_none_or(|p| p.value != s.value || p.band != s.band);
-    if changed {
-        sqlx::query(
-            "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, event_id, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(&s.plugin)
-        .bind(&s.plugin_version)
-        .bind(s.value)
-        .bind(&s.band)
-        .bind(&reasons)
-        .bind(event_id)
-        .bind(s.updated_at)
-        .execute(conn)
-        .await?;
-    }
-    Ok(prev)
-}
-
 fn score_from_row(r: &sqlx::any::AnyRow) -> Result<StoredScore> {
     Ok(StoredScore {
         plugin: r.try_get("plugin")?,
@@ -439,62 +377,6 @@ pub struct SegmentMembership {
     pub segment: String,
     pub reason: RenderedReason,
     pub since: i64,
-}
-
-/// Replaces a plugin's memberships of a customer; returns (joined, left) segment ids.
-pub async fn replace_memberships(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    id: &str,
-    plugin: &str,
-    now: &[(String, RenderedReason)],
-    at: i64,
-) -> Result<(Vec<String>, Vec<String>)> {
-    let before: Vec<String> = sqlx::query_scalar(
-        "SELECT segment FROM memberships WHERE tenant_id = $1 AND customer_id = $2 AND plugin = $3",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(plugin)
-    .fetch_all(&mut *conn)
-    .await?;
-    let left: Vec<String> = before
-        .iter()
-        .filter(|b| !now.iter().any(|(s, _)| s == *b))
-        .cloned()
-        .collect();
-    let joined: Vec<String> = now
-        .iter()
-        .filter(|(s, _)| !before.contains(s))
-        .map(|(s, _)| s.clone())
-        .collect();
-    for s in &left {
-        sqlx::query(
-            "DELETE FROM memberships WHERE tenant_id = $1 AND customer_id = $2 AND plugin = $3 AND segment = $4",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(plugin)
-        .bind(s)
-        .execute(&mut *conn)
-        .await?;
-    }
-    for (s, reason) in now {
-        // `since` stays the day the customer joined; the reason follows the latest evaluation.
-        sqlx::query(
-            "INSERT INTO memberships (tenant_id, customer_id, plugin, segment, reason, since) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(plugin)
-        .bind(s)
-        .bind(to_json(reason))
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok((joined, left))
 }
 
 pub async fn memberships_of(

@@ -30,22 +30,32 @@ pub async fn event_by_key(
     .transpose()
 }
 
-/// Whether the customer has an order on the UTC day of `at`.
-pub async fn has_order_on_day(
+/// Touchpoints (events of any kind) in the 90 days up to `now`, and whether the
+/// customer has an order on the UTC day of `at`: what an event needs before the
+/// plugins run, in one round trip.
+pub async fn touchpoints_and_order_on_day(
     conn: &mut AnyConnection,
     tenant: &str,
     customer: &str,
+    now: i64,
     at: i64,
-) -> Result<bool> {
-    Ok(sqlx::query(
-        "SELECT 1 FROM events WHERE tenant_id = $1 AND customer_id = $2 AND kind = 'order' AND day = $3 LIMIT 1",
+) -> Result<(u32, bool)> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM events WHERE tenant_id = $1 AND customer_id = $2 AND at > $3 AND at <= $4) AS touchpoints, \
+                (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE tenant_id = $1 AND customer_id = $2 \
+                  AND kind = 'order' AND day = $5 LIMIT 1) o) AS orders",
     )
     .bind(tenant)
     .bind(customer)
+    .bind(now - 90 * DAY_MS)
+    .bind(now)
     .bind(day_of(at))
-    .fetch_optional(conn)
-    .await?
-    .is_some())
+    .fetch_one(conn)
+    .await?;
+    Ok((
+        row.try_get::<i64, _>("touchpoints")? as u32,
+        row.try_get::<i64, _>("orders")? > 0,
+    ))
 }
 
 pub async fn insert_event(

@@ -8,7 +8,10 @@
 //! (`SELECT ... FOR UPDATE`), so two hosts writing the same customer serialise.
 //! SQLite has one writer at a time anyway; [`Store::begin`] takes an in-process
 //! lock first and then `BEGIN IMMEDIATE`, so a transaction never fails half-way
-//! to upgrade its read lock, whichever process holds the file.
+//! to upgrade its read lock, whichever process holds the file. Every write
+//! transaction runs on the same connection: a commit by one connection empties
+//! the page cache of the others, and a writer that re-reads its pages from the
+//! file each time was a large part of an event's cost.
 //!
 //! This module knows SQL and nothing of HTTP or plugins.
 
@@ -86,6 +89,8 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite only: the one connection write transactions run on.
+    writer: Option<AnyPool>,
     backend: Backend,
     url: String,
     /// SQLite only: one writer at a time, taken before `BEGIN`.
@@ -119,35 +124,53 @@ impl Store {
         };
         let options =
             AnyConnectOptions::from_str(&url).map_err(|_| StoreError::BadUrl(url.clone()))?;
-        let pool = AnyPoolOptions::new()
+        let pool_options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(5))
+                // A SQLite file does not drop a connection; the check before each
+                // use would be one more round trip to sqlx's worker thread.
+                .test_before_acquire(backend == Backend::Postgres)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL: readers never wait for the writer. NORMAL sync is durable
+                            // across a process crash (only power loss can cost the last commits).
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        let pool = pool_options()
             .max_connections(match backend {
                 Backend::Sqlite => 8,
                 Backend::Postgres => 16,
             })
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL: readers never wait for the writer. NORMAL sync is durable
-                        // across a process crash (only power loss can cost the last commits).
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
-                             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         match backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
+        // An in-memory database exists once per connection: it cannot have a writer apart.
+        let writer = if backend == Backend::Sqlite && !url.contains(":memory:") {
+            Some(
+                pool_options()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await?,
+            )
+        } else {
+            None
+        };
         Ok(Store {
             pool,
+            writer,
             backend,
             url: url.clone(),
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
@@ -173,7 +196,10 @@ impl Store {
         // same file (the CLI beside a server) then waits (busy_timeout) instead of
         // failing later when a read-then-write transaction cannot upgrade.
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => {
+                let pool = self.writer.as_ref().unwrap_or(&self.pool);
+                pool.begin_with("BEGIN IMMEDIATE").await?
+            }
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(Tx {
@@ -195,6 +221,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(w) = &self.writer {
+            w.close().await;
+        }
         self.pool.close().await
     }
 }
