@@ -1,0 +1,98 @@
+//! How many SQL statements an event costs. Each is a round trip (for SQLite, to
+//! sqlx's worker thread), and those round trips, not the plugins, bound the ingest
+//! rate (BENCHMARKS.md). Counted from sqlx's own statement log, so a change that goes
+//! back to a statement per score or segment fails here, not only in a benchmark.
+//! Its own test binary: the count needs the process-wide tracing subscriber.
+
+#[allow(unused_macros)]
+#[macro_use]
+mod common;
+
+use common::server::{pack, Db, Pack, TestServer};
+use serde_json::json;
+use std::sync::Mutex;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Every statement sqlx ran, in the order they finished.
+static STATEMENTS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Recorder;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recorder {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() != "sqlx::query" {
+            return;
+        }
+        struct Sql(String);
+        impl Visit for Sql {
+            fn record_str(&mut self, f: &Field, v: &str) {
+                if f.name() == "db.statement" {
+                    self.0 = v.to_string();
+                }
+            }
+            fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "db.statement" && self.0.is_empty() {
+                    self.0 = format!("{v:?}");
+                }
+            }
+        }
+        let mut sql = Sql(String::new());
+        event.record(&mut sql);
+        STATEMENTS.lock().unwrap().push(sql.0);
+    }
+}
+
+/// The statements since `mark`, without the background pollers' (plugin sets
+/// changed by another host, jobs to resume).
+fn since(mark: usize) -> Vec<String> {
+    STATEMENTS.lock().unwrap()[mark..]
+        .iter()
+        .filter(|s| !s.contains("tenant_generations") && !s.contains("jobs"))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn an_event_with_two_packs_costs_a_bounded_number_of_statements() {
+    tracing_subscriber::registry().with(Recorder).init();
+    let b2b = Pack {
+        stem: "b2b_trade",
+        rules: None,
+        owns_lifecycle: true,
+    };
+    let s = TestServer::start(Db::Sqlite, &[b2b, pack("value_tiers")]).await;
+    s.post("/v1/customers", json!({"id": "c1"})).await;
+    let (status, _) = s
+        .post("/v1/customers/c1/events", json!({"kind": "visit"}))
+        .await;
+    assert_eq!(status, 201);
+
+    let mark = STATEMENTS.lock().unwrap().len();
+    let events = [
+        json!({"kind": "visit"}),
+        json!({"kind": "inquiry"}),
+        json!({"kind": "order", "amount_cents": 5000}),
+        json!({"kind": "visit"}),
+        json!({"kind": "order", "amount_cents": 700}),
+    ];
+    for e in &events {
+        let (status, o) = s.post("/v1/customers/c1/events", e.clone()).await;
+        assert_eq!(status, 201, "{o}");
+        assert!(o["scores"]["value-tiers"]["value"].is_number(), "{o}");
+    }
+    let ran = since(mark);
+    // Each event: the token, the customer, its fields/tags/segments, its counts, its
+    // recent events, the metrics, scores (previous, upsert, history), memberships
+    // (current, upsert) and the event: 12, plus a stage move or a follow-up now and
+    // then: 13.8 here on 2026-11-29. Before the pipeline wrote through the bulk
+    // writers it was 18.4.
+    let per_event = ran.len() as f64 / events.len() as f64;
+    assert!(
+        (10.0..=15.0).contains(&per_event),
+        "{per_event} statements per event:\n{}",
+        ran.join("\n")
+    );
+    s.finish().await;
+}
