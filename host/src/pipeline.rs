@@ -372,8 +372,6 @@ fn evaluate(
 /// What the plugins see of one event: the customer with the event counted, and
 /// the recent events.
 struct Inputs {
-    event: EventRecord,
-    now: i64,
     /// The customer as the plugins see it (metrics with the event, 90-day touchpoints).
     customer: CustomerRecord,
     /// The metrics to store: as above, without the touchpoints (they are counted, not kept).
@@ -386,13 +384,6 @@ struct Inputs {
 enum Prepared {
     Replayed(EventOutcome),
     Ready(Inputs),
-}
-
-/// The plugins' results for [`Inputs`].
-struct Evaluation {
-    inputs: Inputs,
-    outputs: Vec<PluginOutput>,
-    failures: Vec<FailureReport>,
 }
 
 /// Reads what an event needs: the answer already given under `idempotency_key`,
@@ -439,43 +430,10 @@ async fn prepare(
     recent.extend(store::recent_events(conn, tenant, customer_id, RECENT_EVENTS - 1).await?);
     recent.sort_by_key(|e| std::cmp::Reverse(e.at));
     Ok(Prepared::Ready(Inputs {
-        event: event.clone(),
-        now,
         customer,
         stored_metrics,
         recent,
     }))
-}
-
-/// Runs the tenant's plugins on `inputs`, off the async threads.
-async fn run_plugins(packs: Arc<TenantPacks>, tenant: &str, inputs: Inputs) -> Evaluation {
-    if packs.packs.is_empty() {
-        return Evaluation {
-            inputs,
-            outputs: Vec::new(),
-            failures: Vec::new(),
-        };
-    }
-    let ctx = CallContext {
-        now: inputs.now,
-        tenant: tenant.to_string(),
-    };
-    crate::spawn_blocking(move || {
-        let (outputs, failures) = evaluate(
-            &packs,
-            &ctx,
-            inputs.customer.clone(),
-            &inputs.recent,
-            &inputs.event,
-        );
-        Evaluation {
-            inputs,
-            outputs,
-            failures,
-        }
-    })
-    .await
-    .expect("plugin evaluation task")
 }
 
 /// Records one event for `customer_id` with everything it causes, inside `tx`.
@@ -504,14 +462,21 @@ pub async fn record_event(
         Prepared::Replayed(o) => return Ok(o),
         Prepared::Ready(inputs) => inputs,
     };
+    let ctx = CallContext {
+        now,
+        tenant: tenant.to_string(),
+    };
     let metrics = packs.metrics.clone();
-    let Evaluation {
-        inputs,
-        outputs,
-        failures,
-    } = run_plugins(packs, tenant, inputs).await;
-    let before = inputs.customer;
+    let before = inputs.customer.clone();
     let stored_metrics = inputs.stored_metrics;
+    let (outputs, failures) = if packs.packs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let ev = event.clone();
+        crate::spawn_blocking(move || evaluate(&packs, &ctx, inputs.customer, &inputs.recent, &ev))
+            .await
+            .expect("plugin evaluation task")
+    };
 
     let mut outcome = EventOutcome {
         event_id: event.id.clone(),
@@ -608,14 +573,10 @@ pub async fn record_event(
     // trip inside the write transaction, and those round trips bound the ingest rate.
     let previous = store::save_scores(tx.conn(), tenant, &scores, ev_id).await?;
     for ((_, s), prev) in scores.iter().zip(previous) {
-        let o = outputs
-            .iter()
-            .find(|o| o.name == s.plugin)
-            .expect("a score comes from an output");
         outcome.scores.insert(
-            o.name.clone(),
+            s.plugin.clone(),
             ScoreChange {
-                version: o.version.clone(),
+                version: s.plugin_version.clone(),
                 value: s.value,
                 band: s.band.clone(),
                 previous_value: prev.as_ref().map(|p| p.0),

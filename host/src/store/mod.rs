@@ -137,8 +137,8 @@ impl Store {
                             // across a process crash (only power loss can cost the last commits).
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
-                             PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+                                 PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                                 PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
                             )
                             .await?;
                         }
