@@ -719,6 +719,44 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
     .await
     .unwrap();
     assert_eq!(history, 252);
+    // Values go in as JSON text: every f64 must come back bit for bit, or each
+    // rescore would see a change and write history.
+    let odd = [
+        0.1 + 0.2,
+        1.0 / 3.0,
+        -2.5e-7,
+        123_456.789_012_345_6,
+        5e300,
+        f64::MIN_POSITIVE,
+    ];
+    let odd_rows: Vec<(String, StoredScore)> = odd
+        .iter()
+        .zip(&ids)
+        .map(|(v, id)| {
+            (
+                id.clone(),
+                StoredScore {
+                    plugin: "odd".into(),
+                    ..score(*v, "a")
+                },
+            )
+        })
+        .collect();
+    store::save_scores(&mut conn, "acme", &odd_rows, None)
+        .await
+        .unwrap();
+    let again = store::save_scores(&mut conn, "acme", &odd_rows, None)
+        .await
+        .unwrap();
+    let back: Vec<f64> = again.iter().map(|p| p.as_ref().unwrap().0).collect();
+    assert_eq!(back, odd);
+    let odd_history: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM score_history WHERE plugin = 'odd'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(odd_history, odd.len() as i64);
     let stored = store::scores_of(&mut conn, "acme", &ids[7]).await.unwrap();
     assert!(
         stored.iter().any(|x| x.plugin == "bulk" && x.value == 2.0),

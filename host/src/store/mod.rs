@@ -2,7 +2,9 @@
 //!
 //! Queries are written once in the SQL both databases accept (`$1` parameters,
 //! `ON CONFLICT`, `RETURNING`, `CAST(... AS BIGINT)`) and run through sqlx's `Any`
-//! driver; only the migrations differ (`migrations/sqlite`, `migrations/postgres`).
+//! driver; only the migrations differ (`migrations/sqlite`, `migrations/postgres`),
+//! and the bulk statements of [`bulk`], which spell lists and placeholders per
+//! database for speed.
 //!
 //! Writes go through [`Tx`]. On PostgreSQL a writer locks the customer's row
 //! (`SELECT ... FOR UPDATE`), so two hosts writing the same customer serialise.
