@@ -490,7 +490,10 @@ async fn rescore(n: usize) {
     let mut conn = s.crm.store.conn().await.unwrap();
     let t = Instant::now();
     let mut written = 0;
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     for sql in [
         "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
          SELECT 'floor', customer_id, plugin, plugin_version, value, band, reasons, updated_at FROM scores WHERE tenant_id = $1",
