@@ -981,22 +981,27 @@ impl Crm {
         } = r;
         let mut tx = self.store.begin().await?;
         if let Some(owner) = packs.lifecycle_owner() {
-            for ((c, _), m) in batch.iter().zip(moves) {
-                match m {
-                    Some((to, reason)) if c.stage.as_deref() != Some(to.as_str()) => {
-                        let mv = store::StageMove {
+            let moved: Vec<(&str, store::StageMove)> = batch
+                .iter()
+                .zip(moves)
+                .filter_map(|((c, _), m)| match m {
+                    Some((to, reason)) if c.stage.as_deref() != Some(to.as_str()) => Some((
+                        c.id.as_str(),
+                        store::StageMove {
                             from: c.stage.clone(),
                             reason_text: crate::pipeline::render(owner, &reason).text,
                             reason,
                             to,
                             plugin: owner.name().to_string(),
                             plugin_version: owner.version.clone(),
-                        };
-                        store::move_stage(tx.conn(), tenant, &c.id, &mv, None, now).await?;
-                    }
-                    _ => {}
-                }
-            }
+                        },
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let moved: Vec<(&str, &store::StageMove)> =
+                moved.iter().map(|(id, m)| (*id, m)).collect();
+            store::move_stages(tx.conn(), tenant, &moved, None, now).await?;
         }
         for (pack, r) in packs.packs.iter().zip(results) {
             let rows = match r {

@@ -19,7 +19,7 @@
 
 use super::customers::{customer_from_row, field_from_row};
 use super::events::event_from_row;
-use super::{to_json, RenderedReason, Result, StoredScore};
+use super::{to_json, RenderedReason, Result, StageMove, StoredScore};
 use crate::model::{CustomerRecord, EventRecord};
 use sqlx::{AnyConnection, Row};
 use stagecraft_plugin::snapshot::DAY_MS;
@@ -408,4 +408,50 @@ pub async fn replace_memberships(
         q.execute(&mut *conn).await?;
     }
     Ok(changes)
+}
+
+/// Moves customers (each at most once) to new stages, with a history row each
+/// naming `event_id`, if any: two statements for up to a thousand moves.
+pub async fn move_stages(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    moves: &[(&str, &StageMove)],
+    event_id: Option<&str>,
+    at: i64,
+) -> Result<()> {
+    for part in moves.chunks(ROWS_PER_INSERT) {
+        // `UPDATE ... FROM (VALUES ...)`: both databases name the columns
+        // column1, ...; every value is in the rows, so placeholders run in order.
+        let sql = format!(
+            "UPDATE customers SET stage = v.column3, updated_at = v.column4 FROM (VALUES {}) AS v \
+             WHERE customers.tenant_id = v.column1 AND customers.id = v.column2",
+            value_rows(conn, 1, part.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, m) in part {
+            q = q.bind(tenant).bind(*id).bind(&m.to).bind(at);
+        }
+        q.execute(&mut *conn).await?;
+
+        let sql = format!(
+            "INSERT INTO stage_moves (tenant_id, customer_id, from_stage, to_stage, reason, plugin, plugin_version, event_id, at) \
+             VALUES {}",
+            value_rows(conn, 1, part.len(), 9)
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, m) in part {
+            q = q
+                .bind(tenant)
+                .bind(*id)
+                .bind(&m.from)
+                .bind(&m.to)
+                .bind(to_json(&(&m.reason, &m.reason_text)))
+                .bind(&m.plugin)
+                .bind(&m.plugin_version)
+                .bind(event_id)
+                .bind(at);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

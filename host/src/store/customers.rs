@@ -294,31 +294,7 @@ pub async fn move_stage(
     event_id: Option<&str>,
     at: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "UPDATE customers SET stage = $1, updated_at = $2 WHERE tenant_id = $3 AND id = $4",
-    )
-    .bind(&m.to)
-    .bind(at)
-    .bind(tenant)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO stage_moves (tenant_id, customer_id, from_stage, to_stage, reason, plugin, plugin_version, event_id, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(&m.from)
-    .bind(&m.to)
-    .bind(to_json(&(&m.reason, &m.reason_text)))
-    .bind(&m.plugin)
-    .bind(&m.plugin_version)
-    .bind(event_id)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
+    super::move_stages(conn, tenant, &[(id, m)], event_id, at).await
 }
 
 /// A score as stored, with its reasons already in words.
