@@ -39,13 +39,14 @@ fn json_list(conn: &AnyConnection, n: usize) -> String {
 }
 
 /// `(?, ?, ...), (?, ...)` for `rows` rows of `width` values in a multi-row
-/// INSERT; `($first, ...), ($first+width, ...)` in PostgreSQL. Plain `?` in SQLite: sqlx
+/// statement; `($1, ...), ($width+1, ...)` in PostgreSQL (every value of the
+/// statement is in its rows). Plain `?` in SQLite: sqlx
 /// looks up a named `$n` parameter by name, a cost that grows with the square of
 /// their number, and a chunk's INSERT has thousands.
-fn value_rows(conn: &AnyConnection, first: usize, rows: usize, width: usize) -> String {
+fn value_rows(conn: &AnyConnection, rows: usize, width: usize) -> String {
     let row = |i: usize| {
         let values: Vec<String> = if is_postgres(conn) {
-            (first + i * width..first + (i + 1) * width)
+            (1 + i * width..1 + (i + 1) * width)
                 .map(|n| format!("${n}"))
                 .collect()
         } else {
@@ -79,9 +80,7 @@ pub async fn load_customers(
     let mut by_id: HashMap<String, (CustomerRecord, Vec<EventRecord>)> = HashMap::new();
 
     let sql = format!("SELECT * FROM customers WHERE tenant_id = $1 AND id IN ({list})");
-    for row in sqlx::query(&sql)
-        .bind(tenant)
-        .bind(&ids_json)
+    for row in by_ids(&sql, tenant, &ids_json)
         .fetch_all(&mut *conn)
         .await?
     {
@@ -93,9 +92,7 @@ pub async fn load_customers(
         "SELECT customer_id, key, value, sensitive FROM customer_fields \
          WHERE tenant_id = $1 AND customer_id IN ({list})"
     );
-    for row in sqlx::query(&sql)
-        .bind(tenant)
-        .bind(&ids_json)
+    for row in by_ids(&sql, tenant, &ids_json)
         .fetch_all(&mut *conn)
         .await?
     {
@@ -108,9 +105,7 @@ pub async fn load_customers(
     let sql = format!(
         "SELECT customer_id, tag FROM customer_tags WHERE tenant_id = $1 AND customer_id IN ({list})"
     );
-    for row in sqlx::query(&sql)
-        .bind(tenant)
-        .bind(&ids_json)
+    for row in by_ids(&sql, tenant, &ids_json)
         .fetch_all(&mut *conn)
         .await?
     {
@@ -123,9 +118,7 @@ pub async fn load_customers(
     let sql = format!(
         "SELECT customer_id, segment FROM memberships WHERE tenant_id = $1 AND customer_id IN ({list})"
     );
-    for row in sqlx::query(&sql)
-        .bind(tenant)
-        .bind(&ids_json)
+    for row in by_ids(&sql, tenant, &ids_json)
         .fetch_all(&mut *conn)
         .await?
     {
@@ -139,9 +132,7 @@ pub async fn load_customers(
         "SELECT customer_id, CAST(COUNT(*) AS BIGINT) AS n FROM events \
          WHERE tenant_id = $1 AND customer_id IN ({list}) AND at > $3 AND at <= $4 GROUP BY customer_id"
     );
-    for row in sqlx::query(&sql)
-        .bind(tenant)
-        .bind(&ids_json)
+    for row in by_ids(&sql, tenant, &ids_json)
         .bind(now - 90 * DAY_MS)
         .bind(now)
         .fetch_all(&mut *conn)
@@ -160,9 +151,7 @@ pub async fn load_customers(
            FROM events WHERE tenant_id = $1 AND customer_id IN ({list})) latest \
          WHERE rn <= $3 ORDER BY customer_id, rn"
     );
-    for row in sqlx::query(&sql)
-        .bind(tenant)
-        .bind(&ids_json)
+    for row in by_ids(&sql, tenant, &ids_json)
         .bind(recent)
         .fetch_all(&mut *conn)
         .await?
@@ -187,14 +176,23 @@ pub async fn load_customers(
         .collect())
 }
 
+/// `sql` with the tenant as `$1` and the JSON list of ids as `$2`.
+fn by_ids<'q>(
+    sql: &'q str,
+    tenant: &'q str,
+    ids_json: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql).bind(tenant).bind(ids_json)
+}
+
 /// Distinct values of `items`, in first-seen order.
 fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     let mut seen = HashSet::new();
     items.filter(|i| seen.insert(*i)).collect()
 }
 
-/// The stored rows of table `table` for the distinct customers and plugins of
-/// `pairs`: `select` columns, filtered by tenant, customer and plugin. The cross
+/// The rows `select` reads, filtered by tenant and by the distinct customers and
+/// plugins of `pairs`. The cross
 /// product may name pairs not asked for; callers match rows back by (customer, plugin).
 async fn rows_of_pairs<'a>(
     conn: &mut AnyConnection,
@@ -247,17 +245,19 @@ pub async fn save_scores(
     // Large rows (a score's rendered reasons are ~600 bytes) go in as bound
     // values, not JSON: SQLite would parse the JSON row once per column.
     let reasons: Vec<String> = rows.iter().map(|(_, s)| to_json(&s.reasons)).collect();
-    for part in (0..rows.len()).collect::<Vec<_>>().chunks(ROWS_PER_INSERT) {
+    for (part, reasons) in rows
+        .chunks(ROWS_PER_INSERT)
+        .zip(reasons.chunks(ROWS_PER_INSERT))
+    {
         let sql = format!(
             "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
              VALUES {} ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET \
              plugin_version = excluded.plugin_version, value = excluded.value, band = excluded.band, \
              reasons = excluded.reasons, updated_at = excluded.updated_at",
-            value_rows(conn, 1, part.len(), 8)
+            value_rows(conn, part.len(), 8)
         );
         let mut q = sqlx::query(&sql);
-        for &i in part {
-            let (id, s) = &rows[i];
+        for ((id, s), r) in part.iter().zip(reasons) {
             q = q
                 .bind(tenant)
                 .bind(id)
@@ -265,7 +265,7 @@ pub async fn save_scores(
                 .bind(&s.plugin_version)
                 .bind(s.value)
                 .bind(&s.band)
-                .bind(&reasons[i])
+                .bind(r)
                 .bind(s.updated_at);
         }
         q.execute(&mut *conn).await?;
@@ -287,7 +287,7 @@ pub async fn save_scores(
         let sql = format!(
             "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, event_id, at) \
              VALUES {}",
-            value_rows(conn, 1, part.len(), 9)
+            value_rows(conn, part.len(), 9)
         );
         let mut q = sqlx::query(&sql);
         for &i in part {
@@ -318,8 +318,8 @@ pub struct SegmentSet {
 
 /// Sets segments (each (customer, plugin) at most once): memberships that end
 /// are deleted, `since` stays for those that go on, reasons follow the latest.
-/// Returns each row's (joined, left) segments, in order. At most three
-/// statements, however many rows.
+/// Returns each row's (joined, left) segments, in order. Three statements for
+/// up to a thousand rows.
 pub async fn replace_memberships(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -369,13 +369,12 @@ pub async fn replace_memberships(
     }
     for part in ended.chunks(ROWS_PER_INSERT) {
         let sql = format!(
-            "DELETE FROM memberships WHERE tenant_id = {} AND (customer_id, plugin, segment) IN (VALUES {})",
-            if is_postgres(conn) { "$1" } else { "?" },
-            value_rows(conn, 2, part.len(), 3)
+            "DELETE FROM memberships WHERE (tenant_id, customer_id, plugin, segment) IN (VALUES {})",
+            value_rows(conn, part.len(), 4)
         );
-        let mut q = sqlx::query(&sql).bind(tenant);
+        let mut q = sqlx::query(&sql);
         for (id, plugin, segment) in part {
-            q = q.bind(*id).bind(*plugin).bind(segment);
+            q = q.bind(tenant).bind(*id).bind(*plugin).bind(segment);
         }
         q.execute(&mut *conn).await?;
     }
@@ -393,7 +392,7 @@ pub async fn replace_memberships(
         let sql = format!(
             "INSERT INTO memberships (tenant_id, customer_id, plugin, segment, reason, since) VALUES {} \
              ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason",
-            value_rows(conn, 1, part.len(), 6)
+            value_rows(conn, part.len(), 6)
         );
         let mut q = sqlx::query(&sql);
         for (id, plugin, s, reason) in part {
@@ -425,7 +424,7 @@ pub async fn move_stages(
         let sql = format!(
             "UPDATE customers SET stage = v.column3, updated_at = v.column4 FROM (VALUES {}) AS v \
              WHERE customers.tenant_id = v.column1 AND customers.id = v.column2",
-            value_rows(conn, 1, part.len(), 4)
+            value_rows(conn, part.len(), 4)
         );
         let mut q = sqlx::query(&sql);
         for (id, m) in part {
@@ -436,7 +435,7 @@ pub async fn move_stages(
         let sql = format!(
             "INSERT INTO stage_moves (tenant_id, customer_id, from_stage, to_stage, reason, plugin, plugin_version, event_id, at) \
              VALUES {}",
-            value_rows(conn, 1, part.len(), 9)
+            value_rows(conn, part.len(), 9)
         );
         let mut q = sqlx::query(&sql);
         for (id, m) in part {
