@@ -45,6 +45,26 @@ fn still_serves(rt: &stagecraft::runtime::Runtime) {
     assert_eq!(ok[0].as_ref().unwrap().value, 7.0);
 }
 
+/// Freed instance slots are reset in place and reused (pagemap scan, pages kept
+/// resident): nothing one instance wrote — initialised data, zeroed data, the heap —
+/// may be there for the next. `remember` reports what it finds, then dirties it all.
+#[test]
+fn nothing_an_instance_writes_is_there_for_the_next() {
+    let rt = runtime();
+    let p = load(&rt, "hostile");
+    for round in 0..50 {
+        let out = p
+            .session(&ctx(0), Some(&rules("remember")))
+            .unwrap()
+            .score(&ctx(0), &customers()[..2])
+            .unwrap();
+        let found: Vec<f64> = out.iter().map(|s| s.as_ref().unwrap().value).collect();
+        // The second customer, in the same instance, does see the first's marks:
+        // proof that `remember` detects them.
+        assert_eq!(found, [0.0, 3.0], "round {round}");
+    }
+}
+
 #[test]
 fn a_trap_is_reported_with_the_plugins_panic_message() {
     let rt = runtime();

@@ -1,7 +1,7 @@
 //! A plugin that misbehaves on purpose, for the sandbox tests. Its rule set picks
 //! the misbehaviour: `{"mode": "trap" | "loop" | "grow" | "recurse" | "recurse-wasm" |
 //! "flood" |
-//! "bad-stage" | "bad-reason" | "snoop" | "leak" | "ok", "value": 1.0}`.
+//! "bad-stage" | "bad-reason" | "snoop" | "leak" | "remember" | "ok", "value": 1.0}`.
 //! `leak` writes the customer's `email` (when granted) everywhere it can reach the
 //! host: its log, stdout, stderr, an error message and a panic.
 
@@ -26,6 +26,37 @@ fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
 #[allow(unconditional_recursion)]
 fn recurse_wasm(n: u64) -> u64 {
     recurse_wasm(std::hint::black_box(n + 1)).wrapping_add(n)
+}
+
+/// What `remember` tries to carry from one instance to the next: a counter in
+/// initialised data, a page of zero-initialised data, and the heap.
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+static mut SCRATCH: [u8; 65536] = [0; 65536];
+
+/// `remember`: what this instance found left over, as a number. 0 means a clean
+/// instance; 1, 2, 4 say the counter, the zeroed page or the heap was dirty. Then it
+/// dirties all three, for the next instance to find.
+fn remember() -> f64 {
+    const MARK: u8 = 0xA5;
+    let mut found = 0;
+    if CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) != 0 {
+        found |= 1;
+    }
+    // SAFETY: plugins are single-threaded; nothing else touches SCRATCH.
+    let scratch = unsafe { &mut *std::ptr::addr_of_mut!(SCRATCH) };
+    if scratch.iter().any(|&b| b != 0) {
+        found |= 2;
+    }
+    scratch.fill(MARK);
+    // A large allocation comes from fresh pages at the top of the heap, which the
+    // allocator trusts to be zero; a leftover from a past instance would show here.
+    let heap = vec![0u8; 1 << 20];
+    if heap.iter().any(|&b| b != 0) {
+        found |= 4;
+    }
+    let mut heap = std::mem::ManuallyDrop::new(heap);
+    heap.fill(MARK);
+    found as f64
 }
 
 fn email_of(c: &Customer) -> String {
@@ -112,6 +143,10 @@ impl Plugin for Hostile {
                 let _ = ctx;
                 Ok(Score::new(0.0)
                     .reason(Reason::new("snoop", 0.0).args([env, file, clock, random])))
+            }
+            "remember" => {
+                let found = remember();
+                Ok(Score::new(found).reason(Reason::new("ok", found).args([found])))
             }
             // Reports the fields it was given: how many, and whether `email` is one.
             "fields" => Ok(Score::new(c.fields.len() as f64)
