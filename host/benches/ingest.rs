@@ -115,11 +115,21 @@ struct Load {
     failed: u64,
     seconds: f64,
     latencies_us: Vec<u32>,
+    /// Write transactions committed during the run, and how long they held the writer.
+    writes: (u64, Duration),
 }
 
 impl Load {
     fn per_second(&self) -> f64 {
         self.ok as f64 / self.seconds
+    }
+    /// The share of the run the writer was held, and the mean hold per transaction.
+    fn writer(&self) -> (f64, f64) {
+        let (n, held) = self.writes;
+        (
+            held.as_secs_f64() / self.seconds,
+            held.as_secs_f64() * 1e6 / n.max(1) as f64,
+        )
     }
     fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
@@ -132,7 +142,14 @@ impl Load {
 
 /// `CONCURRENCY` clients posting events (visits, inquiries, orders) to random
 /// customers until `stop` is set or `duration` passes.
-async fn load(base: &str, token: &str, duration: Duration, stop: Arc<AtomicBool>) -> Load {
+async fn load(
+    store: &Store,
+    base: &str,
+    token: &str,
+    duration: Duration,
+    stop: Arc<AtomicBool>,
+) -> Load {
+    let writes_before = store.write_stats().totals();
     let client = Client::builder()
         .pool_max_idle_per_host(CONCURRENCY)
         .build()
@@ -202,6 +219,7 @@ async fn load(base: &str, token: &str, duration: Duration, stop: Arc<AtomicBool>
         failed: 0,
         seconds: 0.0,
         latencies_us: Vec::new(),
+        writes: (0, Duration::ZERO),
     };
     for t in tasks {
         let (ok, failed, lat) = t.await.unwrap();
@@ -211,6 +229,11 @@ async fn load(base: &str, token: &str, duration: Duration, stop: Arc<AtomicBool>
     }
     out.seconds = started.elapsed().as_secs_f64();
     out.latencies_us.sort_unstable();
+    let writes_after = store.write_stats().totals();
+    out.writes = (
+        writes_after.0 - writes_before.0,
+        writes_after.1 - writes_before.1,
+    );
     out
 }
 
@@ -241,6 +264,7 @@ async fn ingest(database: &Database, duration: Duration) {
     let name = database.name();
     let bare = start(database, &[]).await;
     let none = load(
+        &bare.crm.store,
         &bare.base,
         &bare.token,
         duration,
@@ -249,6 +273,7 @@ async fn ingest(database: &Database, duration: Duration) {
     .await;
     let two = start(database, &[("b2b_trade", true), ("value_tiers", false)]).await;
     let packs = load(
+        &two.crm.store,
         &two.base,
         &two.token,
         duration,
@@ -258,18 +283,22 @@ async fn ingest(database: &Database, duration: Duration) {
     println!();
     println!("event ingest over HTTP, {name}, {CONCURRENCY} clients, {CUSTOMERS} customers, {duration:?} each");
     println!(
-        "{:<28} {:>10} {:>9} {:>9} {:>8}",
-        "", "events/s", "p50 ms", "p99 ms", "failed"
+        "{:<28} {:>10} {:>9} {:>9} {:>8} {:>12} {:>10}",
+        "", "events/s", "p50 ms", "p99 ms", "failed", "writer busy", "us/write"
     );
     for (label, l) in [("no plugin", &none), ("b2b-trade + value-tiers", &packs)] {
+        let (busy, per_tx) = l.writer();
         println!(
-            "{label:<28} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+            "{label:<28} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>11.0}% {:>10.0}",
             l.per_second(),
             l.percentile_ms(0.5),
             l.percentile_ms(0.99),
-            l.failed
+            l.failed,
+            busy * 100.0,
+            per_tx
         );
     }
+    println!("  (writer busy: the share of the run that write transactions held the writer, from taking it to their commit; SQLite has one writer, PostgreSQL runs them side by side and may pass 100%. us/write: per transaction)");
     let cost = 1.0 - packs.per_second() / none.per_second();
     println!(
         "targets ({name}): >= 2,000 events/s -> {:.0}, {}; p99 <= 25 ms -> {:.2} ms, {}; plugin cost <= 30% -> {:.0}%, {}",
@@ -304,7 +333,10 @@ async fn swaps_under_load(swaps: usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let load_task = {
         let (stop, base, token) = (stop.clone(), s.base.clone(), s.token.clone());
-        tokio::spawn(async move { load(&base, &token, Duration::from_secs(3600), stop).await })
+        let store = s.crm.store.clone();
+        tokio::spawn(
+            async move { load(&store, &base, &token, Duration::from_secs(3600), stop).await },
+        )
     };
     let (mut swap_failures, mut rss_10, mut slowest) = (0u64, f64::NAN, Duration::ZERO);
     let mut sqlite_10 = f64::NAN;

@@ -1,7 +1,9 @@
-//! How many SQL statements an event costs. Each is a round trip (for SQLite, to
-//! sqlx's worker thread), and those round trips, not the plugins, bound the ingest
-//! rate (BENCHMARKS.md). Counted from sqlx's own statement log, so a change that goes
-//! back to a statement per score or segment fails here, not only in a benchmark.
+//! How many SQL statements an event costs, and that its write transaction shows in
+//! the store's write statistics (which the ingest bench reads). Each statement is a
+//! round trip (for SQLite, to sqlx's worker thread), and those round trips, not the
+//! plugins, bound the ingest rate (BENCHMARKS.md). Counted from sqlx's own statement
+//! log, so a change that goes back to a statement per score or segment fails here,
+//! not only in a benchmark.
 //! Its own test binary: the count needs the process-wide tracing subscriber.
 
 #[allow(unused_macros)]
@@ -70,6 +72,8 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements() {
     assert_eq!(status, 201);
 
     let mark = STATEMENTS.lock().unwrap().len();
+    let (committed_before, held_before) = s.crm.store.write_stats().totals();
+    let started = std::time::Instant::now();
     let events = [
         json!({"kind": "visit"}),
         json!({"kind": "inquiry"}),
@@ -93,6 +97,20 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements() {
         (10.0..=15.0).contains(&per_event),
         "{per_event} statements per event:\n{}",
         ran.join("\n")
+    );
+    // The write statistics the ingest bench reads: one committed transaction per
+    // event, each holding the writer for some of the time the events took; a
+    // request that fails (an unknown customer) rolls back and is not counted.
+    let (status, _) = s
+        .post("/v1/customers/nobody/events", json!({"kind": "visit"}))
+        .await;
+    assert_eq!(status, 404);
+    let (committed, held) = s.crm.store.write_stats().totals();
+    assert_eq!(committed - committed_before, events.len() as u64);
+    let held = held - held_before;
+    assert!(
+        held > std::time::Duration::ZERO && held < started.elapsed(),
+        "{held:?}"
     );
     s.finish().await;
 }

@@ -97,6 +97,27 @@ pub struct Store {
     url: String,
     /// SQLite only: one writer at a time, taken before `BEGIN`.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    writes: Arc<WriteStats>,
+}
+
+/// How long committed write transactions took, from taking the writer to their
+/// commit. SQLite has one writer, so their sum over a stretch of time says how busy
+/// it was: the ingest bench prints it, because that is what bounds the event rate.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    committed: std::sync::atomic::AtomicU64,
+    held_ns: std::sync::atomic::AtomicU64,
+}
+
+impl WriteStats {
+    /// Transactions committed so far, and the time they held the writer in all.
+    pub fn totals(&self) -> (u64, std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.committed.load(Relaxed),
+            std::time::Duration::from_nanos(self.held_ns.load(Relaxed)),
+        )
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -176,6 +197,7 @@ impl Store {
             backend,
             url: url.clone(),
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            writes: Arc::default(),
         })
     }
 
@@ -186,6 +208,11 @@ impl Store {
     /// The URL the store was opened with.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Counts of the write transactions committed through this store (and its clones).
+    pub fn write_stats(&self) -> &WriteStats {
+        &self.writes
     }
 
     /// Starts a write transaction.
@@ -208,6 +235,8 @@ impl Store {
             tx,
             backend: self.backend,
             _guard: guard,
+            began: std::time::Instant::now(),
+            stats: self.writes.clone(),
         })
     }
 
@@ -235,6 +264,9 @@ pub struct Tx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     backend: Backend,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// When the writer was taken (SQLite) or the transaction began.
+    began: std::time::Instant,
+    stats: Arc<WriteStats>,
 }
 
 impl Tx {
@@ -245,7 +277,11 @@ impl Tx {
         self.backend
     }
     pub async fn commit(self) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
         self.tx.commit().await?;
+        let held = self.began.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.stats.held_ns.fetch_add(held, Relaxed);
+        self.stats.committed.fetch_add(1, Relaxed);
         Ok(())
     }
 }
