@@ -190,10 +190,10 @@ impl Runtime {
             .max_memories_per_component(4)
             .max_tables_per_component(8)
             // Reset a freed slot in place instead of handing its pages back to the
-            // kernel: PAGEMAP_SCAN (Linux 6.7+; `Auto` falls back to a plain memset
-            // elsewhere) finds the pages the instance touched and zeroes only those,
-            // up to the bound below, so the next instance in the slot takes no page
-            // faults. A fresh configured instance went from 24.4 to 7.9 µs with these
+            // kernel: PAGEMAP_SCAN (Linux 6.7+) finds the pages the instance wrote
+            // and zeroes only those, up to the bound below, so the next instance in
+            // the slot takes no page faults. Without it (`Auto`: older kernels) the
+            // first 2 MiB are zeroed whole, slower than faulting (BENCHMARKS.md). A fresh configured instance went from 24.4 to 7.9 µs with these
             // four settings (BENCHMARKS.md). The price is RSS: a slot that was used
             // keeps up to 2 MiB of memory and 64 KiB of tables resident.
             .pagemap_scan(wasmtime::Enabled::Auto)
