@@ -485,7 +485,10 @@ pub async fn record_event(
         ..Default::default()
     };
     let ev_id = Some(event.id.as_str());
-    store::save_metrics(tx.conn(), tenant, customer_id, &stored_metrics, now).await?;
+    // The writes nobody reads back go in one batch, sent at the end: on SQLite one
+    // round trip instead of one per statement, while the writer is held.
+    let mut writes = store::Batch::new();
+    store::queue_metrics(&mut writes, tenant, customer_id, &stored_metrics, now);
     let mut stage = before.stage.clone();
     let mut scores = Vec::new();
     let mut segment_sets = Vec::new();
@@ -571,7 +574,7 @@ pub async fn record_event(
     }
     // Every plugin's scores and segments in a few statements: each one is a round
     // trip inside the write transaction, and those round trips bound the ingest rate.
-    let previous = store::save_scores(tx.conn(), tenant, &scores, ev_id).await?;
+    let previous = store::queue_scores(tx.conn(), &mut writes, tenant, &scores, ev_id).await?;
     for ((_, s), prev) in scores.iter().zip(previous) {
         outcome.scores.insert(
             s.plugin.clone(),
@@ -585,7 +588,9 @@ pub async fn record_event(
             },
         );
     }
-    for (joined, left) in store::replace_memberships(tx.conn(), tenant, &segment_sets, now).await? {
+    for (joined, left) in
+        store::queue_memberships(tx.conn(), &mut writes, tenant, &segment_sets, now).await?
+    {
         outcome.segments_joined.extend(joined);
         outcome.segments_left.extend(left);
     }
@@ -599,16 +604,16 @@ pub async fn record_event(
         store::record_failure(tx.conn(), tenant, customer_id, &pf, ev_id, now).await?;
     }
     let body = json!(outcome);
-    store::insert_event(
-        tx.conn(),
+    store::queue_event(
+        &mut writes,
         tenant,
         customer_id,
         &event,
         idempotency_key,
         &body,
         now,
-    )
-    .await?;
+    );
+    writes.run(tx.conn()).await?;
     metrics.events.inc();
     Ok(outcome)
 }

@@ -1003,6 +1003,8 @@ impl Crm {
                 moved.iter().map(|(id, m)| (*id, m)).collect();
             store::move_stages(tx.conn(), tenant, &moved, None, now).await?;
         }
+        // Every pack's writes in one batch: one round trip on SQLite.
+        let mut writes = store::Batch::new();
         for (pack, r) in packs.packs.iter().zip(results) {
             let rows = match r {
                 Ok(rows) => rows,
@@ -1025,9 +1027,10 @@ impl Crm {
                     });
                 }
             }
-            store::save_scores(tx.conn(), tenant, &scores, None).await?;
-            store::replace_memberships(tx.conn(), tenant, &memberships, now).await?;
+            store::queue_scores(tx.conn(), &mut writes, tenant, &scores, None).await?;
+            store::queue_memberships(tx.conn(), &mut writes, tenant, &memberships, now).await?;
         }
+        writes.run(tx.conn()).await?;
         let customers = ids;
         store::complete_chunk(tx.conn(), job, chunk.chunk).await?;
         store::add_progress(tx.conn(), job, customers, now_ms()).await?;

@@ -17,6 +17,7 @@
 //! segments of one customer at once. `host/tests/registry.rs` checks a rescore
 //! against a native computation.
 
+use super::batch::{question_rows, Batch};
 use super::customers::{customer_from_row, field_from_row};
 use super::events::event_from_row;
 use super::{to_json, RenderedReason, Result, StageMove, StoredScore};
@@ -224,6 +225,22 @@ pub async fn save_scores(
     rows: &[(String, StoredScore)],
     event_id: Option<&str>,
 ) -> Result<Vec<Option<(f64, Option<String>)>>> {
+    let mut batch = Batch::new();
+    let previous = queue_scores(conn, &mut batch, tenant, rows, event_id).await?;
+    batch.run(conn).await?;
+    Ok(previous)
+}
+
+/// [`save_scores`] with its writes left in `batch`: it reads the previous scores
+/// now, and the caller runs the batch (with its other writes) later in the same
+/// transaction.
+pub async fn queue_scores(
+    conn: &mut AnyConnection,
+    batch: &mut Batch,
+    tenant: &str,
+    rows: &[(String, StoredScore)],
+    event_id: Option<&str>,
+) -> Result<Vec<Option<(f64, Option<String>)>>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -254,21 +271,22 @@ pub async fn save_scores(
              VALUES {} ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET \
              plugin_version = excluded.plugin_version, value = excluded.value, band = excluded.band, \
              reasons = excluded.reasons, updated_at = excluded.updated_at",
-            value_rows(conn, part.len(), 8)
+            question_rows(part.len(), 8)
         );
-        let mut q = sqlx::query(&sql);
+        let mut binds = Vec::with_capacity(part.len() * 8);
         for ((id, s), r) in part.iter().zip(reasons) {
-            q = q
-                .bind(tenant)
-                .bind(id)
-                .bind(&s.plugin)
-                .bind(&s.plugin_version)
-                .bind(s.value)
-                .bind(&s.band)
-                .bind(r)
-                .bind(s.updated_at);
+            binds.extend([
+                tenant.into(),
+                id.into(),
+                (&s.plugin).into(),
+                (&s.plugin_version).into(),
+                s.value.into(),
+                (&s.band).into(),
+                r.into(),
+                s.updated_at.into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        batch.push(sql, binds);
     }
 
     let previous: Vec<Option<(f64, Option<String>)>> = rows
@@ -287,23 +305,24 @@ pub async fn save_scores(
         let sql = format!(
             "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, event_id, at) \
              VALUES {}",
-            value_rows(conn, part.len(), 9)
+            question_rows(part.len(), 9)
         );
-        let mut q = sqlx::query(&sql);
+        let mut binds = Vec::with_capacity(part.len() * 9);
         for &i in part {
             let (id, s) = &rows[i];
-            q = q
-                .bind(tenant)
-                .bind(id)
-                .bind(&s.plugin)
-                .bind(&s.plugin_version)
-                .bind(s.value)
-                .bind(&s.band)
-                .bind(&reasons[i])
-                .bind(event_id)
-                .bind(s.updated_at);
+            binds.extend([
+                tenant.into(),
+                id.into(),
+                (&s.plugin).into(),
+                (&s.plugin_version).into(),
+                s.value.into(),
+                (&s.band).into(),
+                (&reasons[i]).into(),
+                event_id.into(),
+                s.updated_at.into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        batch.push(sql, binds);
     }
     Ok(previous)
 }
@@ -322,6 +341,20 @@ pub struct SegmentSet {
 /// up to a thousand rows.
 pub async fn replace_memberships(
     conn: &mut AnyConnection,
+    tenant: &str,
+    rows: &[SegmentSet],
+    at: i64,
+) -> Result<Vec<(Vec<String>, Vec<String>)>> {
+    let mut batch = Batch::new();
+    let changes = queue_memberships(conn, &mut batch, tenant, rows, at).await?;
+    batch.run(conn).await?;
+    Ok(changes)
+}
+
+/// [`replace_memberships`] with its writes left in `batch` (see [`queue_scores`]).
+pub async fn queue_memberships(
+    conn: &mut AnyConnection,
+    batch: &mut Batch,
     tenant: &str,
     rows: &[SegmentSet],
     at: i64,
@@ -370,13 +403,18 @@ pub async fn replace_memberships(
     for part in ended.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "DELETE FROM memberships WHERE (tenant_id, customer_id, plugin, segment) IN (VALUES {})",
-            value_rows(conn, part.len(), 4)
+            question_rows(part.len(), 4)
         );
-        let mut q = sqlx::query(&sql);
+        let mut binds = Vec::with_capacity(part.len() * 4);
         for (id, plugin, segment) in part {
-            q = q.bind(tenant).bind(*id).bind(*plugin).bind(segment);
+            binds.extend([
+                tenant.into(),
+                (*id).into(),
+                (*plugin).into(),
+                segment.into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        batch.push(sql, binds);
     }
     // One row per (customer, plugin, segment), even if a plugin named a segment twice.
     let mut seen: HashSet<(&str, &str, &str)> = HashSet::new();
@@ -392,19 +430,20 @@ pub async fn replace_memberships(
         let sql = format!(
             "INSERT INTO memberships (tenant_id, customer_id, plugin, segment, reason, since) VALUES {} \
              ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason",
-            value_rows(conn, part.len(), 6)
+            question_rows(part.len(), 6)
         );
-        let mut q = sqlx::query(&sql);
+        let mut binds = Vec::with_capacity(part.len() * 6);
         for (id, plugin, s, reason) in part {
-            q = q
-                .bind(tenant)
-                .bind(*id)
-                .bind(*plugin)
-                .bind(*s)
-                .bind(reason)
-                .bind(at);
+            binds.extend([
+                tenant.into(),
+                (*id).into(),
+                (*plugin).into(),
+                (*s).into(),
+                reason.into(),
+                at.into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        batch.push(sql, binds);
     }
     Ok(changes)
 }

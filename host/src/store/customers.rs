@@ -1,6 +1,6 @@
 //! Customers, their fields, tags, segments, scores and follow-ups.
 
-use super::{from_json, to_json, Backend, Result, StoreError};
+use super::{from_json, to_json, Backend, Batch, Result, StoreError};
 use crate::model::{CustomerRecord, FieldEntry};
 use crate::runtime::Reason;
 use serde::Serialize;
@@ -152,33 +152,27 @@ pub(super) fn field_from_row(r: &sqlx::any::AnyRow) -> Result<FieldEntry> {
     })
 }
 
-/// Writes the stored metrics of a customer.
-pub async fn save_metrics(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    id: &str,
-    m: &Metrics,
-    at: i64,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE customers SET orders = $1, purchase_days = $2, spend_cents = $3, first_order_at = $4, \
-         last_order_at = $5, last_contact_at = $6, complaints = $7, referrals = $8, updated_at = $9 \
-         WHERE tenant_id = $10 AND id = $11",
-    )
-    .bind(m.orders as i64)
-    .bind(m.purchase_days as i64)
-    .bind(m.total_spend_cents)
-    .bind(m.first_order_at)
-    .bind(m.last_order_at)
-    .bind(m.last_contact_at)
-    .bind(m.complaints as i64)
-    .bind(m.referrals as i64)
-    .bind(at)
-    .bind(tenant)
-    .bind(id)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Queues the write of a customer's stored metrics in `batch`.
+pub fn queue_metrics(batch: &mut Batch, tenant: &str, id: &str, m: &Metrics, at: i64) {
+    batch.push(
+        "UPDATE customers SET orders = ?, purchase_days = ?, spend_cents = ?, first_order_at = ?, \
+         last_order_at = ?, last_contact_at = ?, complaints = ?, referrals = ?, updated_at = ? \
+         WHERE tenant_id = ? AND id = ?"
+            .to_string(),
+        vec![
+            (m.orders as i64).into(),
+            (m.purchase_days as i64).into(),
+            m.total_spend_cents.into(),
+            m.first_order_at.into(),
+            m.last_order_at.into(),
+            m.last_contact_at.into(),
+            (m.complaints as i64).into(),
+            (m.referrals as i64).into(),
+            at.into(),
+            tenant.into(),
+            id.into(),
+        ],
+    );
 }
 
 /// Changes name and source; `None` leaves a value as it is.

@@ -1,7 +1,7 @@
 //! Events (touchpoints, orders, complaints, referrals...), plugin failures, the
 //! metrics computed from events, and the timeline.
 
-use super::{from_json, to_json, Result};
+use super::{from_json, to_json, Batch, Result};
 use crate::model::{day_of, field_value_from_json, field_value_to_json, EventRecord};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -58,39 +58,41 @@ pub async fn touchpoints_and_order_on_day(
     ))
 }
 
-pub async fn insert_event(
-    conn: &mut AnyConnection,
+/// Queues the insert of an event with its outcome (the response it was given, kept
+/// for idempotent replays) in `batch`.
+pub fn queue_event(
+    batch: &mut Batch,
     tenant: &str,
     customer: &str,
     e: &EventRecord,
     idempotency_key: Option<&str>,
     outcome: &serde_json::Value,
     recorded_at: i64,
-) -> Result<()> {
+) {
     let fields: serde_json::Map<String, serde_json::Value> = e
         .fields
         .iter()
         .map(|(k, v)| (k.clone(), field_value_to_json(v)))
         .collect();
-    sqlx::query(
+    batch.push(
         "INSERT INTO events (id, tenant_id, customer_id, kind, channel, at, day, amount_cents, fields, \
-         idempotency_key, outcome, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(&e.id)
-    .bind(tenant)
-    .bind(customer)
-    .bind(&e.kind)
-    .bind(&e.channel)
-    .bind(e.at)
-    .bind(day_of(e.at))
-    .bind(e.amount_cents)
-    .bind(to_json(&fields))
-    .bind(idempotency_key)
-    .bind(to_json(outcome))
-    .bind(recorded_at)
-    .execute(conn)
-    .await?;
-    Ok(())
+         idempotency_key, outcome, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            .to_string(),
+        vec![
+            (&e.id).into(),
+            tenant.into(),
+            customer.into(),
+            (&e.kind).into(),
+            (&e.channel).into(),
+            e.at.into(),
+            day_of(e.at).into(),
+            e.amount_cents.into(),
+            to_json(&fields).into(),
+            idempotency_key.into(),
+            to_json(outcome).into(),
+            recorded_at.into(),
+        ],
+    );
 }
 
 pub(super) fn event_from_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {

@@ -19,6 +19,7 @@
 
 mod analytics;
 mod auth;
+mod batch;
 mod bulk;
 mod customers;
 mod events;
@@ -27,6 +28,7 @@ mod plugins;
 
 pub use analytics::*;
 pub use auth::*;
+pub use batch::{Batch, Bind};
 pub use bulk::*;
 pub use customers::*;
 pub use events::*;
