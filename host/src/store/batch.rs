@@ -14,7 +14,7 @@ use sqlx::AnyConnection;
 
 /// A bound value.
 #[derive(Debug, Clone)]
-pub enum Bind {
+pub(super) enum Bind {
     Text(Option<String>),
     Int(Option<i64>),
     Real(Option<f64>),
@@ -73,13 +73,9 @@ impl Batch {
     }
 
     /// Adds a statement written with `?` placeholders, one per value in `binds`.
-    pub fn push(&mut self, sql: String, binds: Vec<Bind>) {
+    pub(super) fn push(&mut self, sql: String, binds: Vec<Bind>) {
         debug_assert_eq!(sql.matches('?').count(), binds.len(), "{sql}");
         self.statements.push((sql, binds));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
     }
 
     /// Runs the statements: on SQLite as one query, on PostgreSQL one by one.

@@ -28,7 +28,7 @@ mod plugins;
 
 pub use analytics::*;
 pub use auth::*;
-pub use batch::{Batch, Bind};
+pub use batch::Batch;
 pub use bulk::*;
 pub use customers::*;
 pub use events::*;
