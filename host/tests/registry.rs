@@ -639,6 +639,34 @@ async fn a_new_lifecycle_owner_restages_customers_as_its_dry_run_said(db: Db) {
     s.finish().await;
 }
 
+/// Scores stored as the pipeline and the rescore store them: the previous ones
+/// read, the writes batched, the batch run.
+async fn save_scores(
+    conn: &mut sqlx::AnyConnection,
+    rows: &[(String, stagecraft::store::StoredScore)],
+) -> Vec<Option<(f64, Option<String>)>> {
+    let mut batch = stagecraft::store::Batch::new();
+    let previous = stagecraft::store::queue_scores(conn, &mut batch, "acme", rows, None)
+        .await
+        .unwrap();
+    batch.run(conn).await.unwrap();
+    previous
+}
+
+/// Memberships replaced the same way.
+async fn replace_memberships(
+    conn: &mut sqlx::AnyConnection,
+    sets: &[stagecraft::store::SegmentSet],
+    at: i64,
+) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut batch = stagecraft::store::Batch::new();
+    let changes = stagecraft::store::queue_memberships(conn, &mut batch, "acme", sets, at)
+        .await
+        .unwrap();
+    batch.run(conn).await.unwrap();
+    changes
+}
+
 /// What the rescore reads and writes a chunk at a time equals what the
 /// per-customer functions read and write.
 async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
@@ -698,18 +726,12 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
         .iter()
         .map(|id| (id.clone(), score(1.0, "a")))
         .collect();
-    store::save_scores(&mut conn, "acme", &rows, None)
-        .await
-        .unwrap();
-    store::save_scores(&mut conn, "acme", &rows, None)
-        .await
-        .unwrap();
+    save_scores(&mut conn, &rows).await;
+    save_scores(&mut conn, &rows).await;
     let mut changed = rows.clone();
     changed[7].1 = score(2.0, "a");
     changed[9].1 = score(1.0, "b");
-    let previous = store::save_scores(&mut conn, "acme", &changed, None)
-        .await
-        .unwrap();
+    let previous = save_scores(&mut conn, &changed).await;
     assert_eq!(previous[7], Some((1.0, Some("a".to_string()))));
     assert_eq!(previous.len(), changed.len());
     let history: i64 = sqlx::query_scalar(
@@ -742,12 +764,8 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
             )
         })
         .collect();
-    store::save_scores(&mut conn, "acme", &odd_rows, None)
-        .await
-        .unwrap();
-    let again = store::save_scores(&mut conn, "acme", &odd_rows, None)
-        .await
-        .unwrap();
+    save_scores(&mut conn, &odd_rows).await;
+    let again = save_scores(&mut conn, &odd_rows).await;
     let back: Vec<f64> = again.iter().map(|p| p.as_ref().unwrap().0).collect();
     assert_eq!(back, odd);
     let odd_history: i64 = sqlx::query_scalar(
@@ -786,13 +804,9 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
             })
             .collect::<Vec<_>>()
     };
-    let first = store::replace_memberships(&mut conn, "acme", &sets(&["x", "y"]), 1000)
-        .await
-        .unwrap();
+    let first = replace_memberships(&mut conn, &sets(&["x", "y"]), 1000).await;
     assert_eq!(first[0], (vec!["x".to_string(), "y".to_string()], vec![]));
-    let second = store::replace_memberships(&mut conn, "acme", &sets(&["y", "z", "z"]), 2000)
-        .await
-        .unwrap();
+    let second = replace_memberships(&mut conn, &sets(&["y", "z", "z"]), 2000).await;
     assert_eq!(second[120], (vec!["z".to_string()], vec!["x".to_string()]));
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT segment, since FROM memberships WHERE plugin = 'bulk' AND customer_id = $1 ORDER BY segment",

@@ -39,25 +39,6 @@ fn json_list(conn: &AnyConnection, n: usize) -> String {
     }
 }
 
-/// `(?, ?, ...), (?, ...)` for `rows` rows of `width` values in a multi-row
-/// statement; `($1, ...), ($width+1, ...)` in PostgreSQL (every value of the
-/// statement is in its rows). Plain `?` in SQLite: sqlx
-/// looks up a named `$n` parameter by name, a cost that grows with the square of
-/// their number, and a chunk's INSERT has thousands.
-fn value_rows(conn: &AnyConnection, rows: usize, width: usize) -> String {
-    let row = |i: usize| {
-        let values: Vec<String> = if is_postgres(conn) {
-            (1 + i * width..1 + (i + 1) * width)
-                .map(|n| format!("${n}"))
-                .collect()
-        } else {
-            vec!["?".to_string(); width]
-        };
-        format!("({})", values.join(", "))
-    };
-    (0..rows).map(row).collect::<Vec<_>>().join(", ")
-}
-
 fn is_postgres(conn: &AnyConnection) -> bool {
     conn.backend_name() == "PostgreSQL"
 }
@@ -218,22 +199,9 @@ async fn rows_of_pairs<'a>(
 /// a history row (naming `event_id`, if any) only where the value or band changed.
 /// Returns each row's previous (value, band), in order: the event pipeline stores
 /// every plugin's score of one customer at once, a rescore one plugin's of many.
-/// Three statements for up to a thousand rows.
-pub async fn save_scores(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    rows: &[(String, StoredScore)],
-    event_id: Option<&str>,
-) -> Result<Vec<Option<(f64, Option<String>)>>> {
-    let mut batch = Batch::new();
-    let previous = queue_scores(conn, &mut batch, tenant, rows, event_id).await?;
-    batch.run(conn).await?;
-    Ok(previous)
-}
-
-/// [`save_scores`] with its writes left in `batch`: it reads the previous scores
-/// now, and the caller runs the batch (with its other writes) later in the same
-/// transaction.
+/// It reads the previous scores now, in one statement, and leaves the writes (two
+/// statements for up to a thousand rows) in `batch`, which the caller runs with
+/// its other writes later in the same transaction.
 pub async fn queue_scores(
     conn: &mut AnyConnection,
     batch: &mut Batch,
@@ -337,21 +305,8 @@ pub struct SegmentSet {
 
 /// Sets segments (each (customer, plugin) at most once): memberships that end
 /// are deleted, `since` stays for those that go on, reasons follow the latest.
-/// Returns each row's (joined, left) segments, in order. Three statements for
-/// up to a thousand rows.
-pub async fn replace_memberships(
-    conn: &mut AnyConnection,
-    tenant: &str,
-    rows: &[SegmentSet],
-    at: i64,
-) -> Result<Vec<(Vec<String>, Vec<String>)>> {
-    let mut batch = Batch::new();
-    let changes = queue_memberships(conn, &mut batch, tenant, rows, at).await?;
-    batch.run(conn).await?;
-    Ok(changes)
-}
-
-/// [`replace_memberships`] with its writes left in `batch` (see [`queue_scores`]).
+/// Returns each row's (joined, left) segments, in order. Reads the current
+/// memberships now and leaves the writes in `batch`, as [`queue_scores`] does.
 pub async fn queue_memberships(
     conn: &mut AnyConnection,
     batch: &mut Batch,
@@ -457,39 +412,43 @@ pub async fn move_stages(
     event_id: Option<&str>,
     at: i64,
 ) -> Result<()> {
+    // Both statements in one batch: one round trip on SQLite.
+    let mut batch = Batch::new();
     for part in moves.chunks(ROWS_PER_INSERT) {
         // `UPDATE ... FROM (VALUES ...)`: both databases name the columns
         // column1, ...; every value is in the rows, so placeholders run in order.
         let sql = format!(
             "UPDATE customers SET stage = v.column3, updated_at = v.column4 FROM (VALUES {}) AS v \
              WHERE customers.tenant_id = v.column1 AND customers.id = v.column2",
-            value_rows(conn, part.len(), 4)
+            question_rows(part.len(), 4)
         );
-        let mut q = sqlx::query(&sql);
+        let mut binds = Vec::with_capacity(part.len() * 4);
         for (id, m) in part {
-            q = q.bind(tenant).bind(*id).bind(&m.to).bind(at);
+            binds.extend([tenant.into(), (*id).into(), (&m.to).into(), at.into()]);
         }
-        q.execute(&mut *conn).await?;
+        batch.push(sql, binds);
 
         let sql = format!(
             "INSERT INTO stage_moves (tenant_id, customer_id, from_stage, to_stage, reason, plugin, plugin_version, event_id, at) \
              VALUES {}",
-            value_rows(conn, part.len(), 9)
+            question_rows(part.len(), 9)
         );
-        let mut q = sqlx::query(&sql);
+        let mut binds = Vec::with_capacity(part.len() * 9);
         for (id, m) in part {
-            q = q
-                .bind(tenant)
-                .bind(*id)
-                .bind(&m.from)
-                .bind(&m.to)
-                .bind(to_json(&(&m.reason, &m.reason_text)))
-                .bind(&m.plugin)
-                .bind(&m.plugin_version)
-                .bind(event_id)
-                .bind(at);
+            binds.extend([
+                tenant.into(),
+                (*id).into(),
+                (&m.from).into(),
+                (&m.to).into(),
+                to_json(&(&m.reason, &m.reason_text)).into(),
+                (&m.plugin).into(),
+                (&m.plugin_version).into(),
+                event_id.into(),
+                at.into(),
+            ]);
         }
-        q.execute(&mut *conn).await?;
+        batch.push(sql, binds);
     }
+    batch.run(conn).await?;
     Ok(())
 }
