@@ -42,7 +42,9 @@ impl ComponentCache {
         }
         // SAFETY: the file was written by `put` below from `Component::serialize` of
         // this engine configuration; the cache directory belongs to the host. A file
-        // that fails wasmtime's own header checks is recompiled.
+        // that fails wasmtime's own header checks is recompiled. The file is mapped,
+        // not read: nothing may change it in place while the host runs (`put`
+        // replaces entries by renaming a new file over them, which is safe).
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(c) => Some(c),
             Err(e) => {

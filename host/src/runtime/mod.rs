@@ -57,7 +57,7 @@ use stagecraft_plugin::snapshot::{self, Customer, Event};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
@@ -158,11 +158,21 @@ struct Inner {
     limits: Limits,
     cache: Option<cache::ComponentCache>,
     stop_ticker: Arc<AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
+    /// Stops the ticker and waits for it, so that its clone of the engine is gone
+    /// and the engine (with the instance pool, which keeps components' code and
+    /// memory images mapped) is released here, when the runtime is, and not a
+    /// tick later on the ticker's thread. A test that replaced a cached file after
+    /// dropping its runtime was faulted (SIGBUS) by that late release.
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }
 
@@ -227,19 +237,27 @@ impl Runtime {
         };
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        {
+        let ticker = {
             let engine = engine.clone();
             let stop = stop_ticker.clone();
             std::thread::Builder::new()
                 .name("stagecraft-epoch".into())
                 .spawn(move || {
+                    // Parked rather than asleep, so that dropping the runtime wakes
+                    // it; a park may end early, so a tick waits out its full length.
                     while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
+                        let tick = Instant::now() + EPOCH_TICK;
+                        while let Some(left) = tick.checked_duration_since(Instant::now()) {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::park_timeout(left);
+                        }
                         engine.increment_epoch();
                     }
                 })
-                .map_err(|e| RuntimeError::Engine(format!("epoch ticker: {e}")))?;
-        }
+                .map_err(|e| RuntimeError::Engine(format!("epoch ticker: {e}")))?
+        };
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
@@ -247,6 +265,7 @@ impl Runtime {
                 limits,
                 cache,
                 stop_ticker,
+                ticker: Some(ticker),
             }),
         })
     }
