@@ -377,6 +377,9 @@ struct Inputs {
     /// The metrics to store: as above, without the touchpoints (they are counted, not kept).
     stored_metrics: Metrics,
     recent: Vec<EventRecord>,
+    /// What the event's writes go over: the stored scores and segments.
+    scores_before: store::ScoresBefore,
+    segments_before: store::SegmentsBefore,
 }
 
 /// The first step of an event: the stored answer for a replayed idempotency key,
@@ -386,9 +389,10 @@ enum Prepared {
     Ready(Inputs),
 }
 
-/// Reads what an event needs: the answer already given under `idempotency_key`,
-/// or the customer, the counts and the recent events. On PostgreSQL the
-/// customer's row stays locked until the transaction ends.
+/// Reads what an event needs (one round trip on SQLite): the answer already
+/// given under `idempotency_key`, or the customer, the counts, the recent events
+/// and what the plugins' results replace. On PostgreSQL the customer's row stays
+/// locked until the transaction ends.
 async fn prepare(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -398,23 +402,30 @@ async fn prepare(
     idempotency_key: Option<&str>,
     now: i64,
 ) -> Result<Prepared, PipelineError> {
-    if let Some(key) = idempotency_key {
-        if let Some((_, owner, outcome)) = store::event_by_key(conn, tenant, key).await? {
-            if owner != customer_id {
-                return Err(PipelineError::KeyReused(key.to_string(), owner));
-            }
-            let mut o: EventOutcome =
-                serde_json::from_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            o.replayed = true;
-            return Ok(Prepared::Replayed(o));
+    let reads = store::event_reads(
+        conn,
+        backend,
+        tenant,
+        customer_id,
+        idempotency_key,
+        now,
+        event.at,
+        RECENT_EVENTS - 1,
+    )
+    .await?;
+    if let (Some((owner, outcome)), Some(key)) = (reads.replay, idempotency_key) {
+        if owner != customer_id {
+            return Err(PipelineError::KeyReused(key.to_string(), owner));
         }
+        let mut o: EventOutcome =
+            serde_json::from_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        o.replayed = true;
+        return Ok(Prepared::Replayed(o));
     }
-    let mut customer = store::load_customer(conn, backend, tenant, customer_id, true)
-        .await?
+    let mut customer = reads
+        .customer
         .ok_or_else(|| PipelineError::UnknownCustomer(customer_id.to_string()))?;
-    let (touchpoints, ordered_that_day) =
-        store::touchpoints_and_order_on_day(conn, tenant, customer_id, now, event.at).await?;
-    let new_day = event.kind == "order" && !ordered_that_day;
+    let new_day = event.kind == "order" && !reads.ordered_that_day;
     apply_event(
         &mut customer.metrics,
         &event.kind,
@@ -425,14 +436,16 @@ async fn prepare(
     let stored_metrics = customer.metrics;
     // The snapshot counts the new event among the recent touchpoints.
     let in_window = event.at > now - 90 * stagecraft_plugin::snapshot::DAY_MS && event.at <= now;
-    customer.metrics.touchpoints_90d = touchpoints + in_window as u32;
+    customer.metrics.touchpoints_90d = reads.touchpoints_90d + in_window as u32;
     let mut recent = vec![event.clone()];
-    recent.extend(store::recent_events(conn, tenant, customer_id, RECENT_EVENTS - 1).await?);
+    recent.extend(reads.recent);
     recent.sort_by_key(|e| std::cmp::Reverse(e.at));
     Ok(Prepared::Ready(Inputs {
         customer,
         stored_metrics,
         recent,
+        scores_before: reads.scores,
+        segments_before: reads.segments,
     }))
 }
 
@@ -467,13 +480,19 @@ pub async fn record_event(
         tenant: tenant.to_string(),
     };
     let metrics = packs.metrics.clone();
-    let before = inputs.customer.clone();
-    let stored_metrics = inputs.stored_metrics;
+    let Inputs {
+        customer,
+        stored_metrics,
+        recent,
+        scores_before,
+        segments_before,
+    } = inputs;
+    let before = customer.clone();
     let (outputs, failures) = if packs.packs.is_empty() {
         (Vec::new(), Vec::new())
     } else {
         let ev = event.clone();
-        crate::spawn_blocking(move || evaluate(&packs, &ctx, inputs.customer, &inputs.recent, &ev))
+        crate::spawn_blocking(move || evaluate(&packs, &ctx, customer, &recent, &ev))
             .await
             .expect("plugin evaluation task")
     };
@@ -572,9 +591,9 @@ pub async fn record_event(
             });
         }
     }
-    // Every plugin's scores and segments in a few statements: each one is a round
-    // trip inside the write transaction, and those round trips bound the ingest rate.
-    let previous = store::queue_scores(tx.conn(), &mut writes, tenant, &scores, ev_id).await?;
+    // Every plugin's scores and segments in a few statements of the batch, over
+    // what was read before the plugins ran.
+    let previous = store::queue_scores_over(&mut writes, tenant, scores_before, &scores, ev_id);
     for ((_, s), prev) in scores.iter().zip(previous) {
         outcome.scores.insert(
             s.plugin.clone(),
@@ -589,7 +608,7 @@ pub async fn record_event(
         );
     }
     for (joined, left) in
-        store::queue_memberships(tx.conn(), &mut writes, tenant, &segment_sets, now).await?
+        store::queue_memberships_over(&mut writes, tenant, segments_before, &segment_sets, now)
     {
         outcome.segments_joined.extend(joined);
         outcome.segments_left.extend(left);

@@ -1,16 +1,21 @@
-//! Writes whose results nobody reads, sent together.
+//! Statements sent together: writes whose results nobody reads, or reads that do
+//! not depend on each other.
 //!
 //! On SQLite every statement is a round trip to sqlx's worker thread, ~40 µs on
 //! this machine against a few µs of SQL, and the single writer is held for all of
 //! them (BENCHMARKS.md: with two packs an event held it ~700 µs, 85 % of the time).
 //! A [`Batch`] sends its statements as one multi-statement query: one round trip.
+//! Reads come back as one list of rows; each read statement therefore starts with
+//! a `part` column (a `BIGINT` of its own) that says which statement a row is of.
 //! sqlx binds plain `?` across the statements of such a query in order (a `$n`
 //! would bind by absolute number), so batched SQL is written with `?`; on
 //! PostgreSQL, which cannot prepare several statements at once, each statement
 //! runs on its own with the `?` numbered `$1`, `$2`...
 
 use super::Result;
-use sqlx::AnyConnection;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, Row};
 
 /// A bound value.
 #[derive(Debug, Clone)]
@@ -89,6 +94,28 @@ impl Batch {
             }
             return Ok(());
         }
+        let (sql, binds) = self.joined();
+        execute(conn, &sql, binds).await
+    }
+}
+
+impl Batch {
+    /// Runs read statements, each selecting a `part` column first, and returns
+    /// their rows in order: on SQLite from one query, on PostgreSQL one by one.
+    pub(super) async fn fetch(self, conn: &mut AnyConnection) -> Result<Vec<AnyRow>> {
+        if conn.backend_name() == "PostgreSQL" {
+            let mut rows = Vec::new();
+            for (sql, binds) in self.statements {
+                rows.extend(bound(&numbered(&sql), binds).fetch_all(&mut *conn).await?);
+            }
+            return Ok(rows);
+        }
+        let (sql, binds) = self.joined();
+        Ok(bound(&sql, binds).fetch_all(conn).await?)
+    }
+
+    /// All statements as one multi-statement query, with their values in order.
+    fn joined(self) -> (String, Vec<Bind>) {
         let mut all_sql = String::new();
         let mut all_binds = Vec::new();
         for (sql, binds) in self.statements {
@@ -96,11 +123,16 @@ impl Batch {
             all_sql.push_str(";\n");
             all_binds.extend(binds);
         }
-        execute(conn, &all_sql, all_binds).await
+        (all_sql, all_binds)
     }
 }
 
-async fn execute(conn: &mut AnyConnection, sql: &str, binds: Vec<Bind>) -> Result<()> {
+/// Which statement of a fetched [`Batch`] `row` came from.
+pub(super) fn part(row: &AnyRow) -> Result<i64> {
+    Ok(row.try_get("part")?)
+}
+
+fn bound(sql: &str, binds: Vec<Bind>) -> Query<'_, Any, AnyArguments<'_>> {
     let mut q = sqlx::query(sql);
     for b in binds {
         q = match b {
@@ -109,7 +141,11 @@ async fn execute(conn: &mut AnyConnection, sql: &str, binds: Vec<Bind>) -> Resul
             Bind::Real(v) => q.bind(v),
         };
     }
-    q.execute(conn).await?;
+    q
+}
+
+async fn execute(conn: &mut AnyConnection, sql: &str, binds: Vec<Bind>) -> Result<()> {
+    bound(sql, binds).execute(conn).await?;
     Ok(())
 }
 

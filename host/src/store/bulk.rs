@@ -195,6 +195,11 @@ async fn rows_of_pairs<'a>(
         .await?)
 }
 
+/// Stored scores, (value, band) by (customer, plugin).
+pub type ScoresBefore = HashMap<(String, String), (f64, Option<String>)>;
+/// Current segments by (customer, plugin).
+pub type SegmentsBefore = HashMap<(String, String), Vec<String>>;
+
 /// Stores scores (`(customer, score)`, each (customer, plugin) at most once), with
 /// a history row (naming `event_id`, if any) only where the value or band changed.
 /// Returns each row's previous (value, band), in order: the event pipeline stores
@@ -212,7 +217,7 @@ pub async fn queue_scores(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut before: HashMap<(String, String), (f64, Option<String>)> = HashMap::new();
+    let mut before = ScoresBefore::new();
     let pairs = rows.iter().map(|(id, s)| (id.as_str(), s.plugin.as_str()));
     for r in rows_of_pairs(
         conn,
@@ -227,6 +232,18 @@ pub async fn queue_scores(
             (r.try_get("value")?, r.try_get("band")?),
         );
     }
+    Ok(queue_scores_over(batch, tenant, before, rows, event_id))
+}
+
+/// [`queue_scores`] over `before`, the stored scores the caller has read already
+/// (at least those of `rows`' customers and plugins).
+pub fn queue_scores_over(
+    batch: &mut Batch,
+    tenant: &str,
+    mut before: ScoresBefore,
+    rows: &[(String, StoredScore)],
+    event_id: Option<&str>,
+) -> Vec<Option<(f64, Option<String>)>> {
     // Large rows (a score's rendered reasons are ~600 bytes) go in as bound
     // values, not JSON: SQLite would parse the JSON row once per column.
     let reasons: Vec<String> = rows.iter().map(|(_, s)| to_json(&s.reasons)).collect();
@@ -292,7 +309,7 @@ pub async fn queue_scores(
         }
         batch.push(sql, binds);
     }
-    Ok(previous)
+    previous
 }
 
 /// The segments one plugin puts one customer in.
@@ -317,7 +334,7 @@ pub async fn queue_memberships(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut before: HashMap<(String, String), Vec<String>> = HashMap::new();
+    let mut before = SegmentsBefore::new();
     let pairs = rows
         .iter()
         .map(|r| (r.customer.as_str(), r.plugin.as_str()));
@@ -334,6 +351,18 @@ pub async fn queue_memberships(
             .or_default()
             .push(r.try_get("segment")?);
     }
+    Ok(queue_memberships_over(batch, tenant, before, rows, at))
+}
+
+/// [`queue_memberships`] over `before`, the memberships the caller has read
+/// already (at least those of `rows`' customers and plugins).
+pub fn queue_memberships_over(
+    batch: &mut Batch,
+    tenant: &str,
+    mut before: SegmentsBefore,
+    rows: &[SegmentSet],
+    at: i64,
+) -> Vec<(Vec<String>, Vec<String>)> {
     let mut changes = Vec::with_capacity(rows.len());
     // (customer, plugin, segment) rows to delete.
     let mut ended: Vec<(&str, &str, String)> = Vec::new();
@@ -400,7 +429,7 @@ pub async fn queue_memberships(
         }
         batch.push(sql, binds);
     }
-    Ok(changes)
+    changes
 }
 
 /// Moves customers (each at most once) to new stages, with a history row each

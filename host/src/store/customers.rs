@@ -1,9 +1,11 @@
 //! Customers, their fields, tags, segments, scores and follow-ups.
 
-use super::{from_json, to_json, Backend, Batch, Result, StoreError};
+use super::batch::part;
+use super::{from_json, to_json, Backend, Batch, Result, SegmentsBefore, StoreError};
 use crate::model::{CustomerRecord, FieldEntry};
 use crate::runtime::Reason;
 use serde::Serialize;
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use stagecraft_plugin::snapshot::Metrics;
 
@@ -71,47 +73,88 @@ pub async fn load_customer(
     id: &str,
     lock: bool,
 ) -> Result<Option<CustomerRecord>> {
-    let sql = if lock && backend == Backend::Postgres {
-        "SELECT * FROM customers WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
+    let mut reads = Batch::new();
+    queue_customer_reads(&mut reads, backend, tenant, id, lock);
+    Ok(customer_from_parts(&reads.fetch(conn).await?)?.map(|(c, _)| c))
+}
+
+// The `part` of each row a customer's reads give (see `Batch::fetch`).
+const PART_CUSTOMER: i64 = 1;
+const PART_FIELD: i64 = 2;
+const PART_TAG: i64 = 3;
+const PART_SEGMENT: i64 = 4;
+
+/// Queues the reads of a customer: the row, then fields, tags and memberships in
+/// one statement. They come back unsorted: sorting here gives byte order whatever
+/// the database's collation, and SQLite's planner, given an ORDER BY, may walk the
+/// tenant-wide segment index instead of this customer's rows.
+pub(super) fn queue_customer_reads(
+    reads: &mut Batch,
+    backend: Backend,
+    tenant: &str,
+    id: &str,
+    lock: bool,
+) {
+    let lock = if lock && backend == Backend::Postgres {
+        " FOR UPDATE"
     } else {
-        "SELECT * FROM customers WHERE tenant_id = $1 AND id = $2"
+        ""
     };
-    let Some(row) = sqlx::query(sql)
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+    reads.push(
+        format!(
+            "SELECT CAST({PART_CUSTOMER} AS BIGINT) AS part, * FROM customers \
+             WHERE tenant_id = ? AND id = ?{lock}"
+        ),
+        vec![tenant.into(), id.into()],
+    );
+    reads.push(
+        format!(
+            "SELECT CAST({PART_FIELD} AS BIGINT) AS part, key, value, sensitive FROM customer_fields \
+               WHERE tenant_id = ? AND customer_id = ? \
+             UNION ALL SELECT CAST({PART_TAG} AS BIGINT), tag, NULL, CAST(0 AS BIGINT) FROM customer_tags \
+               WHERE tenant_id = ? AND customer_id = ? \
+             UNION ALL SELECT CAST({PART_SEGMENT} AS BIGINT), segment, plugin, CAST(0 AS BIGINT) FROM memberships \
+               WHERE tenant_id = ? AND customer_id = ?"
+        ),
+        [tenant, id].repeat(3).into_iter().map(Into::into).collect(),
+    );
+}
+
+/// The customer in `rows` read by [`queue_customer_reads`] (rows of other parts
+/// are passed over), and their segments by (customer, plugin).
+pub(super) fn customer_from_parts(
+    rows: &[AnyRow],
+) -> Result<Option<(CustomerRecord, SegmentsBefore)>> {
+    let mut customer = None;
+    for r in rows {
+        if part(r)? == PART_CUSTOMER {
+            customer = Some(customer_from_row(r)?);
+        }
+    }
+    let Some(mut c) = customer else {
         return Ok(None);
     };
-    let mut c = customer_from_row(&row)?;
-    // Fields, tags and segments in one round trip (`part` 0, 1, 2), sorted here:
-    // byte order whatever the database's collation, and SQLite's planner, given an
-    // ORDER BY, may walk the tenant-wide segment index instead of this customer's rows.
-    let parts = sqlx::query(
-        "SELECT CAST(0 AS BIGINT) AS part, key, value, sensitive FROM customer_fields \
-           WHERE tenant_id = $1 AND customer_id = $2 \
-         UNION ALL SELECT CAST(1 AS BIGINT), tag, NULL, CAST(0 AS BIGINT) FROM customer_tags \
-           WHERE tenant_id = $1 AND customer_id = $2 \
-         UNION ALL SELECT CAST(2 AS BIGINT), segment, NULL, CAST(0 AS BIGINT) FROM memberships \
-           WHERE tenant_id = $1 AND customer_id = $2",
-    )
-    .bind(tenant)
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    for r in &parts {
-        match r.try_get::<i64, _>("part")? {
-            0 => c.fields.push(field_from_row(r)?),
-            1 => c.tags.push(r.try_get("key")?),
-            _ => c.segments.push(r.try_get("key")?),
+    let mut by_plugin = SegmentsBefore::new();
+    for r in rows {
+        match part(r)? {
+            PART_FIELD => c.fields.push(field_from_row(r)?),
+            PART_TAG => c.tags.push(r.try_get("key")?),
+            PART_SEGMENT => {
+                let segment: String = r.try_get("key")?;
+                by_plugin
+                    .entry((c.id.clone(), r.try_get("value")?))
+                    .or_default()
+                    .push(segment.clone());
+                c.segments.push(segment);
+            }
+            _ => {}
         }
     }
     c.fields.sort_by(|a, b| a.key.cmp(&b.key));
     c.tags.sort();
     c.segments.sort();
     c.segments.dedup();
-    Ok(Some(c))
+    Ok(Some((c, by_plugin)))
 }
 
 /// A customer row (`SELECT *`), without fields, tags and segments.

@@ -1,8 +1,12 @@
 //! Events (touchpoints, orders, complaints, referrals...), plugin failures, the
 //! metrics computed from events, and the timeline.
 
-use super::{from_json, to_json, Batch, Result};
-use crate::model::{day_of, field_value_from_json, field_value_to_json, EventRecord};
+use super::batch::part;
+use super::customers::{customer_from_parts, queue_customer_reads};
+use super::{from_json, to_json, Backend, Batch, Result, ScoresBefore, SegmentsBefore};
+use crate::model::{
+    day_of, field_value_from_json, field_value_to_json, CustomerRecord, EventRecord,
+};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use stagecraft_plugin::snapshot::{Metrics, DAY_MS};
@@ -30,32 +34,118 @@ pub async fn event_by_key(
     .transpose()
 }
 
-/// Touchpoints (events of any kind) in the 90 days up to `now`, and whether the
-/// customer has an order on the UTC day of `at`: what an event needs before the
-/// plugins run, in one round trip.
-pub async fn touchpoints_and_order_on_day(
+// The `part` of each row an event's reads give (see `Batch::fetch`); the
+// customer's own parts are in `customers.rs`, numbered 1-4.
+const PART_REPLAY: i64 = 0;
+const PART_COUNTS: i64 = 5;
+const PART_RECENT: i64 = 6;
+const PART_SCORE: i64 = 7;
+
+/// What an event reads before its plugins run.
+#[derive(Debug, Default)]
+pub struct EventReads {
+    /// The event already recorded under the idempotency key: its customer and
+    /// the response it was given.
+    pub replay: Option<(String, serde_json::Value)>,
+    /// The customer with fields, tags and segments; `None` if there is none.
+    pub customer: Option<CustomerRecord>,
+    /// Events of any kind in the 90 days up to `now`.
+    pub touchpoints_90d: u32,
+    /// Whether the customer has an order on the UTC day of the event.
+    pub ordered_that_day: bool,
+    /// The customer's latest events, newest first.
+    pub recent: Vec<EventRecord>,
+    /// The customer's stored scores.
+    pub scores: ScoresBefore,
+    /// The customer's segments.
+    pub segments: SegmentsBefore,
+}
+
+/// Reads what an event at `at` for `customer` needs, all at once: the answer
+/// already given under `key`, the customer, its counts, its `recent` latest
+/// events, its scores and segments. On SQLite that is one round trip while the
+/// writer is held, where the statements one by one were six more (~40 µs each).
+/// On PostgreSQL the customer's row stays locked until the transaction ends.
+#[allow(clippy::too_many_arguments)]
+pub async fn event_reads(
     conn: &mut AnyConnection,
+    backend: Backend,
     tenant: &str,
     customer: &str,
+    key: Option<&str>,
     now: i64,
     at: i64,
-) -> Result<(u32, bool)> {
-    let row = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM events WHERE tenant_id = $1 AND customer_id = $2 AND at > $3 AND at <= $4) AS touchpoints, \
-                (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE tenant_id = $1 AND customer_id = $2 \
-                  AND kind = 'order' AND day = $5 LIMIT 1) o) AS orders",
-    )
-    .bind(tenant)
-    .bind(customer)
-    .bind(now - 90 * DAY_MS)
-    .bind(now)
-    .bind(day_of(at))
-    .fetch_one(conn)
-    .await?;
-    Ok((
-        row.try_get::<i64, _>("touchpoints")? as u32,
-        row.try_get::<i64, _>("orders")? > 0,
-    ))
+    recent: i64,
+) -> Result<EventReads> {
+    let mut reads = Batch::new();
+    if let Some(key) = key {
+        reads.push(
+            format!(
+                "SELECT CAST({PART_REPLAY} AS BIGINT) AS part, customer_id, outcome FROM events \
+                 WHERE tenant_id = ? AND idempotency_key = ?"
+            ),
+            vec![tenant.into(), key.into()],
+        );
+    }
+    queue_customer_reads(&mut reads, backend, tenant, customer, true);
+    reads.push(
+        format!(
+            "SELECT CAST({PART_COUNTS} AS BIGINT) AS part, \
+               (SELECT COUNT(*) FROM events WHERE tenant_id = ? AND customer_id = ? AND at > ? AND at <= ?) AS touchpoints, \
+               (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE tenant_id = ? AND customer_id = ? \
+                 AND kind = 'order' AND day = ? LIMIT 1) o) AS orders"
+        ),
+        vec![
+            tenant.into(),
+            customer.into(),
+            (now - 90 * DAY_MS).into(),
+            now.into(),
+            tenant.into(),
+            customer.into(),
+            day_of(at).into(),
+        ],
+    );
+    reads.push(
+        format!(
+            "SELECT CAST({PART_RECENT} AS BIGINT) AS part, id, kind, channel, at, amount_cents, fields \
+             FROM events WHERE tenant_id = ? AND customer_id = ? ORDER BY at DESC, seq DESC LIMIT ?"
+        ),
+        vec![tenant.into(), customer.into(), recent.into()],
+    );
+    reads.push(
+        format!(
+            "SELECT CAST({PART_SCORE} AS BIGINT) AS part, plugin, value, band FROM scores \
+             WHERE tenant_id = ? AND customer_id = ?"
+        ),
+        vec![tenant.into(), customer.into()],
+    );
+    let rows = reads.fetch(conn).await?;
+    let mut out = EventReads::default();
+    if let Some((c, segments)) = customer_from_parts(&rows)? {
+        out.customer = Some(c);
+        out.segments = segments;
+    }
+    for r in &rows {
+        match part(r)? {
+            PART_REPLAY => {
+                let outcome = from_json(&r.try_get::<String, _>("outcome")?)?;
+                out.replay = Some((r.try_get("customer_id")?, outcome));
+            }
+            PART_COUNTS => {
+                out.touchpoints_90d = r.try_get::<i64, _>("touchpoints")? as u32;
+                out.ordered_that_day = r.try_get::<i64, _>("orders")? > 0;
+            }
+            PART_RECENT => out.recent.push(event_from_row(r)?),
+            PART_SCORE => {
+                out.scores.insert(
+                    (customer.to_string(), r.try_get("plugin")?),
+                    (r.try_get("value")?, r.try_get("band")?),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Queues the insert of an event with its outcome (the response it was given, kept
