@@ -504,11 +504,13 @@ pub async fn record_event(
         ..Default::default()
     };
     let ev_id = Some(event.id.as_str());
-    // The writes nobody reads back go in one batch, sent at the end: on SQLite one
-    // round trip instead of one per statement, while the writer is held.
+    // Every write goes in one batch, sent at the end: on SQLite one round trip
+    // instead of one per statement, while the writer is held. What a write would
+    // tell (was a tag there?) is known from the reads.
     let mut writes = store::Batch::new();
     store::queue_metrics(&mut writes, tenant, customer_id, &stored_metrics, now);
     let mut stage = before.stage.clone();
+    let mut tags = before.tags.clone();
     let mut scores = Vec::new();
     let mut segment_sets = Vec::new();
     for o in &outputs {
@@ -526,7 +528,13 @@ pub async fn record_event(
                         plugin: o.name.clone(),
                         plugin_version: o.version.clone(),
                     };
-                    store::move_stage(tx.conn(), tenant, customer_id, &mv, ev_id, now).await?;
+                    store::queue_stage_moves(
+                        &mut writes,
+                        tenant,
+                        &[(customer_id, &mv)],
+                        ev_id,
+                        now,
+                    );
                     outcome.stage = Some(StageChange {
                         from: stage.clone(),
                         to: to.clone(),
@@ -537,13 +545,17 @@ pub async fn record_event(
                 }
                 Action::MoveToStage { .. } => {}
                 Action::AddTag(t) => {
-                    if store::add_tag(tx.conn(), tenant, customer_id, t).await? {
+                    if !tags.contains(t) {
+                        tags.push(t.clone());
+                        store::queue_add_tag(&mut writes, tenant, customer_id, t);
                         outcome.tags_removed.retain(|x| x != t);
                         outcome.tags_added.push(t.clone());
                     }
                 }
                 Action::RemoveTag(t) => {
-                    if store::remove_tag(tx.conn(), tenant, customer_id, t).await? {
+                    if tags.contains(t) {
+                        tags.retain(|x| x != t);
+                        store::queue_remove_tag(&mut writes, tenant, customer_id, t);
                         outcome.tags_added.retain(|x| x != t);
                         outcome.tags_removed.push(t.clone());
                     }
@@ -554,15 +566,15 @@ pub async fn record_event(
                         value: value.clone(),
                         sensitive: false,
                     };
-                    store::set_field(tx.conn(), tenant, customer_id, &f).await?;
+                    store::queue_field(&mut writes, tenant, customer_id, &f);
                     outcome
                         .fields_set
                         .insert(key.clone(), model::field_value_to_json(value));
                 }
                 Action::ScheduleFollowUp { due_in_hours, note } => {
                     let due_at = now + *due_in_hours as i64 * 3_600_000;
-                    store::add_follow_up(
-                        tx.conn(),
+                    store::queue_follow_up(
+                        &mut writes,
                         tenant,
                         customer_id,
                         due_at,
@@ -570,8 +582,7 @@ pub async fn record_event(
                         Some(&o.name),
                         ev_id,
                         now,
-                    )
-                    .await?;
+                    );
                     outcome.follow_ups.push(FollowUpScheduled {
                         due_at,
                         note: note.clone(),
@@ -620,7 +631,7 @@ pub async fn record_event(
             kind: f.kind.clone(),
             message: f.message.clone(),
         };
-        store::record_failure(tx.conn(), tenant, customer_id, &pf, ev_id, now).await?;
+        store::queue_failure(&mut writes, tenant, customer_id, &pf, ev_id, now);
     }
     let body = json!(outcome);
     store::queue_event(

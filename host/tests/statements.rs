@@ -81,24 +81,27 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements() {
         json!({"kind": "visit"}),
         json!({"kind": "order", "amount_cents": 700}),
     ];
+    let mut acted = 0;
     for e in &events {
         let (status, o) = s.post("/v1/customers/c1/events", e.clone()).await;
         assert_eq!(status, 201, "{o}");
         assert!(o["scores"]["value-tiers"]["value"].is_number(), "{o}");
+        let moved = o["stage"].is_object();
+        let followed = o["follow_ups"].as_array().is_some_and(|f| !f.is_empty());
+        acted += (moved || followed) as usize;
     }
+    // b2b-trade moves the stage or schedules a follow-up on some of these: their
+    // writes are among those counted below.
+    assert!(acted > 0, "no event caused an action");
     let ran = since(mark);
     // Each event: the token, one query with every read (the customer with its
     // fields, tags and segments, its counts, its recent events, the previous
-    // scores), and one with every write (metrics, scores, history, memberships, the
-    // event), plus a stage move or a follow-up now and then: 4.0 here on
-    // 2026-11-30. The reads one by one made it 9.4, the writes one by one too 13.8;
-    // before the pipeline wrote through the bulk writers it was 18.4.
+    // scores), and one with every write (metrics, the plugins' actions, scores,
+    // history, memberships, the event): 3 here on 2026-11-30. The actions one by
+    // one made it 4.0, the reads too 9.4, the writes too 13.8; before the pipeline
+    // wrote through the bulk writers it was 18.4.
     let per_event = ran.len() as f64 / events.len() as f64;
-    assert!(
-        (3.0..=5.0).contains(&per_event),
-        "{per_event} statements per event:\n{}",
-        ran.join("\n")
-    );
+    assert_eq!(per_event, 3.0, "statements per event:\n{}", ran.join("\n"));
     // On SQLite the reads are one multi-statement query, and so are the writes:
     // two round trips.
     let one_query = |parts: &[&str]| {

@@ -84,15 +84,17 @@ impl Batch {
     }
 
     /// Runs the statements: on SQLite as one query, on PostgreSQL one by one.
-    pub async fn run(self, conn: &mut AnyConnection) -> Result<()> {
+    /// Returns the rows they changed, in all.
+    pub async fn run(self, conn: &mut AnyConnection) -> Result<u64> {
         if self.statements.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if conn.backend_name() == "PostgreSQL" {
+            let mut changed = 0;
             for (sql, binds) in self.statements {
-                execute(conn, &numbered(&sql), binds).await?;
+                changed += execute(conn, &numbered(&sql), binds).await?;
             }
-            return Ok(());
+            return Ok(changed);
         }
         let (sql, binds) = self.joined();
         execute(conn, &sql, binds).await
@@ -144,9 +146,8 @@ fn bound(sql: &str, binds: Vec<Bind>) -> Query<'_, Any, AnyArguments<'_>> {
     q
 }
 
-async fn execute(conn: &mut AnyConnection, sql: &str, binds: Vec<Bind>) -> Result<()> {
-    bound(sql, binds).execute(conn).await?;
-    Ok(())
+async fn execute(conn: &mut AnyConnection, sql: &str, binds: Vec<Bind>) -> Result<u64> {
+    Ok(bound(sql, binds).execute(conn).await?.rows_affected())
 }
 
 /// `?` placeholders numbered `$1`, `$2`... for PostgreSQL. Batched SQL has no `?`

@@ -433,7 +433,8 @@ pub fn queue_memberships_over(
 }
 
 /// Moves customers (each at most once) to new stages, with a history row each
-/// naming `event_id`, if any: two statements for up to a thousand moves.
+/// naming `event_id`, if any: two statements for up to a thousand moves, in one
+/// round trip on SQLite.
 pub async fn move_stages(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -441,8 +442,20 @@ pub async fn move_stages(
     event_id: Option<&str>,
     at: i64,
 ) -> Result<()> {
-    // Both statements in one batch: one round trip on SQLite.
     let mut batch = Batch::new();
+    queue_stage_moves(&mut batch, tenant, moves, event_id, at);
+    batch.run(conn).await?;
+    Ok(())
+}
+
+/// Queues [`move_stages`] in `batch`.
+pub fn queue_stage_moves(
+    batch: &mut Batch,
+    tenant: &str,
+    moves: &[(&str, &StageMove)],
+    event_id: Option<&str>,
+    at: i64,
+) {
     for part in moves.chunks(ROWS_PER_INSERT) {
         // `UPDATE ... FROM (VALUES ...)`: both databases name the columns
         // column1, ...; every value is in the rows, so placeholders run in order.
@@ -478,6 +491,4 @@ pub async fn move_stages(
         }
         batch.push(sql, binds);
     }
-    batch.run(conn).await?;
-    Ok(())
 }

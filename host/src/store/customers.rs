@@ -247,19 +247,27 @@ pub async fn set_field(
     id: &str,
     f: &FieldEntry,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO customer_fields (tenant_id, customer_id, key, value, sensitive) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (tenant_id, customer_id, key) DO UPDATE SET value = excluded.value, \
-         sensitive = CASE WHEN customer_fields.sensitive = 1 THEN 1 ELSE excluded.sensitive END",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(&f.key)
-    .bind(to_json(&crate::model::field_value_to_json(&f.value)))
-    .bind(f.sensitive as i64)
-    .execute(conn)
-    .await?;
+    let mut batch = Batch::new();
+    queue_field(&mut batch, tenant, id, f);
+    batch.run(conn).await?;
     Ok(())
+}
+
+/// Queues [`set_field`] in `batch`.
+pub fn queue_field(batch: &mut Batch, tenant: &str, id: &str, f: &FieldEntry) {
+    batch.push(
+        "INSERT INTO customer_fields (tenant_id, customer_id, key, value, sensitive) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, customer_id, key) DO UPDATE SET value = excluded.value, \
+         sensitive = CASE WHEN customer_fields.sensitive = 1 THEN 1 ELSE excluded.sensitive END"
+            .into(),
+        vec![
+            tenant.into(),
+            id.into(),
+            (&f.key).into(),
+            to_json(&crate::model::field_value_to_json(&f.value)).into(),
+            (f.sensitive as i64).into(),
+        ],
+    );
 }
 
 pub async fn remove_field(
@@ -281,15 +289,18 @@ pub async fn remove_field(
 
 /// Adds a tag; returns whether it was new.
 pub async fn add_tag(conn: &mut AnyConnection, tenant: &str, id: &str, tag: &str) -> Result<bool> {
-    let r = sqlx::query(
-        "INSERT INTO customer_tags (tenant_id, customer_id, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(tag)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() > 0)
+    let mut batch = Batch::new();
+    queue_add_tag(&mut batch, tenant, id, tag);
+    Ok(batch.run(conn).await? > 0)
+}
+
+/// Queues [`add_tag`] in `batch`.
+pub fn queue_add_tag(batch: &mut Batch, tenant: &str, id: &str, tag: &str) {
+    batch.push(
+        "INSERT INTO customer_tags (tenant_id, customer_id, tag) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+            .into(),
+        vec![tenant.into(), id.into(), tag.into()],
+    );
 }
 
 /// Removes a tag; returns whether it was there.
@@ -299,15 +310,17 @@ pub async fn remove_tag(
     id: &str,
     tag: &str,
 ) -> Result<bool> {
-    let r = sqlx::query(
-        "DELETE FROM customer_tags WHERE tenant_id = $1 AND customer_id = $2 AND tag = $3",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(tag)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() > 0)
+    let mut batch = Batch::new();
+    queue_remove_tag(&mut batch, tenant, id, tag);
+    Ok(batch.run(conn).await? > 0)
+}
+
+/// Queues [`remove_tag`] in `batch`.
+pub fn queue_remove_tag(batch: &mut Batch, tenant: &str, id: &str, tag: &str) {
+    batch.push(
+        "DELETE FROM customer_tags WHERE tenant_id = ? AND customer_id = ? AND tag = ?".into(),
+        vec![tenant.into(), id.into(), tag.into()],
+    );
 }
 
 /// A stage change and why it happened.
@@ -428,9 +441,10 @@ pub struct FollowUp {
     pub created_at: i64,
 }
 
+/// Queues a follow-up for staff, due at `due_at`, in `batch`.
 #[allow(clippy::too_many_arguments)]
-pub async fn add_follow_up(
-    conn: &mut AnyConnection,
+pub fn queue_follow_up(
+    batch: &mut Batch,
     tenant: &str,
     id: &str,
     due_at: i64,
@@ -438,21 +452,21 @@ pub async fn add_follow_up(
     plugin: Option<&str>,
     event_id: Option<&str>,
     at: i64,
-) -> Result<()> {
-    sqlx::query(
+) {
+    batch.push(
         "INSERT INTO follow_ups (tenant_id, customer_id, due_at, note, status, plugin, event_id, created_at) \
-         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
-    )
-    .bind(tenant)
-    .bind(id)
-    .bind(due_at)
-    .bind(note)
-    .bind(plugin)
-    .bind(event_id)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
+         VALUES (?, ?, ?, ?, 'open', ?, ?, ?)"
+            .into(),
+        vec![
+            tenant.into(),
+            id.into(),
+            due_at.into(),
+            note.into(),
+            plugin.into(),
+            event_id.into(),
+            at.into(),
+        ],
+    );
 }
 
 /// Marks an open follow-up of a customer done; `false` if there is no such open one.

@@ -288,29 +288,30 @@ pub struct PluginFailure {
     pub message: String,
 }
 
-pub async fn record_failure(
-    conn: &mut AnyConnection,
+/// Queues the record of a plugin's failure in `batch`.
+pub fn queue_failure(
+    batch: &mut Batch,
     tenant: &str,
     customer: &str,
     f: &PluginFailure,
     event_id: Option<&str>,
     at: i64,
-) -> Result<()> {
-    sqlx::query(
+) {
+    batch.push(
         "INSERT INTO plugin_failures (tenant_id, customer_id, plugin, plugin_version, kind, message, event_id, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(tenant)
-    .bind(customer)
-    .bind(&f.plugin)
-    .bind(&f.plugin_version)
-    .bind(&f.kind)
-    .bind(&f.message)
-    .bind(event_id)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            .into(),
+        vec![
+            tenant.into(),
+            customer.into(),
+            (&f.plugin).into(),
+            (&f.plugin_version).into(),
+            (&f.kind).into(),
+            (&f.message).into(),
+            event_id.into(),
+            at.into(),
+        ],
+    );
 }
 
 /// One entry of a customer's timeline.
