@@ -338,17 +338,6 @@ impl Crm {
         let event = input.validate(wall)?;
         let now = now.unwrap_or(wall);
         let packs = self.packs.for_tenant(tenant);
-        // The plugins run before the writer is taken, where that pays (SQLite).
-        let ahead = pipeline::evaluate_ahead(
-            &self.store,
-            &packs,
-            tenant,
-            customer_id,
-            &event,
-            idempotency_key,
-            now,
-        )
-        .await;
         let mut tx = self.store.begin().await?;
         let result = pipeline::record_event(
             &mut tx,
@@ -358,7 +347,6 @@ impl Crm {
             event,
             idempotency_key,
             now,
-            ahead,
         )
         .await;
         match result {

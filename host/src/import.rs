@@ -553,8 +553,7 @@ impl<'a> EventBatch<'a> {
         }
         let packs = self.crm.packs.for_tenant(self.tenant);
         let now = self.now.unwrap_or(wall).max(event.at);
-        match pipeline::record_event(tx, packs, self.tenant, customer, event, key, now, None).await
-        {
+        match pipeline::record_event(tx, packs, self.tenant, customer, event, key, now).await {
             Ok(o) if o.replayed => report.already_present += 1,
             Ok(o) => {
                 report.imported += 1;

@@ -14,7 +14,7 @@ use crate::model::{
 use crate::packs::{ActivePack, TenantPacks};
 use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError};
 use crate::store::{
-    self, Backend, PluginFailure, RenderedReason, StageMove, Store, StoreError, StoredScore, Tx,
+    self, Backend, PluginFailure, RenderedReason, StageMove, StoreError, StoredScore, Tx,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -391,9 +391,9 @@ enum Prepared {
 
 /// Reads what an event needs (one round trip on SQLite): the answer already
 /// given under `idempotency_key`, or the customer, the counts, the recent events
-/// and what the plugins' results replace. On PostgreSQL, inside a transaction,
-/// the customer's row stays locked until it ends.
-async fn read(
+/// and what the plugins' results replace. On PostgreSQL the customer's row stays
+/// locked until the transaction ends.
+async fn prepare(
     conn: &mut AnyConnection,
     backend: Backend,
     tenant: &str,
@@ -401,8 +401,8 @@ async fn read(
     event: &EventRecord,
     idempotency_key: Option<&str>,
     now: i64,
-) -> Result<store::EventReads, StoreError> {
-    store::event_reads(
+) -> Result<Prepared, PipelineError> {
+    let reads = store::event_reads(
         conn,
         backend,
         tenant,
@@ -412,17 +412,7 @@ async fn read(
         event.at,
         RECENT_EVENTS - 1,
     )
-    .await
-}
-
-/// What the reads mean for the event: a replay, or the plugins' inputs.
-fn prepare(
-    reads: store::EventReads,
-    customer_id: &str,
-    event: &EventRecord,
-    idempotency_key: Option<&str>,
-    now: i64,
-) -> Result<Prepared, PipelineError> {
+    .await?;
     if let (Some((owner, outcome)), Some(key)) = (reads.replay, idempotency_key) {
         if owner != customer_id {
             return Err(PipelineError::KeyReused(key.to_string(), owner));
@@ -459,80 +449,8 @@ fn prepare(
     }))
 }
 
-/// The plugins' results for an event, computed before its write transaction,
-/// with the reads they rest on.
-pub struct Ahead {
-    reads: store::EventReads,
-    outputs: Vec<PluginOutput>,
-    failures: Vec<FailureReport>,
-}
-
-/// Runs an event's plugins before its write transaction, on what a read
-/// connection sees. On SQLite the one writer bounds the event rate, and the
-/// plugins were most of the time an event held it (BENCHMARKS.md).
-/// [`record_event`] reads again under the writer and takes these results only
-/// if every read came back the same, so nothing written rests on data another
-/// writer (another event for the customer, an edit, a rescore, another process)
-/// changed meanwhile; otherwise it runs the plugins again, and their calls are
-/// counted twice in the metrics. `None` when there is nothing to gain (no
-/// plugins; reads and writes on one connection; PostgreSQL, whose writers run
-/// side by side) or the event goes another way (a replay, an unknown customer,
-/// an error: the transaction meets and reports it).
-pub async fn evaluate_ahead(
-    store: &Store,
-    packs: &Arc<TenantPacks>,
-    tenant: &str,
-    customer_id: &str,
-    event: &EventRecord,
-    idempotency_key: Option<&str>,
-    now: i64,
-) -> Option<Ahead> {
-    if packs.packs.is_empty()
-        || !store.reads_apart_from_writer()
-        || store.backend() != Backend::Sqlite
-    {
-        return None;
-    }
-    let reads = {
-        let mut conn = store.conn().await.ok()?;
-        read(
-            &mut conn,
-            store.backend(),
-            tenant,
-            customer_id,
-            event,
-            idempotency_key,
-            now,
-        )
-        .await
-        .ok()?
-    };
-    let Ok(Prepared::Ready(inputs)) =
-        prepare(reads.clone(), customer_id, event, idempotency_key, now)
-    else {
-        return None;
-    };
-    let (packs, ev) = (packs.clone(), event.clone());
-    let ctx = CallContext {
-        now,
-        tenant: tenant.to_string(),
-    };
-    let (outputs, failures) =
-        crate::spawn_blocking(move || evaluate(&packs, &ctx, inputs.customer, &inputs.recent, &ev))
-            .await
-            .expect("plugin evaluation task");
-    Some(Ahead {
-        reads,
-        outputs,
-        failures,
-    })
-}
-
 /// Records one event for `customer_id` with everything it causes, inside `tx`.
-/// The caller commits. `now` is the time the plugins are told. `ahead`, from
-/// [`evaluate_ahead`] for the same event, saves running the plugins here when
-/// nothing they read has changed since.
-#[allow(clippy::too_many_arguments)]
+/// The caller commits. `now` is the time the plugins are told.
 pub async fn record_event(
     tx: &mut Tx,
     packs: Arc<TenantPacks>,
@@ -541,10 +459,9 @@ pub async fn record_event(
     event: EventRecord,
     idempotency_key: Option<&str>,
     now: i64,
-    ahead: Option<Ahead>,
 ) -> Result<EventOutcome, PipelineError> {
     let backend = tx.backend();
-    let reads = read(
+    let inputs = match prepare(
         tx.conn(),
         backend,
         tenant,
@@ -553,11 +470,8 @@ pub async fn record_event(
         idempotency_key,
         now,
     )
-    .await?;
-    let evaluated = ahead
-        .filter(|a| a.reads == reads)
-        .map(|a| (a.outputs, a.failures));
-    let inputs = match prepare(reads, customer_id, &event, idempotency_key, now)? {
+    .await?
+    {
         Prepared::Replayed(o) => return Ok(o),
         Prepared::Ready(inputs) => inputs,
     };
@@ -574,9 +488,7 @@ pub async fn record_event(
         segments_before,
     } = inputs;
     let before = customer.clone();
-    let (outputs, failures) = if let Some(done) = evaluated {
-        done
-    } else if packs.packs.is_empty() {
+    let (outputs, failures) = if packs.packs.is_empty() {
         (Vec::new(), Vec::new())
     } else {
         let ev = event.clone();

@@ -42,7 +42,7 @@ const PART_RECENT: i64 = 6;
 const PART_SCORE: i64 = 7;
 
 /// What an event reads before its plugins run.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct EventReads {
     /// The event already recorded under the idempotency key: its customer and
     /// the response it was given.
