@@ -6,6 +6,12 @@
 //! chunk of rows). Each plugin runs in a fresh instance and its output is taken
 //! whole or not at all: if any of its calls fails, none of its actions apply and
 //! the failure goes on the customer's timeline. The event itself is always stored.
+//!
+//! On SQLite the one writer bounds the event rate, and each statement is a round
+//! trip to sqlx's worker thread, so between `BEGIN` and `COMMIT` an event sends
+//! two queries: every read at once ([`store::event_reads`]), then, after the
+//! plugins, every write at once (a [`store::Batch`]); what a write would report
+//! back is known from the reads. `host/tests/statements.rs` holds it to that.
 
 use crate::model::{
     self, apply_event, customer_snapshot_granted, CustomerRecord, EventRecord, FieldEntry,
