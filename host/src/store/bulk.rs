@@ -17,7 +17,7 @@
 //! segments of one customer at once. `host/tests/registry.rs` checks a rescore
 //! against a native computation.
 
-use super::batch::{question_rows, Batch};
+use super::batch::{question_rows, Batch, Bind};
 use super::customers::{customer_from_row, field_from_row};
 use super::events::event_from_row;
 use super::{to_json, RenderedReason, Result, StageMove, StoredScore};
@@ -260,16 +260,8 @@ pub fn queue_scores_over(
         );
         let mut binds = Vec::with_capacity(part.len() * 8);
         for ((id, s), r) in part.iter().zip(reasons) {
-            binds.extend([
-                tenant.into(),
-                id.into(),
-                (&s.plugin).into(),
-                (&s.plugin_version).into(),
-                s.value.into(),
-                (&s.band).into(),
-                r.into(),
-                s.updated_at.into(),
-            ]);
+            binds.extend(score_binds(tenant, id, s, r));
+            binds.push(s.updated_at.into());
         }
         batch.push(sql, binds);
     }
@@ -295,21 +287,26 @@ pub fn queue_scores_over(
         let mut binds = Vec::with_capacity(part.len() * 9);
         for &i in part {
             let (id, s) = &rows[i];
-            binds.extend([
-                tenant.into(),
-                id.into(),
-                (&s.plugin).into(),
-                (&s.plugin_version).into(),
-                s.value.into(),
-                (&s.band).into(),
-                (&reasons[i]).into(),
-                event_id.into(),
-                s.updated_at.into(),
-            ]);
+            binds.extend(score_binds(tenant, id, s, &reasons[i]));
+            binds.extend([event_id.into(), s.updated_at.into()]);
         }
         batch.push(sql, binds);
     }
     previous
+}
+
+/// The columns a score row and its history row share, in their order: tenant,
+/// customer, plugin, version, value, band, reasons (as JSON).
+fn score_binds(tenant: &str, id: &str, s: &StoredScore, reasons: &str) -> [Bind; 7] {
+    [
+        tenant.into(),
+        id.into(),
+        (&s.plugin).into(),
+        (&s.plugin_version).into(),
+        s.value.into(),
+        (&s.band).into(),
+        reasons.into(),
+    ]
 }
 
 /// The segments one plugin puts one customer in.
