@@ -1,22 +1,26 @@
 //! The CRM's operations, shared by the HTTP API and the command line: customers,
 //! events through the pipeline, and the customer view.
 
+use crate::group_commit::GroupCommit;
 use crate::model::{
     self, field_value_from_json, now_ms, CustomerRecord, FieldEntry, ALWAYS_SENSITIVE,
 };
 use crate::packs::Packs;
-use crate::pipeline::{self, EventInput, EventOutcome, PipelineError};
+use crate::pipeline::{self, EventInput, EventJob, EventOutcome, PipelineError};
 use crate::runtime::{is_valid_tag, Reason};
-use crate::store::{self, NewCustomer, StageMove, Store, StoreError};
+use crate::store::{self, Backend, NewCustomer, StageMove, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The store and the enabled plugins: everything a request needs.
 #[derive(Clone, Debug)]
 pub struct Crm {
     pub store: Store,
     pub packs: Packs,
+    /// SQLite: events that arrive together are recorded in one transaction.
+    group_commit: Option<Arc<GroupCommit>>,
 }
 
 /// A customer as a client creates it.
@@ -89,6 +93,9 @@ pub enum CrmError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A fault of the host itself (a task that panicked), not of the request.
+    #[error("{0}")]
+    Internal(String),
 }
 
 fn invalid(m: impl Into<String>) -> CrmError {
@@ -178,7 +185,19 @@ pub(crate) fn validate_customer(input: CustomerInput, now: i64) -> Result<NewCus
 
 impl Crm {
     pub fn new(store: Store, packs: Packs) -> Crm {
-        Crm { store, packs }
+        let group_commit = (store.backend() == Backend::Sqlite).then(Arc::default);
+        Crm {
+            store,
+            packs,
+            group_commit,
+        }
+    }
+
+    /// Turns group commit on or off (it is on for SQLite, off for PostgreSQL,
+    /// whose transactions run side by side). The ingest bench compares the two.
+    pub fn with_group_commit(mut self, on: bool) -> Crm {
+        self.group_commit = on.then(Arc::default);
+        self
     }
 
     /// Creates a customer; returns its id.
@@ -338,33 +357,46 @@ impl Crm {
         let event = input.validate(wall)?;
         let now = now.unwrap_or(wall);
         let packs = self.packs.for_tenant(tenant);
-        let mut tx = self.store.begin().await?;
-        let result = pipeline::record_event(
-            &mut tx,
-            packs.clone(),
-            tenant,
-            customer_id,
+        let job = EventJob {
+            packs: packs.clone(),
+            tenant: tenant.to_string(),
+            customer_id: customer_id.to_string(),
             event,
-            idempotency_key,
+            idempotency_key: idempotency_key.map(str::to_string),
             now,
-        )
-        .await;
+            span: tracing::Span::current(),
+        };
+        let outcome = match &self.group_commit {
+            Some(g) => self.record_grouped(g, job).await?,
+            None => self.record_alone(job).await?,
+        };
+        if !outcome.replayed {
+            for p in &packs.packs {
+                let failure = outcome.failures.iter().find(|f| f.plugin == p.name());
+                self.record_health(tenant, p, failure.map(|f| f.message.as_str()))
+                    .await;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Records one event in a transaction of its own.
+    pub(crate) async fn record_alone(&self, job: EventJob) -> Result<EventOutcome, CrmError> {
+        let mut tx = self.store.begin().await?;
+        let key = job.idempotency_key.as_deref();
+        let result = pipeline::record_events(&mut tx, std::slice::from_ref(&job))
+            .await
+            .map_err(PipelineError::Store)
+            .and_then(|mut answers| answers.pop().expect("one answer per event"));
         match result {
             Ok(o) if o.replayed => Ok(o),
             Ok(o) => match tx.commit().await {
-                Ok(()) => {
-                    for p in &packs.packs {
-                        let failure = o.failures.iter().find(|f| f.plugin == p.name());
-                        self.record_health(tenant, p, failure.map(|f| f.message.as_str()))
-                            .await;
-                    }
-                    Ok(o)
-                }
-                Err(e) => self.replay_on_race(tenant, idempotency_key, e).await,
+                Ok(()) => Ok(o),
+                Err(e) => self.replay_on_race(&job.tenant, key, e).await,
             },
             Err(PipelineError::Store(e)) => {
                 drop(tx);
-                self.replay_on_race(tenant, idempotency_key, e).await
+                self.replay_on_race(&job.tenant, key, e).await
             }
             Err(e) => Err(e.into()),
         }

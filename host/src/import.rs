@@ -148,7 +148,9 @@ fn cell_value(s: &str) -> Json {
 
 fn row_error(e: &CrmError) -> Option<String> {
     match e {
-        CrmError::Pipeline(PipelineError::Store(_)) | CrmError::Store(_) => None,
+        CrmError::Pipeline(PipelineError::Store(_))
+        | CrmError::Store(_)
+        | CrmError::Internal(_) => None,
         other => Some(other.to_string()),
     }
 }

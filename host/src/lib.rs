@@ -6,6 +6,7 @@
 //! - [`store`]: customers, events and everything else in SQLite or PostgreSQL (no HTTP, no plugins).
 //! - [`packs`]: the plugins each tenant has enabled, loaded and swappable.
 //! - [`pipeline`]: event → snapshot → plugins → validated actions → one transaction.
+//! - [`group_commit`]: on SQLite, events arriving together share one transaction.
 //! - [`crm`], [`import`] and [`registry`]: the operations the API and the CLI share
 //!   (customers and events; bulk import; plugin versions, rule sets, hot swap).
 //! - [`http`]: the axum API; it only translates.
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod crm;
 pub mod customer_file;
 pub mod demo;
+pub mod group_commit;
 pub mod http;
 pub mod import;
 pub mod metrics;

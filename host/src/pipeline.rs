@@ -1,17 +1,20 @@
 //! Event → customer snapshot → the tenant's plugins → validated actions → one
 //! transaction.
 //!
-//! [`record_event`] is the whole path for one event inside a transaction the
-//! caller owns (the HTTP route commits one event per transaction, the importer a
-//! chunk of rows). Each plugin runs in a fresh instance and its output is taken
-//! whole or not at all: if any of its calls fails, none of its actions apply and
-//! the failure goes on the customer's timeline. The event itself is always stored.
+//! [`record_events`] is the whole path for events of different customers inside
+//! a transaction the caller owns ([`record_event`] for one): the HTTP route's
+//! events go through `crate::group_commit`, which on SQLite records the events
+//! that arrive together in one transaction; the importer a chunk of rows. Each
+//! plugin runs in a fresh instance and its output is taken whole or not at all:
+//! if any of its calls fails, none of its actions apply and the failure goes on
+//! the customer's timeline. The event itself is always stored.
 //!
 //! On SQLite the one writer bounds the event rate, and each statement is a round
-//! trip to sqlx's worker thread, so between `BEGIN` and `COMMIT` an event sends
-//! two queries: every read at once ([`store::event_reads`]), then, after the
-//! plugins, every write at once (a [`store::Batch`]); what a write would report
-//! back is known from the reads. `host/tests/statements.rs` holds it to that.
+//! trip to sqlx's worker thread, so between `BEGIN` and `COMMIT` a group of
+//! events sends two queries: every read at once ([`store::group_event_reads`]),
+//! then, after the plugins (one trip to the blocking pool for them all), every
+//! write at once (a [`store::Batch`]); what a write would report back is known
+//! from the reads. `host/tests/statements.rs` holds it to that.
 
 use crate::model::{
     self, apply_event, customer_snapshot_granted, CustomerRecord, EventRecord, FieldEntry,
@@ -19,12 +22,9 @@ use crate::model::{
 };
 use crate::packs::{ActivePack, TenantPacks};
 use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError};
-use crate::store::{
-    self, Backend, PluginFailure, RenderedReason, StageMove, StoreError, StoredScore, Tx,
-};
+use crate::store::{self, PluginFailure, RenderedReason, StageMove, StoreError, StoredScore, Tx};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::AnyConnection;
 use stagecraft_plugin::snapshot::Metrics;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -375,6 +375,23 @@ fn evaluate(
     (outputs, failures)
 }
 
+/// One event to record, with everything its pipeline needs: what
+/// [`record_events`] takes, owned so a group of them can wait in a queue.
+#[derive(Clone)]
+pub struct EventJob {
+    /// The tenant's plugins as they were when the request arrived.
+    pub packs: Arc<TenantPacks>,
+    pub tenant: String,
+    pub customer_id: String,
+    pub event: EventRecord,
+    pub idempotency_key: Option<String>,
+    /// The time the plugins are told.
+    pub now: i64,
+    /// The request's span: the plugins' log lines carry its request id, even
+    /// when another request's task runs them in a group.
+    pub span: tracing::Span,
+}
+
 /// What the plugins see of one event: the customer with the event counted, and
 /// the recent events.
 struct Inputs {
@@ -395,33 +412,13 @@ enum Prepared {
     Ready(Inputs),
 }
 
-/// Reads what an event needs (one round trip on SQLite): the answer already
-/// given under `idempotency_key`, or the customer, the counts, the recent events
-/// and what the plugins' results replace. On PostgreSQL the customer's row stays
-/// locked until the transaction ends.
-async fn prepare(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    tenant: &str,
-    customer_id: &str,
-    event: &EventRecord,
-    idempotency_key: Option<&str>,
-    now: i64,
-) -> Result<Prepared, PipelineError> {
-    let reads = store::event_reads(
-        conn,
-        backend,
-        tenant,
-        customer_id,
-        idempotency_key,
-        now,
-        event.at,
-        RECENT_EVENTS - 1,
-    )
-    .await?;
-    if let (Some((owner, outcome)), Some(key)) = (reads.replay, idempotency_key) {
-        if owner != customer_id {
-            return Err(PipelineError::KeyReused(key.to_string(), owner));
+/// Turns what was read for `job` ([`store::group_event_reads`]) into the
+/// answer already given under its idempotency key, or the plugins' inputs.
+fn prepare(job: &EventJob, reads: store::EventReads) -> Result<Prepared, PipelineError> {
+    let event = &job.event;
+    if let (Some((owner, outcome)), Some(key)) = (reads.replay, &job.idempotency_key) {
+        if owner != job.customer_id {
+            return Err(PipelineError::KeyReused(key.clone(), owner));
         }
         let mut o: EventOutcome =
             serde_json::from_value(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -430,7 +427,7 @@ async fn prepare(
     }
     let mut customer = reads
         .customer
-        .ok_or_else(|| PipelineError::UnknownCustomer(customer_id.to_string()))?;
+        .ok_or_else(|| PipelineError::UnknownCustomer(job.customer_id.clone()))?;
     let new_day = event.kind == "order" && !reads.ordered_that_day;
     apply_event(
         &mut customer.metrics,
@@ -441,6 +438,7 @@ async fn prepare(
     );
     let stored_metrics = customer.metrics;
     // The snapshot counts the new event among the recent touchpoints.
+    let now = job.now;
     let in_window = event.at > now - 90 * stagecraft_plugin::snapshot::DAY_MS && event.at <= now;
     customer.metrics.touchpoints_90d = reads.touchpoints_90d + in_window as u32;
     let mut recent = vec![event.clone()];
@@ -466,43 +464,135 @@ pub async fn record_event(
     idempotency_key: Option<&str>,
     now: i64,
 ) -> Result<EventOutcome, PipelineError> {
+    let job = EventJob {
+        packs,
+        tenant: tenant.to_string(),
+        customer_id: customer_id.to_string(),
+        event,
+        idempotency_key: idempotency_key.map(str::to_string),
+        now,
+        span: tracing::Span::current(),
+    };
+    record_events(tx, std::slice::from_ref(&job))
+        .await?
+        .pop()
+        .expect("one outcome per event")
+}
+
+/// Records several events of different customers inside `tx`, with one read
+/// query, one hand-off to the plugins and one write batch for them all. The
+/// caller commits. Each event has its own answer: one for an unknown customer or
+/// a reused key does not stop the others. An error of the store is the whole
+/// call's, and leaves `tx` to be rolled back.
+pub async fn record_events(
+    tx: &mut Tx,
+    jobs: &[EventJob],
+) -> Result<Vec<Result<EventOutcome, PipelineError>>, StoreError> {
     let backend = tx.backend();
-    let inputs = match prepare(
-        tx.conn(),
-        backend,
+    let reads: Vec<store::EventRead> = jobs
+        .iter()
+        .map(|j| store::EventRead {
+            tenant: &j.tenant,
+            customer: &j.customer_id,
+            key: j.idempotency_key.as_deref(),
+            at: j.event.at,
+            now: j.now,
+        })
+        .collect();
+    let reads = store::group_event_reads(tx.conn(), backend, &reads, RECENT_EVENTS - 1).await?;
+    let mut answers: Vec<Result<EventOutcome, PipelineError>> = Vec::with_capacity(jobs.len());
+    let mut ready = Vec::new();
+    for (i, (job, reads)) in jobs.iter().zip(reads).enumerate() {
+        match prepare(job, reads) {
+            Ok(Prepared::Replayed(o)) => answers.push(Ok(o)),
+            Ok(Prepared::Ready(inputs)) => {
+                // A placeholder until the writes are queued.
+                answers.push(Ok(EventOutcome::default()));
+                ready.push((i, inputs));
+            }
+            Err(e) => answers.push(Err(e)),
+        }
+    }
+    // Every plugin of every event in one trip to the blocking pool.
+    let work: Vec<_> = ready
+        .iter()
+        .filter(|(i, _)| !jobs[*i].packs.packs.is_empty())
+        .map(|(i, inputs)| {
+            (
+                *i,
+                jobs[*i].clone(),
+                inputs.customer.clone(),
+                inputs.recent.clone(),
+            )
+        })
+        .collect();
+    let mut evaluated: BTreeMap<usize, (Vec<PluginOutput>, Vec<FailureReport>)> = if work.is_empty()
+    {
+        BTreeMap::new()
+    } else {
+        crate::spawn_blocking(move || {
+            work.into_iter()
+                .map(|(i, job, customer, recent)| {
+                    let ctx = CallContext {
+                        now: job.now,
+                        tenant: job.tenant.clone(),
+                    };
+                    let _in_request = job.span.enter();
+                    (i, evaluate(&job.packs, &ctx, customer, &recent, &job.event))
+                })
+                .collect()
+        })
+        .await
+        .expect("plugin evaluation task")
+    };
+    // Every write of every event in one batch, sent at the end: on SQLite one
+    // round trip instead of one per statement, while the writer is held.
+    let mut writes = store::Batch::new();
+    for (i, inputs) in ready {
+        let (outputs, failures) = evaluated.remove(&i).unwrap_or_default();
+        answers[i] = Ok(queue_writes(
+            &mut writes,
+            &jobs[i],
+            inputs,
+            outputs,
+            failures,
+        ));
+    }
+    writes.run(tx.conn()).await?;
+    for (job, answer) in jobs.iter().zip(&answers) {
+        if matches!(answer, Ok(o) if !o.replayed) {
+            job.packs.metrics.events.inc();
+        }
+    }
+    Ok(answers)
+}
+
+/// Queues everything one event's plugins caused, and the event, in `writes`, and
+/// says what it caused. What a write would tell (was a tag there?) is known from
+/// the reads.
+fn queue_writes(
+    writes: &mut store::Batch,
+    job: &EventJob,
+    inputs: Inputs,
+    outputs: Vec<PluginOutput>,
+    failures: Vec<FailureReport>,
+) -> EventOutcome {
+    let EventJob {
         tenant,
         customer_id,
-        &event,
+        event,
         idempotency_key,
         now,
-    )
-    .await?
-    {
-        Prepared::Replayed(o) => return Ok(o),
-        Prepared::Ready(inputs) => inputs,
-    };
-    let ctx = CallContext {
-        now,
-        tenant: tenant.to_string(),
-    };
-    let metrics = packs.metrics.clone();
+        ..
+    } = job;
+    let (tenant, customer_id, now) = (tenant.as_str(), customer_id.as_str(), *now);
     let Inputs {
-        customer,
+        customer: before,
         stored_metrics,
-        recent,
         scores_before,
         segments_before,
+        ..
     } = inputs;
-    let before = customer.clone();
-    let (outputs, failures) = if packs.packs.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        let ev = event.clone();
-        crate::spawn_blocking(move || evaluate(&packs, &ctx, customer, &recent, &ev))
-            .await
-            .expect("plugin evaluation task")
-    };
-
     let mut outcome = EventOutcome {
         event_id: event.id.clone(),
         customer_id: customer_id.to_string(),
@@ -510,11 +600,7 @@ pub async fn record_event(
         ..Default::default()
     };
     let ev_id = Some(event.id.as_str());
-    // Every write goes in one batch, sent at the end: on SQLite one round trip
-    // instead of one per statement, while the writer is held. What a write would
-    // tell (was a tag there?) is known from the reads.
-    let mut writes = store::Batch::new();
-    store::queue_metrics(&mut writes, tenant, customer_id, &stored_metrics, now);
+    store::queue_metrics(writes, tenant, customer_id, &stored_metrics, now);
     let mut stage = before.stage.clone();
     let mut tags = before.tags.clone();
     let mut scores = Vec::new();
@@ -534,13 +620,7 @@ pub async fn record_event(
                         plugin: o.name.clone(),
                         plugin_version: o.version.clone(),
                     };
-                    store::queue_stage_moves(
-                        &mut writes,
-                        tenant,
-                        &[(customer_id, &mv)],
-                        ev_id,
-                        now,
-                    );
+                    store::queue_stage_moves(writes, tenant, &[(customer_id, &mv)], ev_id, now);
                     outcome.stage = Some(StageChange {
                         from: stage.clone(),
                         to: to.clone(),
@@ -553,7 +633,7 @@ pub async fn record_event(
                 Action::AddTag(t) => {
                     if !tags.contains(t) {
                         tags.push(t.clone());
-                        store::queue_add_tag(&mut writes, tenant, customer_id, t);
+                        store::queue_add_tag(writes, tenant, customer_id, t);
                         outcome.tags_removed.retain(|x| x != t);
                         outcome.tags_added.push(t.clone());
                     }
@@ -561,7 +641,7 @@ pub async fn record_event(
                 Action::RemoveTag(t) => {
                     if tags.contains(t) {
                         tags.retain(|x| x != t);
-                        store::queue_remove_tag(&mut writes, tenant, customer_id, t);
+                        store::queue_remove_tag(writes, tenant, customer_id, t);
                         outcome.tags_added.retain(|x| x != t);
                         outcome.tags_removed.push(t.clone());
                     }
@@ -572,7 +652,7 @@ pub async fn record_event(
                         value: value.clone(),
                         sensitive: false,
                     };
-                    store::queue_field(&mut writes, tenant, customer_id, &f);
+                    store::queue_field(writes, tenant, customer_id, &f);
                     outcome
                         .fields_set
                         .insert(key.clone(), model::field_value_to_json(value));
@@ -580,7 +660,7 @@ pub async fn record_event(
                 Action::ScheduleFollowUp { due_in_hours, note } => {
                     let due_at = now + *due_in_hours as i64 * 3_600_000;
                     store::queue_follow_up(
-                        &mut writes,
+                        writes,
                         tenant,
                         customer_id,
                         due_at,
@@ -610,7 +690,7 @@ pub async fn record_event(
     }
     // Every plugin's scores and segments in a few statements of the batch, over
     // what was read before the plugins ran.
-    let previous = store::queue_scores_over(&mut writes, tenant, scores_before, &scores, ev_id);
+    let previous = store::queue_scores_over(writes, tenant, scores_before, &scores, ev_id);
     for ((_, s), prev) in scores.iter().zip(previous) {
         outcome.scores.insert(
             s.plugin.clone(),
@@ -625,7 +705,7 @@ pub async fn record_event(
         );
     }
     for (joined, left) in
-        store::queue_memberships_over(&mut writes, tenant, segments_before, &segment_sets, now)
+        store::queue_memberships_over(writes, tenant, segments_before, &segment_sets, now)
     {
         outcome.segments_joined.extend(joined);
         outcome.segments_left.extend(left);
@@ -637,19 +717,17 @@ pub async fn record_event(
             kind: f.kind.clone(),
             message: f.message.clone(),
         };
-        store::queue_failure(&mut writes, tenant, customer_id, &pf, ev_id, now);
+        store::queue_failure(writes, tenant, customer_id, &pf, ev_id, now);
     }
     let body = json!(outcome);
     store::queue_event(
-        &mut writes,
+        writes,
         tenant,
         customer_id,
-        &event,
-        idempotency_key,
+        event,
+        idempotency_key.as_deref(),
         &body,
         now,
     );
-    writes.run(tx.conn()).await?;
-    metrics.events.inc();
-    Ok(outcome)
+    outcome
 }

@@ -57,7 +57,8 @@ fn since(mark: usize) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn an_event_with_two_packs_costs_a_bounded_number_of_statements() {
+async fn an_event_with_two_packs_costs_a_bounded_number_of_statements_and_events_together_share_them(
+) {
     tracing_subscriber::registry().with(Recorder).init();
     let b2b = Pack {
         stem: "b2b_trade",
@@ -136,5 +137,44 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements() {
         held > std::time::Duration::ZERO && held < started.elapsed(),
         "{held:?}"
     );
+
+    // Events posted together, for different customers, share transactions
+    // (group commit): fewer read queries and commits than events, and every
+    // event answered and counted.
+    const TOGETHER: usize = 64;
+    for i in 0..TOGETHER {
+        s.post("/v1/customers", json!({"id": format!("g{i}")}))
+            .await;
+    }
+    let mark = STATEMENTS.lock().unwrap().len();
+    let (committed_before, _) = s.crm.store.write_stats().totals();
+    let mut posts = Vec::new();
+    for i in 0..TOGETHER {
+        let req = s
+            .req(reqwest::Method::POST, &format!("/v1/customers/g{i}/events"))
+            .json(&json!({"kind": "order", "amount_cents": 100 + i}));
+        posts.push(tokio::spawn(common::server::send(req)));
+    }
+    for p in posts {
+        let (status, o) = p.await.unwrap();
+        assert_eq!(status, 201, "{o}");
+        assert!(o["scores"]["value-tiers"]["value"].is_number(), "{o}");
+    }
+    let ran = since(mark);
+    let reads = ran
+        .iter()
+        .filter(|q| q.contains("FROM customers WHERE"))
+        .count();
+    let (committed, _) = s.crm.store.write_stats().totals();
+    let transactions = (committed - committed_before) as usize;
+    assert!(
+        reads < TOGETHER && transactions < TOGETHER,
+        "{TOGETHER} events in {reads} read queries and {transactions} transactions"
+    );
+    for i in 0..TOGETHER {
+        let (_, c) = s.get(&format!("/v1/customers/g{i}")).await;
+        assert_eq!(c["metrics"]["orders"], 1, "{c}");
+        assert_eq!(c["metrics"]["total_spend_cents"], 100 + i, "{c}");
+    }
     s.finish().await;
 }

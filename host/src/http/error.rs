@@ -118,6 +118,7 @@ impl From<CrmError> for ApiError {
         match e {
             CrmError::Pipeline(p) => p.into(),
             CrmError::Store(s) => s.into(),
+            CrmError::Internal(m) => ApiError::Internal(m),
         }
     }
 }

@@ -3,11 +3,12 @@
 
 use super::batch::part;
 use super::customers::{customer_from_parts, queue_customer_reads};
-use super::{from_json, to_json, Backend, Batch, Result, ScoresBefore, SegmentsBefore};
+use super::{from_json, to_json, Backend, Batch, Result, ScoresBefore, SegmentsBefore, StoreError};
 use crate::model::{
     day_of, field_value_from_json, field_value_to_json, CustomerRecord, EventRecord,
 };
 use serde::Serialize;
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use stagecraft_plugin::snapshot::{Metrics, DAY_MS};
 
@@ -61,6 +62,20 @@ pub struct EventReads {
     pub segments: SegmentsBefore,
 }
 
+/// One event's reads in a group: whose customer, under which idempotency key,
+/// when it happened and the time its plugins are told.
+#[derive(Debug, Clone, Copy)]
+pub struct EventRead<'a> {
+    pub tenant: &'a str,
+    pub customer: &'a str,
+    pub key: Option<&'a str>,
+    pub at: i64,
+    pub now: i64,
+}
+
+/// Marks where one event's rows start in a group's reads (see [`group_event_reads`]).
+const PART_NEXT_EVENT: i64 = -1;
+
 /// Reads what an event at `at` for `customer` needs, all at once: the answer
 /// already given under `key`, the customer, its counts, its `recent` latest
 /// events, its scores and segments. On SQLite that is one round trip while the
@@ -77,7 +92,75 @@ pub async fn event_reads(
     at: i64,
     recent: i64,
 ) -> Result<EventReads> {
+    let read = EventRead {
+        tenant,
+        customer,
+        key,
+        at,
+        now,
+    };
+    let mut reads = group_event_reads(conn, backend, &[read], recent).await?;
+    Ok(reads.pop().expect("one event's reads"))
+}
+
+/// [`event_reads`] for several events at once, in one query on SQLite: a group
+/// committed in one transaction (`crate::group_commit`). The events must be of
+/// different customers, since none sees what another writes. Each event's
+/// statements are preceded by a one-row marker, so the rows split back into
+/// events however many rows each statement gave.
+pub async fn group_event_reads(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    events: &[EventRead<'_>],
+    recent: i64,
+) -> Result<Vec<EventReads>> {
     let mut reads = Batch::new();
+    let marked = events.len() > 1;
+    for e in events {
+        if marked {
+            reads.push(
+                format!("SELECT CAST({PART_NEXT_EVENT} AS BIGINT) AS part"),
+                vec![],
+            );
+        }
+        queue_event_reads(&mut reads, backend, e, recent);
+    }
+    let rows = reads.fetch(conn).await?;
+    let mut per_event: Vec<&[AnyRow]> = Vec::with_capacity(events.len());
+    if marked {
+        let mut starts = Vec::with_capacity(events.len() + 1);
+        for (i, r) in rows.iter().enumerate() {
+            if part(r)? == PART_NEXT_EVENT {
+                starts.push(i + 1);
+            }
+        }
+        if starts.len() != events.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} of {} events' reads came back",
+                starts.len(),
+                events.len()
+            )));
+        }
+        starts.push(rows.len() + 1);
+        per_event.extend(starts.windows(2).map(|w| &rows[w[0]..w[1] - 1]));
+    } else {
+        per_event.push(&rows);
+    }
+    per_event
+        .into_iter()
+        .zip(events)
+        .map(|(rows, e)| event_reads_from_rows(rows, e.customer))
+        .collect()
+}
+
+fn queue_event_reads(reads: &mut Batch, backend: Backend, e: &EventRead<'_>, recent: i64) {
+    let EventRead {
+        tenant,
+        customer,
+        key,
+        at,
+        now,
+    } = *e;
     if let Some(key) = key {
         reads.push(
             format!(
@@ -87,7 +170,7 @@ pub async fn event_reads(
             vec![tenant.into(), key.into()],
         );
     }
-    queue_customer_reads(&mut reads, backend, tenant, customer, true);
+    queue_customer_reads(reads, backend, tenant, customer, true);
     reads.push(
         format!(
             "SELECT CAST({PART_COUNTS} AS BIGINT) AS part, \
@@ -119,13 +202,15 @@ pub async fn event_reads(
         ),
         vec![tenant.into(), customer.into()],
     );
-    let rows = reads.fetch(conn).await?;
+}
+
+fn event_reads_from_rows(rows: &[AnyRow], customer: &str) -> Result<EventReads> {
     let mut out = EventReads::default();
-    if let Some((c, segments)) = customer_from_parts(&rows)? {
+    if let Some((c, segments)) = customer_from_parts(rows)? {
         out.customer = Some(c);
         out.segments = segments;
     }
-    for r in &rows {
+    for r in rows {
         match part(r)? {
             PART_REPLAY => {
                 let outcome = from_json(&r.try_get::<String, _>("outcome")?)?;
