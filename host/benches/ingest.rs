@@ -39,11 +39,21 @@ fn wasm(stem: &str) -> PathBuf {
 
 /// A server on `database` with `packs` (file stem, owns the lifecycle) enabled.
 async fn start(database: &Database, packs: &[(&str, bool)]) -> Server {
+    start_with(database, packs, true).await
+}
+
+/// [`start`], with group commit (SQLite) on or off.
+async fn start_with(database: &Database, packs: &[(&str, bool)], group_commit: bool) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let url = database.fresh(dir.path()).await;
     let store = Store::connect(&url).await.unwrap();
     let runtime = Runtime::new(Limits::default(), Some(dir.path().join("cache"))).unwrap();
     let crm = Crm::new(store, Packs::new(runtime));
+    let crm = if group_commit {
+        crm
+    } else {
+        crm.with_group_commit(false)
+    };
     let token = crm
         .create_token(TENANT, Role::Admin, "bench")
         .await
@@ -123,12 +133,14 @@ impl Load {
     fn per_second(&self) -> f64 {
         self.ok as f64 / self.seconds
     }
-    /// The share of the run the writer was held, and the mean hold per transaction.
-    fn writer(&self) -> (f64, f64) {
+    /// The share of the run the writer was held, the mean hold per
+    /// transaction, and events per transaction (group commit puts several in one).
+    fn writer(&self) -> (f64, f64, f64) {
         let (n, held) = self.writes;
         (
             held.as_secs_f64() / self.seconds,
             held.as_secs_f64() * 1e6 / n.max(1) as f64,
+            self.ok as f64 / n.max(1) as f64,
         )
     }
     fn percentile_ms(&self, p: f64) -> f64 {
@@ -280,25 +292,49 @@ async fn ingest(database: &Database, duration: Duration) {
     let none = measure(start(database, &[]).await, duration).await;
     let two = start(database, &[("b2b_trade", true), ("value_tiers", false)]).await;
     let packs = measure(two, duration).await;
+    // SQLite: the same two packs with a transaction per event, side by side.
+    let alone = match database {
+        Database::Sqlite => {
+            let two = start_with(
+                database,
+                &[("b2b_trade", true), ("value_tiers", false)],
+                false,
+            )
+            .await;
+            Some(measure(two, duration).await)
+        }
+        Database::Postgres(_) => None,
+    };
     println!();
     println!("event ingest over HTTP, {name}, {CONCURRENCY} clients, {CUSTOMERS} customers, {duration:?} each");
     println!(
-        "{:<28} {:>10} {:>9} {:>9} {:>8} {:>12} {:>10}",
-        "", "events/s", "p50 ms", "p99 ms", "failed", "writer busy", "us/write"
+        "{:<44} {:>10} {:>9} {:>9} {:>8} {:>12} {:>10} {:>8}",
+        "", "events/s", "p50 ms", "p99 ms", "failed", "writer busy", "us/write", "ev/write"
     );
-    for (label, l) in [("no plugin", &none), ("b2b-trade + value-tiers", &packs)] {
-        let (busy, per_tx) = l.writer();
+    let mut rows = vec![("no plugin", &none), ("b2b-trade + value-tiers", &packs)];
+    if let Some(alone) = &alone {
+        rows.push(("b2b-trade + value-tiers, no group commit", alone));
+    }
+    for (label, l) in rows {
+        let (busy, per_tx, events_per_tx) = l.writer();
         println!(
-            "{label:<28} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>11.0}% {:>10.0}",
+            "{label:<44} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>11.0}% {:>10.0} {:>8.1}",
             l.per_second(),
             l.percentile_ms(0.5),
             l.percentile_ms(0.99),
             l.failed,
             busy * 100.0,
-            per_tx
+            per_tx,
+            events_per_tx
         );
     }
-    println!("  (writer busy: the share of the run that write transactions held the writer, from taking it to their commit; SQLite has one writer, PostgreSQL runs them side by side and may pass 100%. us/write: per transaction)");
+    println!("  (writer busy: the share of the run that write transactions held the writer, from taking it to their commit; SQLite has one writer, PostgreSQL runs them side by side and may pass 100%. us/write: per transaction; ev/write: events per transaction, more than 1 where group commit (SQLite) put several in one)");
+    if let Some(alone) = &alone {
+        println!(
+            "  group commit, two packs: {:.2}x the events/s of a transaction per event",
+            packs.per_second() / alone.per_second()
+        );
+    }
     let cost = 1.0 - packs.per_second() / none.per_second();
     println!(
         "targets ({name}): >= 2,000 events/s -> {:.0}, {}; p99 <= 25 ms -> {:.2} ms, {}; plugin cost <= 30% -> {:.0}%, {}",

@@ -365,9 +365,19 @@ impl Crm {
             idempotency_key: idempotency_key.map(str::to_string),
             now,
             span: tracing::Span::current(),
+            ahead: None,
         };
         let outcome = match &self.group_commit {
-            Some(g) => self.record_grouped(g, job).await?,
+            Some(g) => {
+                // The plugins run before the event joins the queue, beside the
+                // other requests' and outside the writer's hold.
+                let ahead = pipeline::evaluate_ahead(&self.store, &job).await;
+                let job = EventJob {
+                    ahead: ahead.map(Arc::new),
+                    ..job
+                };
+                self.record_grouped(g, job).await?
+            }
             None => self.record_alone(job).await?,
         };
         if !outcome.replayed {

@@ -12,9 +12,11 @@
 //! On SQLite the one writer bounds the event rate, and each statement is a round
 //! trip to sqlx's worker thread, so between `BEGIN` and `COMMIT` a group of
 //! events sends two queries: every read at once ([`store::group_event_reads`]),
-//! then, after the plugins (one trip to the blocking pool for them all), every
-//! write at once (a [`store::Batch`]); what a write would report back is known
-//! from the reads. `host/tests/statements.rs` holds it to that.
+//! then every write at once (a [`store::Batch`]); what a write would report back
+//! is known from the reads. The plugins ran before, outside the writer's hold
+//! ([`evaluate_ahead`]), and their results are used if the reads under the
+//! writer are the same; if not, they run again, in one trip to the blocking pool
+//! for the group. `host/tests/statements.rs` holds it to that.
 
 use crate::model::{
     self, apply_event, customer_snapshot_granted, CustomerRecord, EventRecord, FieldEntry,
@@ -22,7 +24,9 @@ use crate::model::{
 };
 use crate::packs::{ActivePack, TenantPacks};
 use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError};
-use crate::store::{self, PluginFailure, RenderedReason, StageMove, StoreError, StoredScore, Tx};
+use crate::store::{
+    self, Backend, PluginFailure, RenderedReason, StageMove, Store, StoreError, StoredScore, Tx,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stagecraft_plugin::snapshot::Metrics;
@@ -331,6 +335,10 @@ fn apply_to_record(c: &mut CustomerRecord, actions: &[Action]) {
     }
 }
 
+/// What an event's plugins gave: the outputs of those that succeeded, and the
+/// failures of the others.
+type Evaluated = (Vec<PluginOutput>, Vec<FailureReport>);
+
 /// Runs every plugin in turn. Blocking.
 fn evaluate(
     packs: &TenantPacks,
@@ -338,7 +346,7 @@ fn evaluate(
     mut customer: CustomerRecord,
     recent: &[EventRecord],
     event: &EventRecord,
-) -> (Vec<PluginOutput>, Vec<FailureReport>) {
+) -> Evaluated {
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
     for pack in &packs.packs {
@@ -390,6 +398,75 @@ pub struct EventJob {
     /// The request's span: the plugins' log lines carry its request id, even
     /// when another request's task runs them in a group.
     pub span: tracing::Span,
+    /// The plugins' results from before the write transaction
+    /// ([`evaluate_ahead`]), used if what they read is still there.
+    pub ahead: Option<Arc<Ahead>>,
+}
+
+/// The plugins' results for an event, computed before its write transaction,
+/// with the reads they rest on.
+pub struct Ahead {
+    reads: store::EventReads,
+    outputs: Vec<PluginOutput>,
+    failures: Vec<FailureReport>,
+}
+
+/// Runs an event's plugins before its write transaction, on what a read
+/// connection sees, so that SQLite's one writer is not held while they run.
+/// [`record_events`] reads again under the writer and takes these results only
+/// if every read came back the same, so nothing written rests on data another
+/// writer (another event for the customer, an edit, a rescore, another process)
+/// changed meanwhile; otherwise the plugins run again, and their calls are
+/// counted twice in the metrics. `None` when there is nothing to gain (no
+/// plugins; reads and writes on one connection; PostgreSQL, whose writers run
+/// side by side) or the event goes another way (a replay, an unknown customer,
+/// an error: the transaction meets and reports it).
+pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
+    if job.packs.packs.is_empty()
+        || !store.reads_apart_from_writer()
+        || store.backend() != Backend::Sqlite
+    {
+        return None;
+    }
+    let reads = {
+        let mut conn = store.conn().await.ok()?;
+        store::event_reads(
+            &mut conn,
+            store.backend(),
+            &job.tenant,
+            &job.customer_id,
+            job.idempotency_key.as_deref(),
+            job.now,
+            job.event.at,
+            RECENT_EVENTS - 1,
+        )
+        .await
+        .ok()?
+    };
+    let Ok(Prepared::Ready(inputs)) = prepare(job, reads.clone()) else {
+        return None;
+    };
+    let job = job.clone();
+    let (outputs, failures) = crate::spawn_blocking(move || {
+        let ctx = CallContext {
+            now: job.now,
+            tenant: job.tenant.clone(),
+        };
+        evaluate(
+            &job.packs,
+            &ctx,
+            inputs.customer,
+            &inputs.recent,
+            &job.event,
+        )
+    })
+    .await
+    .ok()?;
+    Some(Ahead {
+        reads,
+        outputs,
+        failures,
+    })
 }
 
 /// What the plugins see of one event: the customer with the event counted, and
@@ -472,6 +549,7 @@ pub async fn record_event(
         idempotency_key: idempotency_key.map(str::to_string),
         now,
         span: tracing::Span::current(),
+        ahead: None,
     };
     record_events(tx, std::slice::from_ref(&job))
         .await?
@@ -502,10 +580,15 @@ pub async fn record_events(
     let reads = store::group_event_reads(tx.conn(), backend, &reads, RECENT_EVENTS - 1).await?;
     let mut answers: Vec<Result<EventOutcome, PipelineError>> = Vec::with_capacity(jobs.len());
     let mut ready = Vec::new();
+    let mut evaluated: BTreeMap<usize, Evaluated> = BTreeMap::new();
     for (i, (job, reads)) in jobs.iter().zip(reads).enumerate() {
+        let ahead = job.ahead.as_ref().filter(|a| a.reads == reads);
         match prepare(job, reads) {
             Ok(Prepared::Replayed(o)) => answers.push(Ok(o)),
             Ok(Prepared::Ready(inputs)) => {
+                if let Some(a) = ahead {
+                    evaluated.insert(i, (a.outputs.clone(), a.failures.clone()));
+                }
                 // A placeholder until the writes are queued.
                 answers.push(Ok(EventOutcome::default()));
                 ready.push((i, inputs));
@@ -516,7 +599,7 @@ pub async fn record_events(
     // Every plugin of every event in one trip to the blocking pool.
     let work: Vec<_> = ready
         .iter()
-        .filter(|(i, _)| !jobs[*i].packs.packs.is_empty())
+        .filter(|(i, _)| !jobs[*i].packs.packs.is_empty() && !evaluated.contains_key(i))
         .map(|(i, inputs)| {
             (
                 *i,
@@ -526,11 +609,8 @@ pub async fn record_events(
             )
         })
         .collect();
-    let mut evaluated: BTreeMap<usize, (Vec<PluginOutput>, Vec<FailureReport>)> = if work.is_empty()
-    {
-        BTreeMap::new()
-    } else {
-        crate::spawn_blocking(move || {
+    if !work.is_empty() {
+        let done: Vec<(usize, Evaluated)> = crate::spawn_blocking(move || {
             work.into_iter()
                 .map(|(i, job, customer, recent)| {
                     let ctx = CallContext {
@@ -543,8 +623,9 @@ pub async fn record_events(
                 .collect()
         })
         .await
-        .expect("plugin evaluation task")
-    };
+        .expect("plugin evaluation task");
+        evaluated.extend(done);
+    }
     // Every write of every event in one batch, sent at the end: on SQLite one
     // round trip instead of one per statement, while the writer is held.
     let mut writes = store::Batch::new();

@@ -467,3 +467,88 @@ async fn the_demo_data_makes_every_stage_and_segment_appear(db: Db) {
     }
     s.finish().await;
 }
+
+/// On SQLite the plugins run before the event joins the group commit's queue,
+/// outside the writer's hold, and their results count only if nothing they read
+/// changed meanwhile: here another event for the same customer commits in
+/// between, and using the early results would write metrics that lose it.
+#[tokio::test]
+async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhile() {
+    use stagecraft::pipeline::{evaluate_ahead, record_events, EventInput, EventJob};
+    use std::sync::Arc;
+    let s = TestServer::start(Db::Sqlite, &[pack("value_tiers")]).await;
+    s.post("/v1/customers", json!({"id": "c1"})).await;
+    post_event(&s, "c1", json!({"kind": "order", "amount_cents": 5000})).await;
+    let packs = s.crm.packs.for_tenant("acme");
+    let calls = || {
+        packs
+            .metrics
+            .plugin_calls
+            .with_label_values(&["value-tiers", "0.1.0", "ok"])
+            .get()
+    };
+    let now = now_ms();
+    let record = |cents: i64, meanwhile: bool| {
+        let (s, packs) = (&s, packs.clone());
+        async move {
+            let event = EventInput {
+                kind: "order".into(),
+                amount_cents: Some(cents),
+                ..Default::default()
+            };
+            let mut job = EventJob {
+                packs,
+                tenant: "acme".into(),
+                customer_id: "c1".into(),
+                event: event.validate(now).unwrap(),
+                idempotency_key: None,
+                now,
+                span: tracing::Span::none(),
+                ahead: None,
+            };
+            let ahead = evaluate_ahead(&s.crm.store, &job)
+                .await
+                .expect("evaluated ahead on SQLite");
+            job.ahead = Some(Arc::new(ahead));
+            let mut other = None;
+            if meanwhile {
+                other = Some(
+                    post_event(s, "c1", json!({"kind": "order", "amount_cents": 10_000})).await,
+                );
+            }
+            let mut tx = s.crm.store.begin().await.unwrap();
+            let o = record_events(&mut tx, &[job])
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap();
+            tx.commit().await.unwrap();
+            (serde_json::to_value(o).unwrap(), other)
+        }
+    };
+
+    // Nothing in between: the results from before the writer are the ones used.
+    let before = calls();
+    let (o, _) = record(700, false).await;
+    assert_eq!(calls() - before, 1, "the plugin ran again: {o}");
+
+    // An event in between: the plugin runs again, on what is there now.
+    let before = calls();
+    let (o, other) = record(300, true).await;
+    let other = other.unwrap();
+    assert_eq!(
+        calls() - before,
+        3,
+        "this one ahead, the event in between, then this one again: {o}"
+    );
+    assert_eq!(
+        o["scores"]["value-tiers"]["previous_value"], other["scores"]["value-tiers"]["value"],
+        "{o}"
+    );
+    let (status, c) = s.get("/v1/customers/c1").await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["metrics"]["orders"], 4, "{c}");
+    assert_eq!(c["metrics"]["total_spend_cents"], 16_000, "{c}");
+    s.finish().await;
+}

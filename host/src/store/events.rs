@@ -43,7 +43,7 @@ const PART_RECENT: i64 = 6;
 const PART_SCORE: i64 = 7;
 
 /// What an event reads before its plugins run.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventReads {
     /// The event already recorded under the idempotency key: its customer and
     /// the response it was given.

@@ -242,6 +242,12 @@ impl Store {
         })
     }
 
+    /// Whether writes run on a connection of their own (a SQLite file), so that
+    /// reads on [`Store::conn`] do not wait for the writer.
+    pub fn reads_apart_from_writer(&self) -> bool {
+        self.writer.is_some()
+    }
+
     /// A connection for reads.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
         Ok(self.pool.acquire().await?)
