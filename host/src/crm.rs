@@ -357,16 +357,14 @@ impl Crm {
         let event = input.validate(wall)?;
         let now = now.unwrap_or(wall);
         let packs = self.packs.for_tenant(tenant);
-        let job = EventJob {
-            packs: packs.clone(),
-            tenant: tenant.to_string(),
-            customer_id: customer_id.to_string(),
+        let job = EventJob::new(
+            packs.clone(),
+            tenant,
+            customer_id,
             event,
-            idempotency_key: idempotency_key.map(str::to_string),
+            idempotency_key,
             now,
-            span: tracing::Span::current(),
-            ahead: None,
-        };
+        );
         let outcome = match &self.group_commit {
             Some(g) => {
                 // The plugins run before the event joins the queue, beside the
@@ -394,11 +392,7 @@ impl Crm {
     pub(crate) async fn record_alone(&self, job: EventJob) -> Result<EventOutcome, CrmError> {
         let mut tx = self.store.begin().await?;
         let key = job.idempotency_key.as_deref();
-        let result = pipeline::record_events(&mut tx, std::slice::from_ref(&job))
-            .await
-            .map_err(PipelineError::Store)
-            .and_then(|mut answers| answers.pop().expect("one answer per event"));
-        match result {
+        match pipeline::record_one(&mut tx, &job).await {
             Ok(o) if o.replayed => Ok(o),
             Ok(o) => match tx.commit().await {
                 Ok(()) => Ok(o),

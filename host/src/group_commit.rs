@@ -74,6 +74,16 @@ impl Drop for Unqueue<'_> {
 }
 
 impl GroupCommit {
+    /// Queues `job`; returns its place in the queue and where its answer comes.
+    fn push(&self, job: EventJob) -> (u64, oneshot::Receiver<Answer>) {
+        let (reply, answer) = oneshot::channel();
+        let mut q = self.queue.lock().expect("group commit queue");
+        q.next_id += 1;
+        let id = q.next_id;
+        q.waiting.push_back(Pending { id, job, reply });
+        (id, answer)
+    }
+
     /// The next group: from the front of the queue, at most one event per
     /// customer and per idempotency key, up to [`MAX_GROUP`]. The front event is
     /// always taken, so every event is reached.
@@ -109,14 +119,7 @@ impl GroupCommit {
 impl Crm {
     /// Records `job` in a group with the events that wait beside it (SQLite).
     pub(crate) async fn record_grouped(&self, g: &GroupCommit, job: EventJob) -> Answer {
-        let (reply, mut answer) = oneshot::channel();
-        let id = {
-            let mut q = g.queue.lock().expect("group commit queue");
-            q.next_id += 1;
-            let id = q.next_id;
-            q.waiting.push_back(Pending { id, job, reply });
-            id
-        };
+        let (id, mut answer) = g.push(job);
         let _unqueue = Unqueue { group: g, id };
         loop {
             let lead = g.leader.clone().lock_owned().await;
@@ -208,29 +211,12 @@ mod tests {
             ..Default::default()
         };
         let now = crate::model::now_ms();
-        EventJob {
-            packs: crm.packs.for_tenant("t"),
-            tenant: "t".into(),
-            customer_id: customer.into(),
-            event: input.validate(now).unwrap(),
-            idempotency_key: key.map(str::to_string),
-            now,
-            span: tracing::Span::none(),
-            ahead: None,
-        }
+        let event = input.validate(now).unwrap();
+        EventJob::new(crm.packs.for_tenant("t"), "t", customer, event, key, now)
     }
 
     fn queue(g: &GroupCommit, jobs: Vec<EventJob>) -> Vec<oneshot::Receiver<Answer>> {
-        let mut q = g.queue.lock().unwrap();
-        jobs.into_iter()
-            .map(|job| {
-                let (reply, answer) = oneshot::channel();
-                q.next_id += 1;
-                let id = q.next_id;
-                q.waiting.push_back(Pending { id, job, reply });
-                answer
-            })
-            .collect()
+        jobs.into_iter().map(|job| g.push(job).1).collect()
     }
 
     fn customers(group: &[Pending]) -> Vec<&str> {

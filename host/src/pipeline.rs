@@ -403,6 +403,29 @@ pub struct EventJob {
     pub ahead: Option<Arc<Ahead>>,
 }
 
+impl EventJob {
+    /// A job for `event`, in the current request's span, not evaluated ahead.
+    pub fn new(
+        packs: Arc<TenantPacks>,
+        tenant: &str,
+        customer_id: &str,
+        event: EventRecord,
+        idempotency_key: Option<&str>,
+        now: i64,
+    ) -> EventJob {
+        EventJob {
+            packs,
+            tenant: tenant.to_string(),
+            customer_id: customer_id.to_string(),
+            event,
+            idempotency_key: idempotency_key.map(str::to_string),
+            now,
+            span: tracing::Span::current(),
+            ahead: None,
+        }
+    }
+}
+
 /// The plugins' results for an event, computed before its write transaction,
 /// with the reads they rest on.
 pub struct Ahead {
@@ -541,17 +564,13 @@ pub async fn record_event(
     idempotency_key: Option<&str>,
     now: i64,
 ) -> Result<EventOutcome, PipelineError> {
-    let job = EventJob {
-        packs,
-        tenant: tenant.to_string(),
-        customer_id: customer_id.to_string(),
-        event,
-        idempotency_key: idempotency_key.map(str::to_string),
-        now,
-        span: tracing::Span::current(),
-        ahead: None,
-    };
-    record_events(tx, std::slice::from_ref(&job))
+    let job = EventJob::new(packs, tenant, customer_id, event, idempotency_key, now);
+    record_one(tx, &job).await
+}
+
+/// [`record_events`] for one event.
+pub async fn record_one(tx: &mut Tx, job: &EventJob) -> Result<EventOutcome, PipelineError> {
+    record_events(tx, std::slice::from_ref(job))
         .await?
         .pop()
         .expect("one outcome per event")

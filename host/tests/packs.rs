@@ -496,16 +496,8 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
                 amount_cents: Some(cents),
                 ..Default::default()
             };
-            let mut job = EventJob {
-                packs,
-                tenant: "acme".into(),
-                customer_id: "c1".into(),
-                event: event.validate(now).unwrap(),
-                idempotency_key: None,
-                now,
-                span: tracing::Span::none(),
-                ahead: None,
-            };
+            let event = event.validate(now).unwrap();
+            let mut job = EventJob::new(packs, "acme", "c1", event, None, now);
             let ahead = evaluate_ahead(&s.crm.store, &job)
                 .await
                 .expect("evaluated ahead on SQLite");
