@@ -13,8 +13,8 @@
 //! There is no committer thread. A request queues its event and waits for the
 //! leader lock; whoever holds it takes a group from the front of the queue,
 //! records it and answers every event in it before letting go. So an event
-//! waits at most for the group before its own, and a lone event is recorded at
-//! once, alone, as before. The group's transaction runs in a task of its own,
+//! waits for the group before its own (or more, behind another event of its
+//! customer), and a lone event is recorded at once, alone, as before. The group's transaction runs in a task of its own,
 //! so a client that hangs up while leading does not cancel the others' events.
 //!
 //! A group holds at most one event per customer and per idempotency key (the
