@@ -7,7 +7,7 @@
 
 use crate::crm::{CrmError, CustomerInput};
 use crate::model::{self, now_ms, EventRecord};
-use crate::pipeline::{self, EventInput, PipelineError};
+use crate::pipeline::{self, EventInput, EventJob, PipelineError};
 use crate::store::{self, NewCustomer, StoreError};
 use crate::Crm;
 use futures::StreamExt;
@@ -555,7 +555,8 @@ impl<'a> EventBatch<'a> {
         }
         let packs = self.crm.packs.for_tenant(self.tenant);
         let now = self.now.unwrap_or(wall).max(event.at);
-        match pipeline::record_event(tx, packs, self.tenant, customer, event, key, now).await {
+        let job = EventJob::new(packs, self.tenant, customer, event, key, now);
+        match pipeline::record_one(tx, &job).await {
             Ok(o) if o.replayed => report.already_present += 1,
             Ok(o) => {
                 report.imported += 1;

@@ -2,7 +2,7 @@
 //! transaction.
 //!
 //! [`record_events`] is the whole path for events of different customers inside
-//! a transaction the caller owns ([`record_event`] for one): the HTTP route's
+//! a transaction the caller owns ([`record_one`] for one): the HTTP route's
 //! events go through `crate::group_commit`, which on SQLite records the events
 //! that arrive together in one transaction; the importer a chunk of rows. Each
 //! plugin runs in a fresh instance and its output is taken whole or not at all:
@@ -553,22 +553,8 @@ fn prepare(job: &EventJob, reads: store::EventReads) -> Result<Prepared, Pipelin
     }))
 }
 
-/// Records one event for `customer_id` with everything it causes, inside `tx`.
-/// The caller commits. `now` is the time the plugins are told.
-pub async fn record_event(
-    tx: &mut Tx,
-    packs: Arc<TenantPacks>,
-    tenant: &str,
-    customer_id: &str,
-    event: EventRecord,
-    idempotency_key: Option<&str>,
-    now: i64,
-) -> Result<EventOutcome, PipelineError> {
-    let job = EventJob::new(packs, tenant, customer_id, event, idempotency_key, now);
-    record_one(tx, &job).await
-}
-
-/// [`record_events`] for one event.
+/// Records one event with everything it causes, inside `tx`: [`record_events`]
+/// for one. The caller commits.
 pub async fn record_one(tx: &mut Tx, job: &EventJob) -> Result<EventOutcome, PipelineError> {
     record_events(tx, std::slice::from_ref(job))
         .await?
