@@ -5,10 +5,12 @@
 //! between threads (`BEGIN`, the reads, the blocking pool for the plugins, the
 //! writes, `COMMIT`), not the work (BENCHMARKS.md). A group pays those trips once:
 //! one `BEGIN`, one read query, one hand-off to the plugins, one write batch and
-//! one `COMMIT` for up to [`MAX_GROUP`] events. The plugins run before an event
-//! joins the queue ([`crate::pipeline::evaluate_ahead`], on a read connection),
-//! so the group holds the writer for its reads and writes only; an event whose
-//! reads changed in between has its plugins run again inside the group.
+//! one `COMMIT` for up to [`MAX_GROUP`] events. An event's reads and plugins
+//! run before it joins the queue ([`crate::pipeline::evaluate_ahead`], on a
+//! read connection), so the group holds the writer for one small query that
+//! checks its customers' `rev`s, and for its writes, one multi-row statement per
+//! table; an event whose customer changed in between is read again, and has its
+//! plugins run again, inside the group.
 //!
 //! There is no committer thread. A request queues its event and waits for the
 //! leader lock; whoever holds it takes a group from the front of the queue,

@@ -424,6 +424,17 @@ impl EventJob {
             ahead: None,
         }
     }
+
+    /// What the job reads before its plugins run (see [`store::group_event_reads`]).
+    fn read(&self) -> store::EventRead<'_> {
+        store::EventRead {
+            tenant: &self.tenant,
+            customer: &self.customer_id,
+            key: self.idempotency_key.as_deref(),
+            at: self.event.at,
+            now: self.now,
+        }
+    }
 }
 
 /// The plugins' results for an event, computed before its write transaction,
@@ -434,21 +445,19 @@ pub struct Ahead {
     failures: Vec<FailureReport>,
 }
 
-/// Runs an event's plugins before its write transaction, on what a read
-/// connection sees, so that SQLite's one writer is not held while they run.
-/// [`record_events`] reads again under the writer and takes these results only
-/// if every read came back the same, so nothing written rests on data another
+/// Reads what an event needs and runs its plugins before its write
+/// transaction, on what a read connection sees, so that SQLite's one writer is
+/// held for neither. Under the writer, [`record_events`] keeps these reads and
+/// results only if the customer's `rev` is still the one read and no event took
+/// the idempotency key meanwhile, so nothing written rests on data another
 /// writer (another event for the customer, an edit, a rescore, another process)
-/// changed meanwhile; otherwise the plugins run again, and their calls are
-/// counted twice in the metrics. `None` when there is nothing to gain (no
-/// plugins; reads and writes on one connection; PostgreSQL, whose writers run
-/// side by side) or the event goes another way (a replay, an unknown customer,
-/// an error: the transaction meets and reports it).
+/// changed; otherwise it reads again and the plugins run again, and their calls
+/// are counted twice in the metrics. `None` when there is nothing to gain
+/// (reads and writes on one connection; PostgreSQL, whose writers run side by
+/// side) or the event goes another way (a replay, an unknown customer, an
+/// error: the transaction meets and reports it).
 pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
-    if job.packs.packs.is_empty()
-        || !store.reads_apart_from_writer()
-        || store.backend() != Backend::Sqlite
-    {
+    if !store.reads_apart_from_writer() || store.backend() != Backend::Sqlite {
         return None;
     }
     let reads = {
@@ -469,6 +478,14 @@ pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
     let Ok(Prepared::Ready(inputs)) = prepare(job, reads.clone()) else {
         return None;
     };
+    if job.packs.packs.is_empty() {
+        // Nothing to run; the reads alone are kept off the writer.
+        return Some(Ahead {
+            reads,
+            outputs: Vec::new(),
+            failures: Vec::new(),
+        });
+    }
     let job = job.clone();
     let (outputs, failures) = crate::spawn_blocking(move || {
         let ctx = CallContext {
@@ -571,23 +588,12 @@ pub async fn record_events(
     tx: &mut Tx,
     jobs: &[EventJob],
 ) -> Result<Vec<Result<EventOutcome, PipelineError>>, StoreError> {
-    let backend = tx.backend();
-    let reads: Vec<store::EventRead> = jobs
-        .iter()
-        .map(|j| store::EventRead {
-            tenant: &j.tenant,
-            customer: &j.customer_id,
-            key: j.idempotency_key.as_deref(),
-            at: j.event.at,
-            now: j.now,
-        })
-        .collect();
-    let reads = store::group_event_reads(tx.conn(), backend, &reads, RECENT_EVENTS - 1).await?;
+    let (reads, ahead_kept) = reads_under_writer(tx, jobs).await?;
     let mut answers: Vec<Result<EventOutcome, PipelineError>> = Vec::with_capacity(jobs.len());
     let mut ready = Vec::new();
     let mut evaluated: BTreeMap<usize, Evaluated> = BTreeMap::new();
-    for (i, (job, reads)) in jobs.iter().zip(reads).enumerate() {
-        let ahead = job.ahead.as_ref().filter(|a| a.reads == reads);
+    for (i, ((job, reads), kept)) in jobs.iter().zip(reads).zip(ahead_kept).enumerate() {
+        let ahead = job.ahead.as_ref().filter(|_| kept);
         match prepare(job, reads) {
             Ok(Prepared::Replayed(o)) => answers.push(Ok(o)),
             Ok(Prepared::Ready(inputs)) => {
@@ -651,6 +657,69 @@ pub async fn record_events(
         }
     }
     Ok(answers)
+}
+
+/// What each event reads, under the writer: the reads taken ahead where its
+/// customer's `rev` and its key show nothing changed since (one small query for
+/// the group), and a fresh read of the rest (one query). Says which events keep
+/// what was read, and computed, ahead.
+async fn reads_under_writer(
+    tx: &mut Tx,
+    jobs: &[EventJob],
+) -> Result<(Vec<store::EventReads>, Vec<bool>), StoreError> {
+    let checks: Vec<(usize, store::ReadAhead)> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| {
+            let a = j.ahead.as_ref()?;
+            Some((
+                i,
+                store::ReadAhead {
+                    tenant: &j.tenant,
+                    customer: &j.customer_id,
+                    key: j.idempotency_key.as_deref(),
+                    rev: a.reads.rev?,
+                },
+            ))
+        })
+        .collect();
+    let reads_ahead: Vec<store::ReadAhead> = checks.iter().map(|(_, r)| *r).collect();
+    let same = store::still_as_read(tx.conn(), &reads_ahead).await?;
+    let mut kept = vec![false; jobs.len()];
+    for ((i, _), same) in checks.iter().zip(same) {
+        kept[*i] = same;
+    }
+    let backend = tx.backend();
+    let to_read: Vec<usize> = (0..jobs.len()).filter(|i| !kept[*i]).collect();
+    let read_now: Vec<store::EventRead> = to_read.iter().map(|&i| jobs[i].read()).collect();
+    let mut fresh = if read_now.is_empty() {
+        Vec::new()
+    } else {
+        store::group_event_reads(tx.conn(), backend, &read_now, RECENT_EVENTS - 1).await?
+    }
+    .into_iter();
+    let mut reads = Vec::with_capacity(jobs.len());
+    for (j, kept) in jobs.iter().zip(&kept) {
+        match (kept, &j.ahead) {
+            (true, Some(a)) => reads.push(a.reads.clone()),
+            _ => reads.push(fresh.next().expect("one read per event not kept")),
+        }
+    }
+    // A writer that changed a customer without bumping its `rev` would let an
+    // event keep results computed on what is gone: tests (debug builds) read
+    // everything again and compare.
+    if cfg!(debug_assertions) && kept.contains(&true) {
+        let all: Vec<store::EventRead> = jobs.iter().map(EventJob::read).collect();
+        let again = store::group_event_reads(tx.conn(), backend, &all, RECENT_EVENTS - 1).await?;
+        for ((r, a), j) in reads.iter().zip(&again).zip(jobs) {
+            assert_eq!(
+                r, a,
+                "customer {}: changed after its reads ahead, with its rev unchanged",
+                j.customer_id
+            );
+        }
+    }
+    Ok((reads, kept))
 }
 
 /// Queues everything one event's plugins caused, and the event, in `writes`, and

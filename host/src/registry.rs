@@ -1030,6 +1030,10 @@ impl Crm {
             store::queue_scores(tx.conn(), &mut writes, tenant, &scores, None).await?;
             store::queue_memberships(tx.conn(), &mut writes, tenant, &memberships, now).await?;
         }
+        // Events whose plugins ran ahead of the writer on these customers'
+        // old scores and segments must not keep those results.
+        let ids_read: Vec<&str> = batch.iter().map(|(c, _)| c.id.as_str()).collect();
+        store::queue_bump_revs(&mut writes, tenant, &ids_read);
         writes.run(tx.conn()).await?;
         let customers = ids;
         store::complete_chunk(tx.conn(), job, chunk.chunk).await?;

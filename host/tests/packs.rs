@@ -468,10 +468,24 @@ async fn the_demo_data_makes_every_stage_and_segment_appear(db: Db) {
     s.finish().await;
 }
 
+/// What commits between an event's reads ahead of the writer and its write
+/// transaction, in the test below.
+enum Meanwhile {
+    Nothing,
+    /// Another event for the same customer.
+    Event,
+    /// A change by hand (`PATCH /v1/customers/c1` with this body).
+    Edit(Value),
+    /// A bulk rescore of the tenant.
+    Rescore,
+}
+
 /// On SQLite the plugins run before the event joins the group commit's queue,
 /// outside the writer's hold, and their results count only if nothing they read
-/// changed meanwhile: here another event for the same customer commits in
-/// between, and using the early results would write metrics that lose it.
+/// changed meanwhile: the customer's `rev` says so. Every kind of writer that
+/// changes what an event reads must change it: another event (using the early
+/// results would write metrics that lose it), an edit of the profile, a field,
+/// a tag or the stage, and a rescore.
 #[tokio::test]
 async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhile() {
     use stagecraft::pipeline::{evaluate_ahead, record_events, EventInput, EventJob};
@@ -488,7 +502,9 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
             .get()
     };
     let now = now_ms();
-    let record = |cents: i64, meanwhile: bool| {
+    // The event's answer, what `meanwhile` answered, and how many times the
+    // plugin ran again under the writer.
+    let record = |cents: i64, meanwhile: Meanwhile| {
         let (s, packs) = (&s, packs.clone());
         async move {
             let event = EventInput {
@@ -502,12 +518,23 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
                 .await
                 .expect("evaluated ahead on SQLite");
             job.ahead = Some(Arc::new(ahead));
-            let mut other = None;
-            if meanwhile {
-                other = Some(
-                    post_event(s, "c1", json!({"kind": "order", "amount_cents": 10_000})).await,
-                );
-            }
+            let other = match meanwhile {
+                Meanwhile::Nothing => Value::Null,
+                Meanwhile::Event => {
+                    post_event(s, "c1", json!({"kind": "order", "amount_cents": 10_000})).await
+                }
+                Meanwhile::Edit(body) => {
+                    let (status, j) = s.patch("/v1/customers/c1", body).await;
+                    assert_eq!(status, 200, "{j}");
+                    j
+                }
+                Meanwhile::Rescore => {
+                    let (status, j) = s.post("/v1/rescore", json!({})).await;
+                    assert_eq!(status, 202, "{j}");
+                    s.wait_for_job(j["job"].as_str().unwrap()).await
+                }
+            };
+            let before = calls();
             let mut tx = s.crm.store.begin().await.unwrap();
             let o = record_events(&mut tx, &[job])
                 .await
@@ -516,24 +543,17 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
                 .unwrap()
                 .unwrap();
             tx.commit().await.unwrap();
-            (serde_json::to_value(o).unwrap(), other)
+            (serde_json::to_value(o).unwrap(), other, calls() - before)
         }
     };
 
     // Nothing in between: the results from before the writer are the ones used.
-    let before = calls();
-    let (o, _) = record(700, false).await;
-    assert_eq!(calls() - before, 1, "the plugin ran again: {o}");
+    let (o, _, again) = record(700, Meanwhile::Nothing).await;
+    assert_eq!(again, 0, "the plugin ran again: {o}");
 
     // An event in between: the plugin runs again, on what is there now.
-    let before = calls();
-    let (o, other) = record(300, true).await;
-    let other = other.unwrap();
-    assert_eq!(
-        calls() - before,
-        3,
-        "this one ahead, the event in between, then this one again: {o}"
-    );
+    let (o, other, again) = record(300, Meanwhile::Event).await;
+    assert_eq!(again, 1, "{o}");
     assert_eq!(
         o["scores"]["value-tiers"]["previous_value"], other["scores"]["value-tiers"]["value"],
         "{o}"
@@ -542,5 +562,22 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
     assert_eq!(status, 200, "{c}");
     assert_eq!(c["metrics"]["orders"], 4, "{c}");
     assert_eq!(c["metrics"]["total_spend_cents"], 16_000, "{c}");
+
+    // Every other writer of what an event reads.
+    for (what, meanwhile) in [
+        ("name", Meanwhile::Edit(json!({"name": "Ada"}))),
+        (
+            "field",
+            Meanwhile::Edit(json!({"fields": {"industry": "retail"}})),
+        ),
+        ("tag", Meanwhile::Edit(json!({"add_tags": ["vip"]}))),
+        ("stage", Meanwhile::Edit(json!({"stage": "customer"}))),
+        ("rescore", Meanwhile::Rescore),
+    ] {
+        let (o, other, again) = record(100, meanwhile).await;
+        assert_eq!(again, 1, "{what} changed in between: {o} {other}");
+    }
+    let (o, _, again) = record(100, Meanwhile::Nothing).await;
+    assert_eq!(again, 0, "the plugin ran again: {o}");
     s.finish().await;
 }

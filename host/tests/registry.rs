@@ -469,7 +469,7 @@ async fn dry_run_counts_exactly_the_customers_whose_band_changes(db: Db) {
         .await;
     assert_eq!(status, 202, "{d}");
     let job = d["job"].as_str().unwrap().to_string();
-    let report = wait_for_job(&s, &job).await;
+    let report = s.wait_for_job(&job).await;
     assert_eq!(
         report["result"]["customers"].as_i64(),
         Some(before.len() as i64)
@@ -513,21 +513,6 @@ async fn dry_run_counts_exactly_the_customers_whose_band_changes(db: Db) {
     s.finish().await;
 }
 
-async fn wait_for_job(s: &TestServer, job: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, j) = s.get(&format!("/v1/jobs/{job}")).await;
-        assert_eq!(status, 200, "{j}");
-        match j["status"].as_str() {
-            Some("done") => return j,
-            Some("failed") => panic!("job failed: {j}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {j}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn bulk_rescore_applies_the_active_rules_to_every_customer(db: Db) {
     let s = TestServer::start(db, &[pack("value_tiers")]).await;
     import_cdnow_sample(&s, 1500).await;
@@ -546,7 +531,7 @@ async fn bulk_rescore_applies_the_active_rules_to_every_customer(db: Db) {
     assert_eq!(status, 200, "{a}");
     let (status, j) = s.post("/v1/rescore", json!({})).await;
     assert_eq!(status, 202, "{j}");
-    let done = wait_for_job(&s, j["job"].as_str().unwrap()).await;
+    let done = s.wait_for_job(j["job"].as_str().unwrap()).await;
     let expected = native_bands(&s, STRICT, now_ms()).await;
     assert_eq!(done["done"].as_i64(), Some(expected.len() as i64));
     let mut conn = s.crm.store.conn().await.unwrap();
@@ -596,7 +581,7 @@ async fn a_new_lifecycle_owner_restages_customers_as_its_dry_run_said(db: Db) {
         .await;
     assert_eq!(status, 200, "{a}");
     let (_, j) = s.post("/v1/rescore", json!({})).await;
-    wait_for_job(&s, j["job"].as_str().unwrap()).await;
+    s.wait_for_job(j["job"].as_str().unwrap()).await;
     let (_, funnel) = s.get("/v1/analytics/funnel").await;
     assert_eq!(funnel["owner"], "b2b-trade");
     let staged: i64 = funnel["stages"]
@@ -626,7 +611,7 @@ async fn a_new_lifecycle_owner_restages_customers_as_its_dry_run_said(db: Db) {
     drop(conn);
     // A second rescore moves nobody: the stages already are what the owner says.
     let (_, j) = s.post("/v1/rescore", json!({})).await;
-    wait_for_job(&s, j["job"].as_str().unwrap()).await;
+    s.wait_for_job(j["job"].as_str().unwrap()).await;
     let mut conn = s.crm.store.conn().await.unwrap();
     let again: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM stage_moves WHERE tenant_id = 'acme'",
@@ -1024,7 +1009,7 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
         .await
         .unwrap();
     assert_eq!(done, 1200);
-    let j = wait_for_job(&s, &job).await;
+    let j = s.wait_for_job(&job).await;
     assert_eq!(
         (j["done"].as_i64(), j["total"].as_i64()),
         (Some(1200), Some(1200))

@@ -26,9 +26,8 @@ use sqlx::{AnyConnection, Row};
 use stagecraft_plugin::snapshot::DAY_MS;
 use std::collections::{HashMap, HashSet};
 
-/// Rows per multi-row INSERT: a rescore chunk's rows in one statement, within
-/// both databases' limits on parameters (32,766 and 65,535) at 9 per row.
-const ROWS_PER_INSERT: usize = 1000;
+/// Rows per multi-row statement: a rescore chunk's rows in one statement.
+const ROWS_PER_INSERT: usize = super::batch::MAX_ROWS;
 
 /// A JSON array of strings `$n` as a subquery, for `x IN (...)`.
 fn json_list(conn: &AnyConnection, n: usize) -> String {
@@ -247,23 +246,21 @@ pub fn queue_scores_over(
     // Large rows (a score's rendered reasons are ~600 bytes) go in as bound
     // values, not JSON: SQLite would parse the JSON row once per column.
     let reasons: Vec<String> = rows.iter().map(|(_, s)| to_json(&s.reasons)).collect();
-    for (part, reasons) in rows
-        .chunks(ROWS_PER_INSERT)
-        .zip(reasons.chunks(ROWS_PER_INSERT))
-    {
-        let sql = format!(
-            "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
-             VALUES {} ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET \
-             plugin_version = excluded.plugin_version, value = excluded.value, band = excluded.band, \
-             reasons = excluded.reasons, updated_at = excluded.updated_at",
-            question_rows(part.len(), 8)
-        );
-        let mut binds = Vec::with_capacity(part.len() * 8);
-        for ((id, s), r) in part.iter().zip(reasons) {
+    if !rows.is_empty() {
+        let mut binds = Vec::with_capacity(rows.len() * 8);
+        for ((id, s), r) in rows.iter().zip(&reasons) {
             binds.extend(score_binds(tenant, id, s, r));
             binds.push(s.updated_at.into());
         }
-        batch.push(sql, binds);
+        batch.push_rows(
+            "INSERT INTO scores (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, updated_at) \
+             VALUES ",
+            8,
+            " ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET \
+             plugin_version = excluded.plugin_version, value = excluded.value, band = excluded.band, \
+             reasons = excluded.reasons, updated_at = excluded.updated_at",
+            binds,
+        );
     }
 
     let previous: Vec<Option<(f64, Option<String>)>> = rows
@@ -278,19 +275,20 @@ pub fn queue_scores_over(
                 .is_none_or(|(v, b)| *v != s.value || *b != s.band)
         })
         .collect();
-    for part in changed.chunks(ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, event_id, at) \
-             VALUES {}",
-            question_rows(part.len(), 9)
-        );
-        let mut binds = Vec::with_capacity(part.len() * 9);
-        for &i in part {
+    if !changed.is_empty() {
+        let mut binds = Vec::with_capacity(changed.len() * 9);
+        for &i in &changed {
             let (id, s) = &rows[i];
             binds.extend(score_binds(tenant, id, s, &reasons[i]));
             binds.extend([event_id.into(), s.updated_at.into()]);
         }
-        batch.push(sql, binds);
+        batch.push_rows(
+            "INSERT INTO score_history (tenant_id, customer_id, plugin, plugin_version, value, band, reasons, event_id, at) \
+             VALUES ",
+            9,
+            "",
+            binds,
+        );
     }
     previous
 }
@@ -381,13 +379,9 @@ pub fn queue_memberships_over(
         );
         changes.push((joined, left));
     }
-    for part in ended.chunks(ROWS_PER_INSERT) {
-        let sql = format!(
-            "DELETE FROM memberships WHERE (tenant_id, customer_id, plugin, segment) IN (VALUES {})",
-            question_rows(part.len(), 4)
-        );
-        let mut binds = Vec::with_capacity(part.len() * 4);
-        for (id, plugin, segment) in part {
+    if !ended.is_empty() {
+        let mut binds = Vec::with_capacity(ended.len() * 4);
+        for (id, plugin, segment) in &ended {
             binds.extend([
                 tenant.into(),
                 (*id).into(),
@@ -395,7 +389,12 @@ pub fn queue_memberships_over(
                 segment.into(),
             ]);
         }
-        batch.push(sql, binds);
+        batch.push_rows(
+            "DELETE FROM memberships WHERE (tenant_id, customer_id, plugin, segment) IN (VALUES ",
+            4,
+            ")",
+            binds,
+        );
     }
     // One row per (customer, plugin, segment), even if a plugin named a segment twice.
     let mut seen: HashSet<(&str, &str, &str)> = HashSet::new();
@@ -407,14 +406,9 @@ pub fn queue_memberships_over(
             }
         }
     }
-    for part in now.chunks(ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO memberships (tenant_id, customer_id, plugin, segment, reason, since) VALUES {} \
-             ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason",
-            question_rows(part.len(), 6)
-        );
-        let mut binds = Vec::with_capacity(part.len() * 6);
-        for (id, plugin, s, reason) in part {
+    if !now.is_empty() {
+        let mut binds = Vec::with_capacity(now.len() * 6);
+        for (id, plugin, s, reason) in &now {
             binds.extend([
                 tenant.into(),
                 (*id).into(),
@@ -424,7 +418,12 @@ pub fn queue_memberships_over(
                 at.into(),
             ]);
         }
-        batch.push(sql, binds);
+        batch.push_rows(
+            "INSERT INTO memberships (tenant_id, customer_id, plugin, segment, reason, since) VALUES ",
+            6,
+            " ON CONFLICT (tenant_id, customer_id, plugin, segment) DO UPDATE SET reason = excluded.reason",
+            binds,
+        );
     }
     changes
 }
@@ -457,7 +456,8 @@ pub fn queue_stage_moves(
         // `UPDATE ... FROM (VALUES ...)`: both databases name the columns
         // column1, ...; every value is in the rows, so placeholders run in order.
         let sql = format!(
-            "UPDATE customers SET stage = v.column3, updated_at = v.column4 FROM (VALUES {}) AS v \
+            "UPDATE customers SET stage = v.column3, updated_at = v.column4, rev = customers.rev + 1 \
+             FROM (VALUES {}) AS v \
              WHERE customers.tenant_id = v.column1 AND customers.id = v.column2",
             question_rows(part.len(), 4)
         );
@@ -488,4 +488,23 @@ pub fn queue_stage_moves(
         }
         batch.push(sql, binds);
     }
+}
+
+/// Queues a bump of the customers' `rev` (see `migrations/*/0004_customer_rev.sql`),
+/// for a transaction that changes their scores, segments, tags or fields with no
+/// update of their own row: one statement for up to a thousand customers.
+pub fn queue_bump_revs(batch: &mut Batch, tenant: &str, ids: &[&str]) {
+    if ids.is_empty() {
+        return;
+    }
+    let binds = ids
+        .iter()
+        .flat_map(|id| [Bind::from(tenant), Bind::from(*id)])
+        .collect();
+    batch.push_rows(
+        "UPDATE customers SET rev = rev + 1 WHERE (tenant_id, id) IN (VALUES ",
+        2,
+        ")",
+        binds,
+    );
 }

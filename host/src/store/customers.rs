@@ -79,7 +79,7 @@ pub async fn load_customer(
 }
 
 // The `part` of each row a customer's reads give (see `Batch::fetch`).
-const PART_CUSTOMER: i64 = 1;
+pub(super) const PART_CUSTOMER: i64 = 1;
 const PART_FIELD: i64 = 2;
 const PART_TAG: i64 = 3;
 const PART_SEGMENT: i64 = 4;
@@ -195,14 +195,22 @@ pub(super) fn field_from_row(r: &sqlx::any::AnyRow) -> Result<FieldEntry> {
     })
 }
 
-/// Queues the write of a customer's stored metrics in `batch`.
+/// Queues the write of a customer's stored metrics in `batch`. It bumps the
+/// customer's `rev`, which covers the event's other writes in the transaction
+/// (its row, scores, segments, tags and fields).
 pub fn queue_metrics(batch: &mut Batch, tenant: &str, id: &str, m: &Metrics, at: i64) {
-    batch.push(
-        "UPDATE customers SET orders = ?, purchase_days = ?, spend_cents = ?, first_order_at = ?, \
-         last_order_at = ?, last_contact_at = ?, complaints = ?, referrals = ?, updated_at = ? \
-         WHERE tenant_id = ? AND id = ?"
-            .to_string(),
+    // Multi-row (`UPDATE ... FROM (VALUES ...)`, as `queue_stage_moves`): a
+    // group of events updates its customers in one statement.
+    batch.push_rows(
+        "UPDATE customers SET orders = v.column3, purchase_days = v.column4, spend_cents = v.column5, \
+         first_order_at = v.column6, last_order_at = v.column7, last_contact_at = v.column8, \
+         complaints = v.column9, referrals = v.column10, updated_at = v.column11, rev = customers.rev + 1 \
+         FROM (VALUES ",
+        11,
+        ") AS v WHERE customers.tenant_id = v.column1 AND customers.id = v.column2",
         vec![
+            tenant.into(),
+            id.into(),
             (m.orders as i64).into(),
             (m.purchase_days as i64).into(),
             m.total_spend_cents.into(),
@@ -212,13 +220,13 @@ pub fn queue_metrics(batch: &mut Batch, tenant: &str, id: &str, m: &Metrics, at:
             (m.complaints as i64).into(),
             (m.referrals as i64).into(),
             at.into(),
-            tenant.into(),
-            id.into(),
         ],
     );
 }
 
-/// Changes name and source; `None` leaves a value as it is.
+/// Changes name and source; `None` leaves a value as it is. It bumps the
+/// customer's `rev`, which covers the fields, tags and stage an edit changes in
+/// the same transaction.
 pub async fn update_profile(
     conn: &mut AnyConnection,
     tenant: &str,
@@ -228,8 +236,8 @@ pub async fn update_profile(
     at: i64,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE customers SET name = COALESCE($1, name), source = COALESCE($2, source), updated_at = $3 \
-         WHERE tenant_id = $4 AND id = $5",
+        "UPDATE customers SET name = COALESCE($1, name), source = COALESCE($2, source), updated_at = $3, \
+         rev = rev + 1 WHERE tenant_id = $4 AND id = $5",
     )
     .bind(name)
     .bind(source)

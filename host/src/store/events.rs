@@ -2,7 +2,7 @@
 //! metrics computed from events, and the timeline.
 
 use super::batch::part;
-use super::customers::{customer_from_parts, queue_customer_reads};
+use super::customers::{customer_from_parts, queue_customer_reads, PART_CUSTOMER};
 use super::{from_json, to_json, Backend, Batch, Result, ScoresBefore, SegmentsBefore, StoreError};
 use crate::model::{
     day_of, field_value_from_json, field_value_to_json, CustomerRecord, EventRecord,
@@ -50,6 +50,10 @@ pub struct EventReads {
     pub replay: Option<(String, serde_json::Value)>,
     /// The customer with fields, tags and segments; `None` if there is none.
     pub customer: Option<CustomerRecord>,
+    /// The customer's `rev` (see [`still_as_read`]), read before the rest of
+    /// the customer: a writer that changed any of it after this read changed
+    /// the `rev` too.
+    pub rev: Option<i64>,
     /// Events of any kind in the 90 days up to `now`.
     pub touchpoints_90d: u32,
     /// Whether the customer has an order on the UTC day of the event.
@@ -153,6 +157,58 @@ pub async fn group_event_reads(
         .collect()
 }
 
+/// An event whose reads were taken before its write transaction, as
+/// [`still_as_read`] checks them.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadAhead<'a> {
+    pub tenant: &'a str,
+    pub customer: &'a str,
+    pub key: Option<&'a str>,
+    /// The customer's `rev` the reads saw.
+    pub rev: i64,
+}
+
+/// Whether each event's earlier reads ([`event_reads`] on a read connection) are
+/// still what the writer would read: its customer's `rev` is the one they saw,
+/// and no event has been recorded under its idempotency key since. One
+/// statement for them all, where reading everything again under the writer
+/// took ~230 µs an event (BENCHMARKS.md).
+pub async fn still_as_read(conn: &mut AnyConnection, reads: &[ReadAhead<'_>]) -> Result<Vec<bool>> {
+    if reads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = vec!["(CAST(? AS BIGINT), ?, ?, CAST(? AS BIGINT), ?)"; reads.len()].join(", ");
+    let mut batch = Batch::new();
+    let mut binds = Vec::with_capacity(reads.len() * 5);
+    for (i, r) in reads.iter().enumerate() {
+        binds.extend([
+            (i as i64).into(),
+            r.tenant.into(),
+            r.customer.into(),
+            r.rev.into(),
+            r.key.into(),
+        ]);
+    }
+    batch.push(
+        format!(
+            "SELECT CAST(0 AS BIGINT) AS part, v.column1 AS i, CAST(CASE WHEN c.rev = v.column4 \
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.tenant_id = v.column2 AND e.idempotency_key = v.column5) \
+               THEN 1 ELSE 0 END AS BIGINT) AS same \
+             FROM (VALUES {rows}) AS v LEFT JOIN customers c ON c.tenant_id = v.column2 AND c.id = v.column3"
+        ),
+        binds,
+    );
+    let mut same = vec![false; reads.len()];
+    for r in batch.fetch(conn).await? {
+        let i: i64 = r.try_get("i")?;
+        let slot = same
+            .get_mut(i as usize)
+            .ok_or_else(|| StoreError::Corrupt(format!("no event {i} was checked")))?;
+        *slot = r.try_get::<i64, _>("same")? == 1;
+    }
+    Ok(same)
+}
+
 fn queue_event_reads(reads: &mut Batch, backend: Backend, e: &EventRead<'_>, recent: i64) {
     let EventRead {
         tenant,
@@ -216,6 +272,7 @@ fn event_reads_from_rows(rows: &[AnyRow], customer: &str) -> Result<EventReads> 
                 let outcome = from_json(&r.try_get::<String, _>("outcome")?)?;
                 out.replay = Some((r.try_get("customer_id")?, outcome));
             }
+            PART_CUSTOMER => out.rev = Some(r.try_get("rev")?),
             PART_COUNTS => {
                 out.touchpoints_90d = r.try_get::<i64, _>("touchpoints")? as u32;
                 out.ordered_that_day = r.try_get::<i64, _>("orders")? > 0;
@@ -249,10 +306,11 @@ pub fn queue_event(
         .iter()
         .map(|(k, v)| (k.clone(), field_value_to_json(v)))
         .collect();
-    batch.push(
+    batch.push_rows(
         "INSERT INTO events (id, tenant_id, customer_id, kind, channel, at, day, amount_cents, fields, \
-         idempotency_key, outcome, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            .to_string(),
+         idempotency_key, outcome, recorded_at) VALUES ",
+        12,
+        "",
         vec![
             (&e.id).into(),
             tenant.into(),
@@ -382,10 +440,11 @@ pub fn queue_failure(
     event_id: Option<&str>,
     at: i64,
 ) {
-    batch.push(
+    batch.push_rows(
         "INSERT INTO plugin_failures (tenant_id, customer_id, plugin, plugin_version, kind, message, event_id, at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            .into(),
+         VALUES ",
+        8,
+        "",
         vec![
             tenant.into(),
             customer.into(),

@@ -170,6 +170,25 @@ impl TestServer {
         send(self.req(reqwest::Method::PATCH, path).json(&body)).await
     }
 
+    /// Waits (up to two minutes) for a job to be done; panics if it failed.
+    pub async fn wait_for_job(&self, job: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let (status, j) = self.get(&format!("/v1/jobs/{job}")).await;
+            assert_eq!(status, 200, "{j}");
+            match j["status"].as_str() {
+                Some("done") => return j,
+                Some("failed") => panic!("job failed: {j}"),
+                _ => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job did not finish: {j}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// The server's `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         self.client
