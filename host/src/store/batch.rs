@@ -115,8 +115,9 @@ impl Batch {
     /// and `tail` go out as one statement (up to [`MAX_ROWS`] rows), where the
     /// last of them was pushed: a group of events then writes each table in one
     /// statement, not one per event. Every statement costs SQLite a prepare
-    /// (a group's SQL is new text each time, so sqlx's cache never has it) and
-    /// a step, ~30 µs on this machine, where a row in a statement costs a few µs.
+    /// (a group's SQL is new text each time, so sqlx's cache never has it):
+    /// preparing was still 15 % of the writer thread's time with the statements
+    /// merged (BENCHMARKS.md, 2026-11-30 08:00).
     ///
     /// Moving a statement later must not change what the batch does, so the
     /// callers' rows commute with everything pushed after them: they are of
