@@ -462,18 +462,9 @@ pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
     }
     let reads = {
         let mut conn = store.conn().await.ok()?;
-        store::event_reads(
-            &mut conn,
-            store.backend(),
-            &job.tenant,
-            &job.customer_id,
-            job.idempotency_key.as_deref(),
-            job.now,
-            job.event.at,
-            RECENT_EVENTS - 1,
-        )
-        .await
-        .ok()?
+        store::event_reads(&mut conn, store.backend(), job.read(), RECENT_EVENTS - 1)
+            .await
+            .ok()?
     };
     let Ok(Prepared::Ready(inputs)) = prepare(job, reads.clone()) else {
         return None;
@@ -667,31 +658,22 @@ async fn reads_under_writer(
     tx: &mut Tx,
     jobs: &[EventJob],
 ) -> Result<(Vec<store::EventReads>, Vec<bool>), StoreError> {
-    let checks: Vec<(usize, store::ReadAhead)> = jobs
+    // (job, what it read ahead and the customer's rev then)
+    let (ahead_of, reads_ahead): (Vec<usize>, Vec<(store::EventRead, i64)>) = jobs
         .iter()
         .enumerate()
-        .filter_map(|(i, j)| {
-            let a = j.ahead.as_ref()?;
-            Some((
-                i,
-                store::ReadAhead {
-                    tenant: &j.tenant,
-                    customer: &j.customer_id,
-                    key: j.idempotency_key.as_deref(),
-                    rev: a.reads.rev?,
-                },
-            ))
-        })
-        .collect();
-    let reads_ahead: Vec<store::ReadAhead> = checks.iter().map(|(_, r)| *r).collect();
+        .filter_map(|(i, j)| Some((i, (j.read(), j.ahead.as_ref()?.reads.rev?))))
+        .unzip();
     let same = store::still_as_read(tx.conn(), &reads_ahead).await?;
     let mut kept = vec![false; jobs.len()];
-    for ((i, _), same) in checks.iter().zip(same) {
-        kept[*i] = same;
+    for (i, same) in ahead_of.into_iter().zip(same) {
+        kept[i] = same;
     }
     let backend = tx.backend();
-    let to_read: Vec<usize> = (0..jobs.len()).filter(|i| !kept[*i]).collect();
-    let read_now: Vec<store::EventRead> = to_read.iter().map(|&i| jobs[i].read()).collect();
+    let read_now: Vec<store::EventRead> = (0..jobs.len())
+        .filter(|i| !kept[*i])
+        .map(|i| jobs[i].read())
+        .collect();
     let mut fresh = if read_now.is_empty() {
         Vec::new()
     } else {

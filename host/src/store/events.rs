@@ -80,29 +80,17 @@ pub struct EventRead<'a> {
 /// Marks where one event's rows start in a group's reads (see [`group_event_reads`]).
 const PART_NEXT_EVENT: i64 = -1;
 
-/// Reads what an event at `at` for `customer` needs, all at once: the answer
-/// already given under `key`, the customer, its counts, its `recent` latest
-/// events, its scores and segments. On SQLite that is one round trip while the
-/// writer is held, where the statements one by one were six more (~40 µs each).
-/// On PostgreSQL the customer's row stays locked until the transaction ends.
-#[allow(clippy::too_many_arguments)]
+/// Reads what one event needs, all at once: the answer already given under its
+/// key, the customer, its counts, its `recent` latest events, its scores and
+/// segments. On SQLite that is one round trip, where the statements one by one
+/// were six more (~40 µs each). On PostgreSQL the customer's row stays locked
+/// until the transaction ends.
 pub async fn event_reads(
     conn: &mut AnyConnection,
     backend: Backend,
-    tenant: &str,
-    customer: &str,
-    key: Option<&str>,
-    now: i64,
-    at: i64,
+    read: EventRead<'_>,
     recent: i64,
 ) -> Result<EventReads> {
-    let read = EventRead {
-        tenant,
-        customer,
-        key,
-        at,
-        now,
-    };
     let mut reads = group_event_reads(conn, backend, &[read], recent).await?;
     Ok(reads.pop().expect("one event's reads"))
 }
@@ -157,35 +145,28 @@ pub async fn group_event_reads(
         .collect()
 }
 
-/// An event whose reads were taken before its write transaction, as
-/// [`still_as_read`] checks them.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadAhead<'a> {
-    pub tenant: &'a str,
-    pub customer: &'a str,
-    pub key: Option<&'a str>,
-    /// The customer's `rev` the reads saw.
-    pub rev: i64,
-}
-
-/// Whether each event's earlier reads ([`event_reads`] on a read connection) are
-/// still what the writer would read: its customer's `rev` is the one they saw,
+/// Whether each event's earlier reads ([`event_reads`] on a read connection),
+/// given with the customer's `rev` they saw, are still what the writer would
+/// read: its customer's `rev` is the same,
 /// and no event has been recorded under its idempotency key since. One
 /// statement for them all, where reading everything again under the writer
 /// took ~230 µs an event (BENCHMARKS.md).
-pub async fn still_as_read(conn: &mut AnyConnection, reads: &[ReadAhead<'_>]) -> Result<Vec<bool>> {
+pub async fn still_as_read(
+    conn: &mut AnyConnection,
+    reads: &[(EventRead<'_>, i64)],
+) -> Result<Vec<bool>> {
     if reads.is_empty() {
         return Ok(Vec::new());
     }
     let rows = vec!["(CAST(? AS BIGINT), ?, ?, CAST(? AS BIGINT), ?)"; reads.len()].join(", ");
     let mut batch = Batch::new();
     let mut binds = Vec::with_capacity(reads.len() * 5);
-    for (i, r) in reads.iter().enumerate() {
+    for (i, (r, rev)) in reads.iter().enumerate() {
         binds.extend([
             (i as i64).into(),
             r.tenant.into(),
             r.customer.into(),
-            r.rev.into(),
+            (*rev).into(),
             r.key.into(),
         ]);
     }
