@@ -13,7 +13,8 @@
 //! to upgrade its read lock, whichever process holds the file. Every write
 //! transaction runs on the same connection: a commit by one connection empties
 //! the page cache of the others, and a writer that re-reads its pages from the
-//! file each time was a large part of an event's cost.
+//! file each time was a large part of an event's cost. That connection never
+//! copies the WAL into the database file; [`checkpoint`] does, beside it.
 //!
 //! This module knows SQL and nothing of HTTP or plugins.
 
@@ -21,6 +22,7 @@ mod analytics;
 mod auth;
 mod batch;
 mod bulk;
+mod checkpoint;
 mod customers;
 mod events;
 mod jobs;
@@ -35,8 +37,8 @@ pub use events::*;
 pub use jobs::*;
 pub use plugins::*;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Executor};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTransactionManager};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, TransactionManager};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,6 +84,13 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Every SQLite connection's settings. WAL: readers never wait for the writer.
+/// NORMAL sync is durable across a process crash (only power loss can cost the
+/// last commits).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+     PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;";
+
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -93,13 +102,16 @@ pub enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// SQLite only: the one connection write transactions run on.
-    writer: Option<AnyPool>,
+    /// SQLite file only: the one connection write transactions run on, held
+    /// apart from the pool (see [`Store::begin`]); `None` inside once closed.
+    writer: Option<Arc<tokio::sync::Mutex<Option<AnyConnection>>>>,
     backend: Backend,
     url: String,
-    /// SQLite only: one writer at a time, taken before `BEGIN`.
+    /// SQLite in memory: one writer at a time, taken before `BEGIN`.
     write_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     writes: Arc<WriteStats>,
+    /// SQLite file only: copies the WAL into the file off the writer.
+    checkpoints: Option<Arc<checkpoint::Checkpoints>>,
 }
 
 /// How long committed write transactions took, from taking the writer to their
@@ -158,14 +170,7 @@ impl Store {
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
-                            // WAL: readers never wait for the writer. NORMAL sync is durable
-                            // across a process crash (only power loss can cost the last commits).
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
-                                 PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
-                            )
-                            .await?;
+                            conn.execute(SQLITE_PRAGMAS).await?;
                         }
                         Ok(())
                     })
@@ -183,23 +188,32 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
         // An in-memory database exists once per connection: it cannot have a writer apart.
-        let writer = if backend == Backend::Sqlite && !url.contains(":memory:") {
-            Some(
-                pool_options()
-                    .max_connections(1)
-                    .connect_with(options)
-                    .await?,
+        let (writer, checkpoints) = if backend == Backend::Sqlite && !url.contains(":memory:") {
+            let checkpointer = pool_options()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            // The writer leaves checkpoints to [`checkpoint`].
+            let mut writer = AnyConnection::connect_with(&options).await?;
+            writer.execute(SQLITE_PRAGMAS).await?;
+            writer.execute("PRAGMA wal_autocheckpoint = 0").await?;
+            (
+                Some(Arc::new(tokio::sync::Mutex::new(Some(writer)))),
+                Some(Arc::new(checkpoint::Checkpoints::start(checkpointer))),
             )
         } else {
-            None
+            (None, None)
         };
+        let write_lock = (backend == Backend::Sqlite && writer.is_none())
+            .then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
             pool,
             writer,
             backend,
             url: url.clone(),
-            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            write_lock,
             writes: Arc::default(),
+            checkpoints,
         })
     }
 
@@ -218,28 +232,45 @@ impl Store {
     }
 
     /// Starts a write transaction.
+    ///
+    /// On a SQLite file it runs on the one writer connection, which stays out
+    /// of sqlx's pool: the pool checks every connection given back to it with a
+    /// round trip to its worker thread (`ping`) in a task of its own, and the
+    /// next transaction waited for both, one more trip per group of events on
+    /// the writer's path. A transaction that is dropped uncommitted queues its
+    /// `ROLLBACK` on that connection before it lets go, as sqlx's own does.
     pub async fn begin(&self) -> Result<Tx> {
+        // IMMEDIATE takes SQLite's write lock up front: another process writing the
+        // same file (the CLI beside a server) then waits (busy_timeout) instead of
+        // failing later when a read-then-write transaction cannot upgrade.
+        if let Some(writer) = &self.writer {
+            let mut conn = writer.clone().lock_owned().await;
+            let c = conn
+                .as_mut()
+                .ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+            AnyTransactionManager::begin(c, Some("BEGIN IMMEDIATE".into())).await?;
+            return Ok(self.tx(TxConn::Writer { conn, open: true }, None));
+        }
         let guard = match &self.write_lock {
             Some(l) => Some(l.clone().lock_owned().await),
             None => None,
         };
-        // IMMEDIATE takes SQLite's write lock up front: another process writing the
-        // same file (the CLI beside a server) then waits (busy_timeout) instead of
-        // failing later when a read-then-write transaction cannot upgrade.
         let tx = match self.backend {
-            Backend::Sqlite => {
-                let pool = self.writer.as_ref().unwrap_or(&self.pool);
-                pool.begin_with("BEGIN IMMEDIATE").await?
-            }
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(Tx {
-            tx,
+        Ok(self.tx(TxConn::Pooled(Some(tx)), guard))
+    }
+
+    fn tx(&self, conn: TxConn, guard: Option<tokio::sync::OwnedMutexGuard<()>>) -> Tx {
+        Tx {
+            conn,
             backend: self.backend,
             _guard: guard,
             began: std::time::Instant::now(),
             stats: self.writes.clone(),
-        })
+            checkpoints: self.checkpoints.clone(),
+        }
     }
 
     /// Whether writes run on a connection of their own (a SQLite file), so that
@@ -259,9 +290,19 @@ impl Store {
         Ok(())
     }
 
+    /// WAL checkpoints run off the writer so far (SQLite file; 0 otherwise).
+    pub fn checkpoints_done(&self) -> u64 {
+        self.checkpoints.as_ref().map_or(0, |c| c.done())
+    }
+
     pub async fn close(&self) {
+        if let Some(c) = &self.checkpoints {
+            c.close().await;
+        }
         if let Some(w) = &self.writer {
-            w.close().await;
+            if let Some(conn) = w.lock().await.take() {
+                let _ = conn.close().await;
+            }
         }
         self.pool.close().await
     }
@@ -269,28 +310,65 @@ impl Store {
 
 /// A write transaction. Dropping it without [`Tx::commit`] rolls everything back.
 pub struct Tx {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
+    conn: TxConn,
     backend: Backend,
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// When the writer was taken (SQLite) or the transaction began.
     began: std::time::Instant,
     stats: Arc<WriteStats>,
+    checkpoints: Option<Arc<checkpoint::Checkpoints>>,
+}
+
+enum TxConn {
+    /// A SQLite file's writer connection, held while the transaction is `open`.
+    Writer {
+        conn: tokio::sync::OwnedMutexGuard<Option<AnyConnection>>,
+        open: bool,
+    },
+    /// Taken out when committed.
+    Pooled(Option<sqlx::Transaction<'static, sqlx::Any>>),
 }
 
 impl Tx {
     pub fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        match &mut self.conn {
+            TxConn::Writer { conn, .. } => conn.as_mut().expect("taken only when closed"),
+            TxConn::Pooled(tx) => tx.as_mut().expect("taken only when committed"),
+        }
     }
     pub fn backend(&self) -> Backend {
         self.backend
     }
-    pub async fn commit(self) -> Result<()> {
+    pub async fn commit(mut self) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.tx.commit().await?;
+        match &mut self.conn {
+            TxConn::Writer { conn, open } => {
+                AnyTransactionManager::commit(conn.as_mut().expect("taken only when closed"))
+                    .await?;
+                *open = false;
+            }
+            TxConn::Pooled(tx) => {
+                let tx = tx.take().expect("committed once");
+                tx.commit().await?;
+            }
+        }
         let held = self.began.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         self.stats.held_ns.fetch_add(held, Relaxed);
         self.stats.committed.fetch_add(1, Relaxed);
+        if let Some(c) = &self.checkpoints {
+            c.committed();
+        }
         Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let TxConn::Writer { conn, open: true } = &mut self.conn {
+            if let Some(c) = conn.as_mut() {
+                AnyTransactionManager::start_rollback(c);
+            }
+        }
     }
 }
 
@@ -302,4 +380,65 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 /// A JSON column back into its type.
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{e}: {s:.80}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn count(store: &Store) -> i64 {
+        let mut conn = store.conn().await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    }
+
+    /// The writer's connection is held apart from the pool, so rolling back a
+    /// dropped transaction is the store's own work, not sqlx's.
+    #[tokio::test]
+    async fn a_write_transaction_dropped_uncommitted_leaves_nothing_and_the_writer_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("w.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("CREATE TABLE t (x BIGINT)")
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        drop(tx);
+        // Dropped while its statement runs: a request whose client hung up.
+        let busy = store.clone();
+        let cancelled = tokio::spawn(async move {
+            let mut tx = busy.begin().await.unwrap();
+            sqlx::query("INSERT INTO t VALUES (2)")
+                .execute(tx.conn())
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (3)")
+            .execute(tx.conn())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(count(&store).await, 1, "only the committed row is kept");
+        store.close().await;
+        assert!(matches!(
+            store.begin().await.err(),
+            Some(StoreError::Unavailable(_))
+        ));
+    }
 }
