@@ -189,17 +189,17 @@ impl Store {
         }
         // An in-memory database exists once per connection: it cannot have a writer apart.
         let (writer, checkpoints) = if backend == Backend::Sqlite && !url.contains(":memory:") {
-            let checkpointer = pool_options()
-                .max_connections(1)
-                .connect_with(options.clone())
-                .await?;
+            let mut checkpointer = AnyConnection::connect_with(&options).await?;
+            checkpointer.execute(SQLITE_PRAGMAS).await?;
             // The writer leaves checkpoints to [`checkpoint`].
             let mut writer = AnyConnection::connect_with(&options).await?;
             writer.execute(SQLITE_PRAGMAS).await?;
             writer.execute("PRAGMA wal_autocheckpoint = 0").await?;
             (
                 Some(Arc::new(tokio::sync::Mutex::new(Some(writer)))),
-                Some(Arc::new(checkpoint::Checkpoints::start(checkpointer))),
+                Some(Arc::new(
+                    checkpoint::Checkpoints::start(checkpointer, checkpoint::RESTART_AT).await?,
+                )),
             )
         } else {
             (None, None)
@@ -290,9 +290,10 @@ impl Store {
         Ok(())
     }
 
-    /// WAL checkpoints run off the writer so far (SQLite file; 0 otherwise).
-    pub fn checkpoints_done(&self) -> u64 {
-        self.checkpoints.as_ref().map_or(0, |c| c.done())
+    /// WAL checkpoints run off the writer so far, and of them those that
+    /// started the WAL over (SQLite file; 0 otherwise).
+    pub fn checkpoints_done(&self) -> (u64, u64) {
+        self.checkpoints.as_ref().map_or((0, 0), |c| c.done())
     }
 
     pub async fn close(&self) {
