@@ -461,7 +461,7 @@ pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
         return None;
     }
     let reads = {
-        let mut conn = store.conn().await.ok()?;
+        let mut conn = store.short_read_conn().await.ok()?;
         store::event_reads(&mut conn, store.backend(), job.read(), RECENT_EVENTS - 1)
             .await
             .ok()?

@@ -306,7 +306,7 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
-        let mut conn = s.crm.store.conn().await?;
+        let mut conn = s.crm.store.short_read_conn().await?;
         store::principal(&mut conn, token)
             .await?
             .map(Auth)

@@ -27,6 +27,7 @@ mod customers;
 mod events;
 mod jobs;
 mod plugins;
+mod readers;
 
 pub use analytics::*;
 pub use auth::*;
@@ -36,6 +37,7 @@ pub use customers::*;
 pub use events::*;
 pub use jobs::*;
 pub use plugins::*;
+pub use readers::ReadConn;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTransactionManager};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, TransactionManager};
@@ -105,6 +107,9 @@ pub struct Store {
     /// SQLite file only: the one connection write transactions run on, held
     /// apart from the pool (see [`Store::begin`]); `None` inside once closed.
     writer: Option<Arc<tokio::sync::Mutex<Option<AnyConnection>>>>,
+    /// SQLite file only: connections for the short reads every request makes,
+    /// held apart from the pool ([`readers`], [`Store::short_read_conn`]).
+    readers: Option<Arc<readers::Readers>>,
     backend: Backend,
     url: String,
     /// SQLite in memory: one writer at a time, taken before `BEGIN`.
@@ -188,7 +193,9 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
         // An in-memory database exists once per connection: it cannot have a writer apart.
-        let (writer, checkpoints) = if backend == Backend::Sqlite && !url.contains(":memory:") {
+        let (writer, checkpoints, readers) = if backend == Backend::Sqlite
+            && !url.contains(":memory:")
+        {
             let mut checkpointer = AnyConnection::connect_with(&options).await?;
             checkpointer.execute(SQLITE_PRAGMAS).await?;
             // The writer leaves checkpoints to [`checkpoint`].
@@ -200,15 +207,17 @@ impl Store {
                 Some(Arc::new(
                     checkpoint::Checkpoints::start(checkpointer, checkpoint::RESTART_AT).await?,
                 )),
+                Some(Arc::new(readers::Readers::new(options))),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         let write_lock = (backend == Backend::Sqlite && writer.is_none())
             .then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
             pool,
             writer,
+            readers,
             backend,
             url: url.clone(),
             write_lock,
@@ -284,6 +293,20 @@ impl Store {
         Ok(self.pool.acquire().await?)
     }
 
+    /// A connection for a read that takes a millisecond or so, made by every
+    /// request (its token, an event's reads): on a SQLite file, one the store
+    /// keeps apart from the pool, which skips the pool's round trip when it is
+    /// given back ([`readers`]). Anything that may read for long (a search, an
+    /// export) takes [`Store::conn`]: a read cancelled mid-statement leaves its
+    /// connection busy until the statement ends, and a kept connection goes
+    /// back for the next short read at once.
+    pub async fn short_read_conn(&self) -> Result<ReadConn> {
+        match &self.readers {
+            Some(r) => r.get().await,
+            None => Ok(ReadConn::pooled(self.pool.acquire().await?)),
+        }
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -304,6 +327,9 @@ impl Store {
             if let Some(conn) = w.lock().await.take() {
                 let _ = conn.close().await;
             }
+        }
+        if let Some(r) = &self.readers {
+            r.close().await;
         }
         self.pool.close().await
     }
