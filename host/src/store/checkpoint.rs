@@ -13,7 +13,7 @@
 //! A WAL starts again from its beginning only when it was copied to its end and
 //! no reader is using it at the moment a writer begins. On a busy server some
 //! reader always is (eight read connections taking turns), so it only grew: a 30 s
-//! ingest bench left a 1.6–2.2 GB WAL beside a 60 MB database, and every append
+//! ingest bench left a 1.6–2.2 GB WAL beside a 60–120 MB database, and every append
 //! went to fresh file space. Past [`RESTART_AT`] frames the task therefore asks
 //! for a `RESTART` checkpoint: SQLite holds new writers back while the readers
 //! still in the WAL finish (new ones read the database file), so that the next
