@@ -157,6 +157,7 @@ async fn checkpoint(conn: &mut AnyConnection, mode: &str) -> sqlx::Result<i64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::commit_one;
     use super::super::{Store, SQLITE_PRAGMAS};
     use super::*;
     use std::str::FromStr;
@@ -255,12 +256,7 @@ mod tests {
         // ~100 WAL pages: far under SQLite's own 1,000-page threshold, so no
         // connection would copy them on its own.
         for _ in 0..50 {
-            let mut tx = store.begin().await.unwrap();
-            sqlx::query("INSERT INTO pages VALUES (zeroblob(4000))")
-                .execute(tx.conn())
-                .await
-                .unwrap();
-            tx.commit().await.unwrap();
+            commit_one(&store, "INSERT INTO pages VALUES (zeroblob(4000))").await;
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         // The file grows while the checkpoint copies, before it is counted.

@@ -410,8 +410,15 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// Runs `sql` in a write transaction of its own and commits it.
+    pub(in crate::store) async fn commit_one(store: &Store, sql: &str) {
+        let mut tx = store.begin().await.unwrap();
+        sqlx::query(sql).execute(tx.conn()).await.unwrap();
+        tx.commit().await.unwrap();
+    }
 
     async fn count(store: &Store) -> i64 {
         let mut conn = store.conn().await.unwrap();
@@ -428,12 +435,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("w.db").display());
         let store = Store::connect(&url).await.unwrap();
-        let mut tx = store.begin().await.unwrap();
-        sqlx::query("CREATE TABLE t (x BIGINT)")
-            .execute(tx.conn())
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        commit_one(&store, "CREATE TABLE t (x BIGINT)").await;
 
         let mut tx = store.begin().await.unwrap();
         sqlx::query("INSERT INTO t VALUES (1)")
@@ -455,12 +457,7 @@ mod tests {
         cancelled.abort();
         let _ = cancelled.await;
 
-        let mut tx = store.begin().await.unwrap();
-        sqlx::query("INSERT INTO t VALUES (3)")
-            .execute(tx.conn())
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
+        commit_one(&store, "INSERT INTO t VALUES (3)").await;
         assert_eq!(count(&store).await, 1, "only the committed row is kept");
         store.close().await;
         assert!(matches!(
