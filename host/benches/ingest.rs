@@ -28,7 +28,18 @@ struct Server {
     crm: Crm,
     base: String,
     token: String,
+    serving: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Stops serving and closes the store, so that a later phase's memory
+    /// figures do not carry this server's connections and page caches.
+    async fn finish(self) {
+        self.serving.abort();
+        let _ = self.serving.await;
+        self.crm.store.close().await;
+    }
 }
 
 fn wasm(stem: &str) -> PathBuf {
@@ -75,7 +86,7 @@ async fn start_with(database: &Database, packs: &[(&str, bool)], group_commit: b
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let serving = crm.clone();
-    tokio::spawn(async move {
+    let serving = tokio::spawn(async move {
         stagecraft::http::serve(listener, serving, std::future::pending())
             .await
             .unwrap()
@@ -84,6 +95,7 @@ async fn start_with(database: &Database, packs: &[(&str, bool)], group_commit: b
         crm,
         base,
         token,
+        serving,
         _dir: dir,
     }
 }
@@ -312,7 +324,9 @@ async fn measure(s: Server, duration: Duration) -> Load {
         let mut conn = s.crm.store.conn().await.unwrap();
         sqlx::query("ANALYZE").execute(&mut *conn).await.unwrap();
     }
-    load(&s.crm.store, &s.base, &s.token, duration, stop()).await
+    let l = load(&s.crm.store, &s.base, &s.token, duration, stop()).await;
+    s.finish().await;
+    l
 }
 
 async fn ingest(database: &Database, duration: Duration) {
@@ -406,6 +420,11 @@ async fn swaps_under_load(swaps: usize) {
             async move { load(&store, &base, &token, Duration::from_secs(3600), stop).await },
         )
     };
+    // The load warms up first, as in the ingest runs: 1,000 swaps take a few
+    // seconds on a fast day, and measured from the load's first millisecond
+    // "after 10 swaps" was a server still growing into the load (its
+    // connections, buffers and allocator arenas), not one that swapped less.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut swap_failures, mut rss_10, mut slowest) = (0u64, f64::NAN, Duration::ZERO);
     let mut sqlite_10 = f64::NAN;
     let started = Instant::now();
@@ -446,7 +465,7 @@ async fn swaps_under_load(swaps: usize) {
     println!("swaps under load (SQLite, {CONCURRENCY} clients posting events): {swaps} swaps (activate/rollback) in {swap_seconds:.1} s, slowest {:.0} ms",
         slowest.as_secs_f64() * 1e3);
     println!(
-        "events during the swaps: {} ok ({:.0}/s, p99 {:.2} ms), {} failed; swaps failed: {swap_failures}",
+        "events during the swaps and the 2 s before: {} ok ({:.0}/s, p99 {:.2} ms), {} failed; swaps failed: {swap_failures}",
         l.ok,
         l.per_second(),
         l.percentile_ms(0.99),
@@ -466,6 +485,7 @@ async fn swaps_under_load(swaps: usize) {
         rest_growth * 100.0,
         verdict(rest_growth <= 0.10)
     );
+    s.finish().await;
 }
 
 /// What SQLite has allocated (all connections of the process), in MiB.
@@ -491,6 +511,7 @@ async fn import(generated_orders: usize) {
         .await
         .unwrap();
     let cdnow_s = t.elapsed().as_secs_f64();
+    s.finish().await;
     // Generated orders in the CDNOW format: 20 orders each for generated customers.
     let mut text = String::with_capacity(generated_orders * 32);
     for i in 0..generated_orders {
@@ -516,6 +537,7 @@ async fn import(generated_orders: usize) {
         .await
         .unwrap();
     let gen_s = t.elapsed().as_secs_f64();
+    s2.finish().await;
     println!();
     println!("import (SQLite, b2b-trade + value-tiers run on every order)");
     println!(
@@ -625,6 +647,8 @@ async fn rescore(n: usize) {
         verdict(secs <= 3.0 * floor),
         verdict(peak < 500.0)
     );
+    drop(conn);
+    s.finish().await;
 }
 
 fn main() {
