@@ -108,8 +108,8 @@ enum Database {
 /// The PostgreSQL databases the run made, dropped when it ends.
 static CREATED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-/// Drops the databases the run made; their servers are still running, so
-/// their connections are ended first (`FORCE`).
+/// Drops the databases the run made. Their servers have closed their stores
+/// by then; `FORCE` ends any connection still open rather than fail.
 async fn drop_databases(server: &str) {
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(server)
         .await
