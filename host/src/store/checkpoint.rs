@@ -158,7 +158,7 @@ async fn checkpoint(conn: &mut AnyConnection, mode: &str) -> sqlx::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::super::tests::commit_one;
-    use super::super::{Store, SQLITE_PRAGMAS};
+    use super::super::{sqlite_connection, Store};
     use super::*;
     use std::str::FromStr;
     use std::time::Instant;
@@ -166,9 +166,7 @@ mod tests {
     async fn open(url: &str) -> AnyConnection {
         sqlx::any::install_default_drivers();
         let options = sqlx::any::AnyConnectOptions::from_str(url).unwrap();
-        let mut c = AnyConnection::connect_with(&options).await.unwrap();
-        c.execute(SQLITE_PRAGMAS).await.unwrap();
-        c
+        sqlite_connection(&options).await.unwrap()
     }
 
     /// Readers that overlap, so that some reader is always in the WAL: the

@@ -93,6 +93,14 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NO
      PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
      PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;";
 
+/// A SQLite connection of the store's own, outside sqlx's pool, with
+/// [`SQLITE_PRAGMAS`] set.
+async fn sqlite_connection(options: &AnyConnectOptions) -> Result<AnyConnection> {
+    let mut c = AnyConnection::connect_with(options).await?;
+    c.execute(SQLITE_PRAGMAS).await?;
+    Ok(c)
+}
+
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -196,11 +204,9 @@ impl Store {
         let (writer, checkpoints, readers) = if backend == Backend::Sqlite
             && !url.contains(":memory:")
         {
-            let mut checkpointer = AnyConnection::connect_with(&options).await?;
-            checkpointer.execute(SQLITE_PRAGMAS).await?;
+            let checkpointer = sqlite_connection(&options).await?;
             // The writer leaves checkpoints to [`checkpoint`].
-            let mut writer = AnyConnection::connect_with(&options).await?;
-            writer.execute(SQLITE_PRAGMAS).await?;
+            let mut writer = sqlite_connection(&options).await?;
             writer.execute("PRAGMA wal_autocheckpoint = 0").await?;
             (
                 Some(Arc::new(tokio::sync::Mutex::new(Some(writer)))),

@@ -15,9 +15,9 @@
 //! waits for it to end; hence short reads only. PostgreSQL and in-memory SQLite
 //! keep sqlx's pool.
 
-use super::{Result, StoreError, SQLITE_PRAGMAS};
+use super::{Result, StoreError};
 use sqlx::any::AnyConnectOptions;
-use sqlx::{AnyConnection, Connection, Executor};
+use sqlx::{AnyConnection, Connection};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -76,11 +76,7 @@ impl Readers {
         let idle = self.idle.lock().expect("read connections").pop();
         let conn = match idle {
             Some(c) => c,
-            None => {
-                let mut c = AnyConnection::connect_with(&self.options).await?;
-                c.execute(SQLITE_PRAGMAS).await?;
-                c
-            }
+            None => super::sqlite_connection(&self.options).await?,
         };
         Ok(ReadConn {
             conn: Conn::Kept {
