@@ -7,6 +7,7 @@ use crate::model::{
 };
 use crate::packs::Packs;
 use crate::pipeline::{self, EventInput, EventJob, EventOutcome, PipelineError};
+use crate::runtime::budget::text_problem;
 use crate::runtime::{is_valid_tag, Reason};
 use crate::store::{self, Backend, NewCustomer, StageMove, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -102,13 +103,12 @@ fn invalid(m: impl Into<String>) -> CrmError {
     CrmError::Pipeline(PipelineError::Invalid(m.into()))
 }
 
+/// Free text a client sends (a name): at most [`model::MAX_TEXT`] bytes, no NUL or
+/// other control characters (newline and tab aside), whichever way it arrives.
 fn check_text(what: &str, v: &Option<String>) -> Result<(), CrmError> {
-    match v {
-        Some(s) if s.len() > model::MAX_TEXT => Err(invalid(format!(
-            "{what} is longer than {} bytes",
-            model::MAX_TEXT
-        ))),
-        _ => Ok(()),
+    match v.as_deref().and_then(|s| text_problem(s, model::MAX_TEXT)) {
+        Some(p) => Err(invalid(format!("{what} {p}"))),
+        None => Ok(()),
     }
 }
 

@@ -34,6 +34,10 @@ pub struct ImportReport {
     pub plugin_failures: u64,
     pub error_count: u64,
     pub errors: Vec<RowError>,
+    /// The input could not be read on (a row over [`MAX_ROW`] bytes, a broken
+    /// stream): the rows before are kept, the error says where it stopped.
+    #[serde(skip)]
+    stopped: bool,
 }
 
 /// A row that was not imported, and why.
@@ -57,7 +61,12 @@ impl ImportReport {
             Ok(r) => Some((r.position().map_or(fallback, |p| p.line()), r)),
             Err(e) => {
                 let line = e.position().map_or(fallback, |p| p.line());
-                self.error(line, format!("malformed CSV: {e}"));
+                if let csv_async::ErrorKind::Io(io) = e.kind() {
+                    self.stopped = true;
+                    self.error(line, format!("the import stopped here: {io}"));
+                } else {
+                    self.error(line, format!("malformed CSV: {e}"));
+                }
                 None
             }
         }
@@ -79,6 +88,95 @@ pub enum ImportError {
     Read(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The longest row (CSV record, or CDNOW line) an import reads.
+pub const MAX_ROW: usize = 1 << 20;
+
+/// Passes an input through, but never lets one row grow past [`MAX_ROW`] bytes:
+/// the CSV reader and `lines()` hold a whole row in memory, so one enormous row
+/// (a gigabyte without a line break) would be held whole. When a row goes over,
+/// the bytes of the rows before it are handed on, then an `InvalidData` error
+/// naming the line, then nothing more. With `quotes`, line breaks inside a quoted
+/// CSV cell do not end a row.
+struct RowLimit<R> {
+    inner: R,
+    quotes: bool,
+    in_quotes: bool,
+    /// Bytes of the current row so far, and its first line (1-based).
+    row: usize,
+    line: u64,
+    row_line: u64,
+    /// Set once a row went over: the error to give, then end of input.
+    over: Option<Option<String>>,
+}
+
+impl<R> RowLimit<R> {
+    fn new(inner: R, quotes: bool) -> Self {
+        RowLimit {
+            inner,
+            quotes,
+            in_quotes: false,
+            row: 0,
+            line: 1,
+            row_line: 1,
+            over: None,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for RowLimit<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(pending) = &mut this.over {
+            return Poll::Ready(match pending.take() {
+                Some(m) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m)),
+                None => Ok(()),
+            });
+        }
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let mut row_start = 0;
+        let new = &buf.filled()[before..];
+        for (i, &b) in new.iter().enumerate() {
+            if this.quotes && b == b'"' {
+                this.in_quotes = !this.in_quotes;
+            }
+            if b == b'\n' {
+                this.line += 1;
+                if !this.in_quotes {
+                    this.row = 0;
+                    this.row_line = this.line;
+                    row_start = i + 1;
+                    continue;
+                }
+            }
+            this.row += 1;
+            if this.row > MAX_ROW {
+                let message = format!(
+                    "the row at line {} is longer than {MAX_ROW} bytes",
+                    this.row_line
+                );
+                buf.set_filled(before + row_start);
+                return Poll::Ready(if row_start == 0 {
+                    this.over = Some(None);
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        message,
+                    ))
+                } else {
+                    this.over = Some(Some(message));
+                    Ok(())
+                });
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Days since 1970-01-01 of a civil date (proleptic Gregorian).
@@ -317,7 +415,7 @@ impl Crm {
         input: R,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<ImportReport, ImportError> {
-        let mut rdr = csv_reader(input);
+        let mut rdr = csv_reader(RowLimit::new(input, true));
         let headers = rdr
             .headers()
             .await
@@ -332,6 +430,9 @@ impl Crm {
         let mut in_chunk = 0;
         while let Some(rec) = records.next().await {
             let Some((line, rec)) = report.take_row(rec) else {
+                if report.stopped {
+                    break;
+                }
                 continue;
             };
             let input = match customer_from_row(&headers, &rec) {
@@ -387,7 +488,7 @@ impl Crm {
         now: Option<i64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<ImportReport, ImportError> {
-        let mut rdr = csv_reader(input);
+        let mut rdr = csv_reader(RowLimit::new(input, true));
         let headers = rdr
             .headers()
             .await
@@ -403,6 +504,9 @@ impl Crm {
         let mut batch = EventBatch::new(self, tenant, now).await?;
         while let Some(rec) = records.next().await {
             let Some((line, rec)) = report.take_row(rec) else {
+                if report.stopped {
+                    break;
+                }
                 continue;
             };
             let (customer, key, ev) = match event_from_row(&headers, &rec) {
@@ -437,15 +541,23 @@ impl Crm {
         now: Option<i64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<ImportReport, ImportError> {
-        let mut lines = BufReader::new(input).lines();
+        let mut lines = BufReader::new(RowLimit::new(input, false)).lines();
         let mut report = ImportReport::default();
         let mut batch = EventBatch::new(self, tenant, now).await?;
         let mut line_no = 0u64;
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .map_err(|e| ImportError::Read(e.to_string()))?
-        {
+        loop {
+            let line = match lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                // A line over the bound: reported, and the import stops there
+                // with the lines before it kept.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    report.rows += 1;
+                    report.error(line_no + 1, e.to_string());
+                    break;
+                }
+                Err(e) => return Err(ImportError::Read(e.to_string())),
+            };
             line_no += 1;
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.is_empty() || (line_no == 1 && cols[0] == "customer_id") {
@@ -541,6 +653,10 @@ impl<'a> EventBatch<'a> {
         };
         if key.is_some_and(|k| k.len() > 128) {
             report.error(line, "idempotency_key is longer than 128 characters".into());
+            return Ok(());
+        }
+        if let Some(p) = key.and_then(|k| crate::runtime::budget::text_problem(k, 128)) {
+            report.error(line, format!("idempotency_key {p}"));
             return Ok(());
         }
         let tx = self.tx.as_mut().expect("open transaction");

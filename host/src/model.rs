@@ -173,8 +173,10 @@ fn snapshot_value(v: &FieldValue) -> snapshot::Value<'_> {
 /// A field value from its JSON form.
 pub fn field_value_from_json(key: &str, v: &Json) -> Result<FieldValue, String> {
     Ok(match v {
-        Json::String(s) if s.len() <= MAX_TEXT => FieldValue::Text(s.clone()),
-        Json::String(_) => return Err(format!("field {key} is longer than {MAX_TEXT} bytes")),
+        Json::String(s) => match crate::runtime::budget::text_problem(s, MAX_TEXT) {
+            None => FieldValue::Text(s.clone()),
+            Some(p) => return Err(format!("field {key} {p}")),
+        },
         Json::Number(n) => match n.as_f64() {
             Some(x) if x.is_finite() => FieldValue::Number(x),
             _ => return Err(format!("field {key} is not a finite number")),

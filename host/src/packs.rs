@@ -187,17 +187,33 @@ impl Packs {
             })
     }
 
-    /// Loads a component, reusing an already loaded one with the same digest.
+    /// Loads a stored component, reusing an already loaded one with the same digest.
     pub fn load(&self, digest: &str, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, RuntimeError> {
-        if let Some(p) = self.by_digest.read().expect("packs lock").get(digest) {
-            return Ok(p.clone());
+        if let Some(p) = self.loaded(digest) {
+            return Ok(p);
         }
         let p = Arc::new(self.runtime.load(wasm)?);
+        self.keep(p.clone());
+        Ok(p)
+    }
+
+    /// The loaded plugin with this digest, if one is kept.
+    pub fn loaded(&self, digest: &str) -> Option<Arc<LoadedPlugin>> {
+        self.by_digest
+            .read()
+            .expect("packs lock")
+            .get(digest)
+            .cloned()
+    }
+
+    /// Keeps a plugin that is stored: in memory for the tenants that enable it,
+    /// and its compiled code in the on-disk cache for the next start.
+    pub fn keep(&self, plugin: Arc<LoadedPlugin>) {
+        plugin.keep_compiled();
         self.by_digest
             .write()
             .expect("packs lock")
-            .insert(p.digest().to_string(), p.clone());
-        Ok(p)
+            .insert(plugin.digest().to_string(), plugin);
     }
 
     /// Re-reads what `tenant` (or every tenant) has enabled and swaps it in.

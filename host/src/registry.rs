@@ -93,32 +93,14 @@ pub struct Candidate {
     pub top: Option<usize>,
 }
 
-/// Checks a rule set against a plugin's JSON Schema (if it declares one) and its `configure`.
+/// Checks a rule set against a plugin's JSON Schema (if it declares one; checked
+/// and compiled when the plugin was loaded, see [`crate::runtime::schema`]) and its `configure`.
 fn check_rules(plugin: &LoadedPlugin, rules: &str) -> Result<(), RegistryError> {
     let value: Json = serde_json::from_str(rules)
         .map_err(|e| RegistryError::BadRules(format!("not JSON: {e}")))?;
-    if let Some(schema) = &plugin.manifest().rules_schema {
-        let schema: Json = serde_json::from_str(schema).map_err(|e| {
-            RegistryError::BadRules(format!("the plugin's schema is not JSON: {e}"))
-        })?;
-        let validator = jsonschema::validator_for(&schema)
-            .map_err(|e| RegistryError::BadRules(format!("the plugin's schema is invalid: {e}")))?;
-        let errors: Vec<String> = validator
-            .iter_errors(&value)
-            .take(10)
-            .map(|e| {
-                let at = e.instance_path.to_string();
-                if at.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{at}: {e}")
-                }
-            })
-            .collect();
-        if !errors.is_empty() {
-            return Err(RegistryError::BadRules(errors.join("; ")));
-        }
-    }
+    plugin
+        .check_rules_schema(&value)
+        .map_err(RegistryError::BadRules)?;
     plugin.check_rules(rules).map_err(|e| match e {
         RuntimeError::Plugin { error, .. } => RegistryError::BadRules(error.to_string()),
         other => RegistryError::BadRules(other.to_string()),
@@ -289,11 +271,15 @@ impl Crm {
         if wasm.len() > MAX_COMPONENT_BYTES {
             return Err(RegistryError::TooLarge(wasm.len()));
         }
+        // Loaded apart from the loaded versions, and kept (in memory and in the
+        // compiled-code cache) only once stored: a refused upload leaves nothing.
         let packs = self.packs.clone();
         let bytes = wasm.clone();
         let plugin = crate::spawn_blocking(move || {
             let digest = crate::runtime::cache::digest(&bytes);
-            packs.load(&digest, &bytes)
+            packs
+                .loaded(&digest)
+                .map_or_else(|| packs.runtime().load(&bytes).map(Arc::new), Ok)
         })
         .await
         .expect("plugin load task")
@@ -319,6 +305,7 @@ impl Crm {
             .await?;
         }
         tx.commit().await?;
+        self.packs.keep(plugin.clone());
         Ok(Uploaded {
             name: m.name.clone(),
             version: m.version.clone(),

@@ -154,6 +154,10 @@ fn a_component_is_compiled_once_and_then_loaded_from_the_cache() {
     let rt =
         stagecraft::runtime::Runtime::new(test_limits(), Some(dir.path().to_path_buf())).unwrap();
     let first = rt.load(&bytes).unwrap();
+    // Loading alone writes nothing (a refused upload must leave no file); the
+    // code is cached when its owner keeps the plugin.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    first.keep_compiled();
     let entries: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -182,7 +186,9 @@ fn a_component_is_compiled_once_and_then_loaded_from_the_cache() {
     std::fs::write(&entries[0], b"garbage").unwrap();
     let rt3 =
         stagecraft::runtime::Runtime::new(test_limits(), Some(dir.path().to_path_buf())).unwrap();
-    assert_eq!(rt3.load(&bytes).unwrap().manifest().name, "value-tiers");
+    let third = rt3.load(&bytes).unwrap();
+    assert_eq!(third.manifest().name, "value-tiers");
+    third.keep_compiled();
     assert!(
         std::fs::metadata(&entries[0]).unwrap().len() > 1000,
         "the corrupt entry was not replaced"

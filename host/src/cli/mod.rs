@@ -338,7 +338,9 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, CliError> {
 fn load(cli_data_dir: &std::path::Path, file: &PathBuf) -> Result<LoadedPlugin, CliError> {
     let runtime = Runtime::new(Default::default(), Some(cli_data_dir.join("cache")))?;
     let bytes = read(file)?;
-    Ok(runtime.load(&bytes)?)
+    let plugin = runtime.load(&bytes)?;
+    plugin.keep_compiled();
+    Ok(plugin)
 }
 
 fn data_dir(cli: &Cli) -> PathBuf {

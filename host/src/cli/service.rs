@@ -125,6 +125,11 @@ pub async fn install_plugin(
         crate::spawn_blocking(move || packs.runtime().load(&wasm)).await??
     };
     if let Some(r) = &rules {
+        let value: Value = serde_json::from_str(r)
+            .map_err(|e| anyhow::anyhow!("the rule set is not JSON: {e}"))?;
+        plugin
+            .check_rules_schema(&value)
+            .map_err(|e| anyhow::anyhow!("the rule set does not fit the plugin's schema: {e}"))?;
         plugin.check_rules(r)?;
     }
     let m = plugin.manifest().clone();

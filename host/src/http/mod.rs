@@ -16,6 +16,7 @@ use crate::model::{Principal, Role};
 use crate::{store, Crm};
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
+use axum::response::IntoResponse;
 use axum::{Json, Router};
 use openapi::{Errors, ADMIN, SERVICE};
 use serde::de::DeserializeOwned;
@@ -121,7 +122,13 @@ async fn observe_request(
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    // A label from a fixed set: a client may send any method token, and each
+    // new label value would be a new series in /metrics for ever.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
     let id = req
         .headers()
         .get("x-request-id")
@@ -131,7 +138,31 @@ async fn observe_request(
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
     let span = tracing::info_span!("request", request_id = %id, %method, %route);
     let started = std::time::Instant::now();
+    let request_method = req.method().clone();
     let mut resp = next.run(req).instrument(span.clone()).await;
+    // The router answers a wrong method on a known route with an empty 405; the
+    // API answers every error as its JSON error.
+    if resp.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED
+        && !resp
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        let allow = resp.headers().get(axum::http::header::ALLOW).cloned();
+        let mut json = ApiError::MethodNotAllowed(format!(
+            "{} is not allowed on {route}{}",
+            request_method.as_str().chars().take(32).collect::<String>(),
+            allow
+                .as_ref()
+                .and_then(|a| a.to_str().ok())
+                .map(|a| format!("; allowed: {a}"))
+                .unwrap_or_default()
+        ))
+        .into_response();
+        if let Some(a) = allow {
+            json.headers_mut().insert(axum::http::header::ALLOW, a);
+        }
+        resp = json;
+    }
     let elapsed = started.elapsed();
     let m = s.crm.packs.metrics();
     m.http_seconds
@@ -227,10 +258,8 @@ async fn create_token(
 ) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
     auth.require(Role::Admin)?;
     let label = b.label.unwrap_or_else(|| "api".into());
-    if label.len() > 200 {
-        return Err(ApiError::Unprocessable(
-            "label is longer than 200 bytes".into(),
-        ));
+    if let Some(p) = crate::runtime::budget::text_problem(&label, 200) {
+        return Err(ApiError::Unprocessable(format!("label {p}")));
     }
     let mut tx = s.crm.store.begin().await?;
     let t = store::create_token(tx.conn(), auth.tenant(), b.role, &label).await?;
@@ -326,12 +355,42 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = read_bounded(body, JSON_LIMIT).await?.ok_or_else(|| {
             ApiError::TooLarge(format!("the body is larger than {JSON_LIMIT} bytes"))
         })?;
+        if let Some(at) = escaped_nul(&bytes) {
+            return Err(no_nul(format!("a string in the body (at byte {at})")));
+        }
         let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         Json::<T>::from_request(req, state)
             .await
             .map(|Json(v)| ApiJson(v))
             .map_err(ApiError::from)
     }
+}
+
+/// Where a JSON text holds a NUL character in a string (`\u0000`: JSON has no
+/// other way to write one), if anywhere. Text with NUL cannot be stored by
+/// PostgreSQL and is never meant, so every JSON body and query refuses it up front.
+pub fn escaped_nul(json: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json.get(i + 1) == Some(&b'u') && json.get(i + 2..i + 6) == Some(b"0000") {
+                return Some(i);
+            }
+            // Any other escape, `\\` included, is two bytes long.
+            i += 2;
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The error for a NUL character in `what`.
+pub fn no_nul(what: String) -> ApiError {
+    ApiError::bad_request(
+        "nul_character",
+        format!("{what} contains a NUL character (\\u0000), which text may not hold"),
+    )
 }
 
 /// The body if it is at most `limit` bytes, else `None` — after reading on (and
@@ -356,12 +415,30 @@ pub async fn read_bounded(
     Ok((seen <= limit).then_some(bytes))
 }
 
+/// Reads and drops a body that will be refused, without keeping any of it (up to
+/// four times `limit`, as [`read_bounded`] does), so that the refusal reaches a
+/// client that is still sending.
+pub async fn discard(body: axum::body::Body, limit: usize) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len();
+        if seen > 4 * limit {
+            break;
+        }
+    }
+}
+
 /// `Path<T>` whose rejections are our JSON errors.
 pub struct ApiPath<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        if parts.uri.path().to_ascii_lowercase().contains("%00") {
+            return Err(no_nul("the path".into()));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| ApiPath(v))
@@ -375,6 +452,15 @@ pub struct ApiQuery<T>(pub T);
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        if let Some((k, _)) = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(no_nul(format!(
+                "the query parameter {:?}",
+                k.replace('\0', "")
+            )));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| ApiQuery(v))

@@ -43,12 +43,17 @@ async fn upload(
     auth: Result<Auth, ApiError>,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    // The body is read (bounded) before a refusal too: answering while the client
-    // is still sending closes the connection under it.
-    let body = read_component(body).await;
-    let auth = auth?;
-    auth.require(Role::Integrator)?;
-    let body = body?;
+    // The token and role are checked before the body is kept: a refused upload's
+    // body is read and dropped (answering while the client is still sending
+    // would close the connection under it), never buffered.
+    let auth = match auth.and_then(|a| a.require(Role::Integrator).map(|()| a)) {
+        Ok(a) => a,
+        Err(e) => {
+            super::discard(body, MAX_COMPONENT_BYTES).await;
+            return Err(e);
+        }
+    };
+    let body = read_component(body).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "bad_body",

@@ -42,10 +42,19 @@
 //!   the domain types of [`types`].
 //! - **Outputs are proposals:** results are checked against the manifest (declared
 //!   reason codes, segments, stages) and size bounds before anyone sees them.
+//! - **Budgets for what the author controls** ([`budget`], [`schema`]): the code
+//!   is measured by parsing before anything is compiled, and one component is
+//!   compiled at a time; the manifest's counts, lengths and texts are bounded; the
+//!   rules schema is checked and compiled once, without recursion or backtracking
+//!   regexes; text a plugin returns carries no control characters; messages are
+//!   cleaned and cut. Nothing of a refused component is kept, in memory or on disk:
+//!   its compiled code is cached only when [`LoadedPlugin::keep_compiled`] says so.
 
 mod bindings;
+pub mod budget;
 pub mod cache;
 pub mod sandbox;
+pub mod schema;
 pub mod types;
 
 pub use bindings::{HOST_IMPORT, PACK_EXPORT};
@@ -108,6 +117,8 @@ pub enum RuntimeError {
     ForbiddenImport(String),
     #[error("invalid component: {0}")]
     Invalid(String),
+    #[error("the component's code is over the budget: {0}")]
+    TooBig(String),
     #[error("invalid manifest: {0}")]
     BadManifest(String),
     #[error("plugin {plugin} trapped: {message}")]
@@ -157,6 +168,9 @@ struct Inner {
     linker: Linker<PluginState>,
     limits: Limits,
     cache: Option<cache::ComponentCache>,
+    /// Compiling is the one step whose time and memory the author's code decides;
+    /// one at a time, so that concurrent uploads cannot multiply it.
+    compiling: std::sync::Mutex<()>,
     stop_ticker: Arc<AtomicBool>,
     ticker: Option<std::thread::JoinHandle<()>>,
 }
@@ -264,6 +278,7 @@ impl Runtime {
                 linker,
                 limits,
                 cache,
+                compiling: std::sync::Mutex::new(()),
                 stop_ticker,
                 ticker: Some(ticker),
             }),
@@ -277,29 +292,34 @@ impl Runtime {
     /// Checks, compiles (or takes from the cache) and describes a plugin.
     ///
     /// Rejected, each with a message naming the problem: bytes that are not wasm, a
-    /// core module, a component that does not export our `pack` interface (another
-    /// world), one that imports anything not granted, one whose manifest is invalid
-    /// or whose own default rules its `configure` refuses.
+    /// core module, code over the [`budget`], a component that does not export our
+    /// `pack` interface (another world), one that imports anything not granted, one
+    /// whose manifest is invalid or over its budget, whose rules schema is unusable,
+    /// or whose own default rules its schema or its `configure` refuses.
+    ///
+    /// The compiled code is not written to the on-disk cache here: a caller that
+    /// keeps the plugin says so with [`LoadedPlugin::keep_compiled`].
     pub fn load(&self, bytes: &[u8]) -> Result<LoadedPlugin, RuntimeError> {
         check_binary(bytes)?;
+        budget::check_code(bytes)?;
         let digest = cache::digest(bytes);
         let engine = &self.inner.engine;
-        let component = match self
+        let (component, cached) = match self
             .inner
             .cache
             .as_ref()
             .and_then(|c| c.get(engine, &digest))
         {
-            Some(c) => c,
+            Some(c) => (c, true),
             None => {
+                let _one_at_a_time = self
+                    .inner
+                    .compiling
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let c = Component::new(engine, bytes)
                     .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
-                if let Some(cache) = &self.inner.cache {
-                    if let Err(e) = cache.put(&digest, &c) {
-                        tracing::warn!("could not cache compiled component {digest}: {e:#}");
-                    }
-                }
-                c
+                (c, false)
             }
         };
         check_world(engine, &component)?;
@@ -316,9 +336,12 @@ impl Runtime {
             runtime: self.clone(),
             digest: digest.clone(),
             size: bytes.len(),
+            component,
+            cached,
             pre,
             label: Arc::from(format!("sha256:{}", &digest[..12])),
             manifest: None,
+            rules_schema: None,
         };
         let ctx = CallContext {
             now: 0,
@@ -330,8 +353,24 @@ impl Runtime {
                 .into()
         };
         validate_manifest(&manifest)?;
+        let rules_schema = match &manifest.rules_schema {
+            Some(text) => Some(Arc::new(
+                schema::RulesSchema::compile(text).map_err(RuntimeError::BadManifest)?,
+            )),
+            None => None,
+        };
+        if let Some(schema) = &rules_schema {
+            let defaults: serde_json::Value = serde_json::from_str(&manifest.default_rules)
+                .map_err(|e| RuntimeError::BadManifest(format!("default rules: {e}")))?;
+            schema.check(&defaults).map_err(|e| {
+                RuntimeError::BadManifest(format!(
+                    "the default rules do not fit the plugin's own rules schema: {e}"
+                ))
+            })?;
+        }
         plugin.label = Arc::from(format!("{}@{}", manifest.name, manifest.version));
         plugin.manifest = Some(manifest);
+        plugin.rules_schema = rules_schema;
         // A plugin must accept its own default rules, or nobody can enable it.
         plugin.session(&ctx, None).map_err(|e| match e {
             RuntimeError::Plugin { error, .. } => RuntimeError::BadManifest(format!(
@@ -400,28 +439,23 @@ pub fn is_valid_tag(tag: &str) -> bool {
 }
 
 fn validate_manifest(m: &Manifest) -> Result<(), RuntimeError> {
+    use budget::*;
     let bad = |msg: String| Err(RuntimeError::BadManifest(msg));
     if !is_slug(&m.name, 64) {
         return bad(format!(
             "name {:?} must be 1-64 characters of [a-z0-9-_]",
-            m.name
+            truncate_for_message(&m.name)
         ));
     }
     let v = &m.version;
-    let parts: Vec<&str> = v
-        .split(['-', '+'])
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .collect();
-    if parts.len() != 3
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if v.len() > MAX_VERSION || semver::Version::parse(v).is_err() {
         return bad(format!(
-            "version {v:?} is not a semantic version like 1.2.3"
+            "version {:?} is not a semantic version like 1.2.3 of at most {MAX_VERSION} bytes",
+            truncate_for_message(v)
         ));
+    }
+    if let Some(p) = text_problem(&m.description, MAX_DESCRIPTION) {
+        return bad(format!("the description {p}"));
     }
     if !(m.scoring || m.segmentation || m.lifecycle) {
         return bad("declares no capability (scoring, segmentation or lifecycle)".into());
@@ -429,31 +463,81 @@ fn validate_manifest(m: &Manifest) -> Result<(), RuntimeError> {
     if m.lifecycle && m.stages.is_empty() {
         return bad("owns the lifecycle but declares no stages".into());
     }
+    for (what, n, max) in [
+        ("stages", m.stages.len(), MAX_STAGES),
+        ("segments", m.segments.len(), MAX_SEGMENT_DEFS),
+        ("reason codes", m.reasons.len(), MAX_REASON_TEXTS),
+        ("wanted fields", m.wants_fields.len(), MAX_WANTS_FIELDS),
+    ] {
+        if n > max {
+            return bad(format!("{n} {what}, at most {max}"));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for s in &m.stages {
         if !is_slug(&s.id, 64) || !seen.insert(("stage", s.id.as_str())) {
-            return bad(format!("stage id {:?} is malformed or repeated", s.id));
+            return bad(format!(
+                "stage id {:?} is malformed or repeated",
+                truncate_for_message(&s.id)
+            ));
+        }
+        for label in std::iter::once(&s.label).chain(&s.label_zh) {
+            if let Some(p) = label_problem(label, MAX_LABEL) {
+                return bad(format!("the label of stage {} {p}", s.id));
+            }
         }
     }
     for s in &m.segments {
         if !is_slug(&s.id, 64) || !seen.insert(("segment", s.id.as_str())) {
-            return bad(format!("segment id {:?} is malformed or repeated", s.id));
+            return bad(format!(
+                "segment id {:?} is malformed or repeated",
+                truncate_for_message(&s.id)
+            ));
+        }
+        if let Some(p) = label_problem(&s.label, MAX_LABEL) {
+            return bad(format!("the label of segment {} {p}", s.id));
         }
     }
     for r in &m.reasons {
-        if r.code.is_empty() || r.code.len() > 64 || !seen.insert(("reason", r.code.as_str())) {
-            return bad(format!("reason code {:?} is malformed or repeated", r.code));
+        if !is_reason_code(&r.code) || !seen.insert(("reason", r.code.as_str())) {
+            return bad(format!(
+                "reason code {:?} is malformed (1-64 characters of [a-z0-9_.:-]) or repeated",
+                truncate_for_message(&r.code)
+            ));
         }
+        for t in std::iter::once(&r.en).chain(&r.zh) {
+            if let Some(p) = text_problem(t, MAX_TEMPLATE) {
+                return bad(format!("the text of reason {} {p}", r.code));
+            }
+        }
+    }
+    for f in &m.wants_fields {
+        if !is_slug(f, 64) {
+            return bad(format!(
+                "wanted field {:?} is not 1-64 characters of [a-z0-9_-]",
+                truncate_for_message(f)
+            ));
+        }
+    }
+    if m.default_rules.len() > MAX_DEFAULT_RULES {
+        return bad(format!(
+            "default rules are {} bytes, at most {MAX_DEFAULT_RULES}",
+            m.default_rules.len()
+        ));
     }
     if serde_json::from_str::<serde_json::Value>(&m.default_rules).is_err() {
         return bad("default rules are not valid JSON".into());
     }
-    if let Some(schema) = &m.rules_schema {
-        if serde_json::from_str::<serde_json::Value>(schema).is_err() {
-            return bad("rules schema is not valid JSON".into());
-        }
-    }
     Ok(())
+}
+
+/// Whether `code` is a well-formed reason code: 1-64 bytes of `[a-z0-9_.:-]`.
+pub fn is_reason_code(code: &str) -> bool {
+    !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.' | b':')
+        })
 }
 
 /// A checked, compiled plugin, ready to instantiate.
@@ -461,9 +545,13 @@ pub struct LoadedPlugin {
     runtime: Runtime,
     digest: String,
     size: usize,
+    component: Component,
+    /// Whether the compiled code came from (so is already in) the on-disk cache.
+    cached: bool,
     pre: PluginPre<PluginState>,
     label: Arc<str>,
     manifest: Option<Manifest>,
+    rules_schema: Option<Arc<schema::RulesSchema>>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -491,6 +579,20 @@ impl LoadedPlugin {
     /// `name@version`.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// Writes the compiled code to the on-disk cache (if the runtime has one), so
+    /// that a restart does not compile it again. Called by whoever keeps the plugin
+    /// (a stored version); a refused upload never gets here and leaves no file.
+    pub fn keep_compiled(&self) {
+        if self.cached {
+            return;
+        }
+        if let Some(cache) = &self.runtime.inner.cache {
+            if let Err(e) = cache.put(&self.digest, &self.component) {
+                tracing::warn!("could not cache compiled component {}: {e:#}", self.digest);
+            }
+        }
     }
 
     fn instantiate(&self, ctx: &CallContext) -> Result<Session<'_>, RuntimeError> {
@@ -525,12 +627,19 @@ impl LoadedPlugin {
     ) -> Result<Session<'_>, RuntimeError> {
         let mut s = self.instantiate(ctx)?;
         let rules = rules.unwrap_or(&self.manifest().default_rules).to_string();
-        s.guarded(|b, st| b.stagecraft_plugin_pack().call_configure(st, &rules))?
-            .map_err(|e| RuntimeError::Plugin {
-                plugin: self.label.to_string(),
-                error: e.into(),
-            })?;
+        let configured =
+            s.guarded(|b, st| b.stagecraft_plugin_pack().call_configure(st, &rules))?;
+        configured.map_err(|e| s.plugin_error(e))?;
         Ok(s)
+    }
+
+    /// Checks a rule set against the plugin's rules schema, if it declares one;
+    /// the error lists where it does not fit.
+    pub fn check_rules_schema(&self, rules: &serde_json::Value) -> Result<(), String> {
+        match &self.rules_schema {
+            Some(schema) => schema.check(rules),
+            None => Ok(()),
+        }
     }
 
     /// Checks a rule set by configuring a fresh instance with it.
@@ -629,11 +738,16 @@ impl Session<'_> {
                     if let Some(line) = said {
                         message.push_str(&format!(" (the plugin said: {line})"));
                     }
-                    RuntimeError::Trap { plugin, message }
+                    RuntimeError::Trap {
+                        plugin,
+                        message: budget::clean_message(&message),
+                    }
                 }
                 None => RuntimeError::Trap {
                     plugin,
-                    message: self.store.data().redact(&format!("{:#}", e.root_cause())),
+                    message: budget::clean_message(
+                        &self.store.data().redact(&format!("{:#}", e.root_cause())),
+                    ),
                 },
             }
         })
@@ -649,7 +763,7 @@ impl Session<'_> {
     fn bad_output(&self, message: String) -> RuntimeError {
         RuntimeError::BadOutput {
             plugin: self.plugin.label.to_string(),
-            message: self.store.data().redact(&message),
+            message: budget::clean_message(&self.store.data().redact(&message)),
         }
     }
 
@@ -660,8 +774,10 @@ impl Session<'_> {
         }
     }
 
+    /// A plugin's error as the host keeps it: withheld values replaced, control
+    /// characters cleaned and cut to [`budget::MAX_MESSAGE`] bytes, like a trap's.
     fn redact_error(&self, e: PluginError) -> PluginError {
-        e.map_message(|m| self.store.data().redact(m))
+        e.map_message(|m| budget::clean_message(&self.store.data().redact(m)))
     }
 
     /// Scores a batch: one result per customer, in order. A customer the plugin
@@ -787,8 +903,11 @@ fn check_score(m: &Manifest, s: Score) -> Result<Score, PluginError> {
         )));
     }
     if let Some(b) = &s.band {
-        if b.is_empty() || b.len() > MAX_TAG {
-            return Err(PluginError::Failed("band must be 1-64 characters".into()));
+        if let Some(p) = budget::label_problem(b, MAX_TAG) {
+            return Err(PluginError::Failed(format!(
+                "band {:?} {p}",
+                truncate_for_message(b)
+            )));
         }
     }
     for r in &s.reasons {
@@ -854,8 +973,8 @@ fn check_actions(m: &Manifest, actions: &[Action]) -> Result<(), String> {
                     ));
                 }
                 if let FieldValue::Text(t) = value {
-                    if t.len() > MAX_TEXT {
-                        return Err(format!("field {key} is longer than {MAX_TEXT} bytes"));
+                    if let Some(p) = budget::text_problem(t, MAX_TEXT) {
+                        return Err(format!("field {key} {p}"));
                     }
                 }
                 if let FieldValue::Number(n) = value {
@@ -869,6 +988,9 @@ fn check_actions(m: &Manifest, actions: &[Action]) -> Result<(), String> {
                     return Err(
                         "follow-up note over 1024 bytes or due more than two years ahead".into(),
                     );
+                }
+                if let Some(p) = budget::text_problem(note, MAX_TEXT) {
+                    return Err(format!("the follow-up note {p}"));
                 }
             }
         }

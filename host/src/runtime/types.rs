@@ -145,7 +145,11 @@ impl Manifest {
     /// The text of `reason` in `lang`, with `{0}`, `{1}`... and `{points}` filled in.
     /// Falls back to English when there is no Chinese text, and to the bare code
     /// when the code is not in the catalogue (validation prevents that for scores).
+    /// The text is at most [`MAX_RENDERED`](super::budget::MAX_RENDERED) bytes
+    /// whatever the template and arguments (a template of `{0}`s with a huge
+    /// argument would otherwise make a response of megabytes).
     pub fn render(&self, reason: &Reason, lang: Lang) -> String {
+        use super::budget::{cut, MAX_RENDERED};
         let Some(t) = self.reasons.iter().find(|t| t.code == reason.code) else {
             return reason.code.clone();
         };
@@ -156,6 +160,9 @@ impl Manifest {
         let mut out = String::with_capacity(template.len() + 16);
         let mut rest = template;
         while let Some(open) = rest.find('{') {
+            if out.len() > MAX_RENDERED {
+                return cut(out, MAX_RENDERED);
+            }
             out.push_str(&rest[..open]);
             let after = &rest[open + 1..];
             match after.find('}') {
@@ -185,7 +192,7 @@ impl Manifest {
             }
         }
         out.push_str(rest);
-        out
+        cut(out, MAX_RENDERED)
     }
 
     pub fn has_reason(&self, code: &str) -> bool {
@@ -263,5 +270,23 @@ mod tests {
             args: vec![],
         };
         assert_eq!(m.render(&unknown, Lang::En), "mystery");
+    }
+
+    #[test]
+    fn rendering_is_bounded_whatever_the_template_and_args() {
+        let mut m = manifest();
+        m.reasons[0].en = "{0}".repeat(170);
+        let r = Reason {
+            code: "spend".into(),
+            points: 0.0,
+            args: vec![1.7e308],
+        };
+        let text = m.render(&r, Lang::En);
+        assert!(
+            text.len() <= super::super::budget::MAX_RENDERED,
+            "{}",
+            text.len()
+        );
+        assert!(text.ends_with('…'));
     }
 }

@@ -86,3 +86,57 @@ macro_rules! on_both_databases {
         }
     };
 }
+
+/// The hostile test component with its manifest variant `mode` (see
+/// `tests/plugins/hostile`): the 28 bytes after its marker replaced, so that each
+/// variant is a component of its own, with its own digest.
+pub fn hostile_manifest(mode: &str) -> Vec<u8> {
+    const MARKER: &[u8] = b"STAGECRAFT-HOSTILE-MANIFEST:";
+    assert!(mode.len() <= 28);
+    let mut bytes = wasm("hostile");
+    let at = bytes
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .expect("the hostile component carries its manifest marker")
+        + MARKER.len();
+    let padded = format!("{mode:<28}");
+    bytes[at..at + 28].copy_from_slice(padded.as_bytes());
+    bytes
+}
+
+/// A valid component with one more core module appended that is never
+/// instantiated: `functions` empty functions, as a compile bomb carries them.
+pub fn with_extra_module(component: &[u8], functions: u32) -> Vec<u8> {
+    fn leb(mut v: u32, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len() as u32, out);
+        out.extend_from_slice(body);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut module);
+    let mut funcs = Vec::new();
+    leb(functions, &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, functions as usize));
+    section(3, &funcs, &mut module);
+    let mut code = Vec::new();
+    leb(functions, &mut code);
+    for _ in 0..functions {
+        code.extend([2, 0, 0x0b]);
+    }
+    section(10, &code, &mut module);
+    let mut out = component.to_vec();
+    // Section 1 of a component: a core module.
+    section(1, &module, &mut out);
+    out
+}

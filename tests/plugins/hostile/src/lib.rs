@@ -4,9 +4,51 @@
 //! "bad-stage" | "bad-reason" | "snoop" | "leak" | "remember" | "ok", "value": 1.0}`.
 //! `leak` writes the customer's `email` (when granted) everywhere it can reach the
 //! host: its log, stdout, stderr, an error message and a panic.
+//! Text modes return what a database or a screen must never get: `nul-error` (an
+//! error message with NUL), `nul-band`, `rtl-band` (a right-to-left override),
+//! `nul-note` (a follow-up note with NUL), `huge-error` (an 8 MB error message).
+//!
+//! Its *manifest* is picked by [`MANIFEST_MODE`], 32 bytes of the binary that a
+//! test overwrites in a copy of the built component (the manifest may not depend
+//! on rules): `normal`, `cyclic-schema`, `not-a-schema`, `bad-defaults`,
+//! `many-stages`, `huge-template`, `long-version`, `markup-label`, `pattern-schema`.
 
 use serde::Deserialize;
 use stagecraft_plugin::*;
+
+/// The manifest variant: a marker, then the mode padded with spaces to 32 bytes.
+/// `tests/common` replaces the 32 bytes after the marker in a copy of the wasm.
+#[used]
+static MANIFEST_MODE: [u8; 56] = *b"STAGECRAFT-HOSTILE-MANIFEST:normal                      ";
+
+fn manifest_mode() -> String {
+    // Read through a volatile load, so the compiler cannot fold the constant.
+    let bytes: [u8; 56] = unsafe { std::ptr::read_volatile(&MANIFEST_MODE) };
+    String::from_utf8_lossy(&bytes[28..]).trim().to_string()
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The manifest every variant starts from.
+fn base_manifest(version: &'static str) -> Manifest {
+    Manifest::new("hostile", version, "Misbehaves on purpose")
+        .scoring()
+        .segmentation()
+        .lifecycle()
+        .stage("start", "Start", None, 0)
+        .stage("end", "End", None, 1)
+        .segment("all", "Everyone")
+        .reads(Reads {
+            fields: true,
+            ..Default::default()
+        })
+        .wants_field("email")
+        .reason("ok", "value {0}", None)
+        .reason("snoop", "env {0}, file {1}, clock {2}, random {3}", None)
+        .default_rules(r#"{"mode": "ok", "value": 1.0}"#)
+}
 
 #[derive(Deserialize)]
 struct Hostile {
@@ -98,21 +140,30 @@ impl Hostile {
 
 impl Plugin for Hostile {
     fn describe() -> Manifest {
-        Manifest::new("hostile", "0.1.0", "Misbehaves on purpose")
-            .scoring()
-            .segmentation()
-            .lifecycle()
-            .stage("start", "Start", None, 0)
-            .stage("end", "End", None, 1)
-            .segment("all", "Everyone")
-            .reads(Reads {
-                fields: true,
-                ..Default::default()
-            })
-            .wants_field("email")
-            .reason("ok", "value {0}", None)
-            .reason("snoop", "env {0}, file {1}, clock {2}, random {3}", None)
-            .default_rules(r#"{"mode": "ok", "value": 1.0}"#)
+        let m = base_manifest("0.1.0");
+        match manifest_mode().as_str() {
+            "cyclic-schema" => m.rules_schema(
+                r##"{"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}"##,
+            ),
+            "not-a-schema" => m.rules_schema(r#"{"type": 12}"#),
+            "bad-defaults" => m.rules_schema(
+                r#"{"type": "object", "properties": {"mode": {"enum": ["trap", "loop"]}}}"#,
+            ),
+            "many-stages" => (0..1_000).fold(m, |m, i| {
+                m.stage(leak(format!("s{i}")), leak("x".repeat(100)), None, i)
+            }),
+            "huge-template" => m.reason("huge", leak("{0}".repeat(100_000)), None),
+            "long-version" => {
+                let mut m = m;
+                m.version = leak(format!("1.0.0-{}", "a".repeat(900_000)));
+                m
+            }
+            "markup-label" => m.segment("html", "<img src=x onerror=alert(1)>"),
+            "pattern-schema" => m.rules_schema(
+                r#"{"type": "object", "properties": {"mode": {"type": "string"}, "note": {"type": "string", "pattern": "^(a+)+$"}}}"#,
+            ),
+            _ => m,
+        }
     }
 
     fn configure(rules: &str) -> Result<Self, PluginError> {
@@ -127,6 +178,10 @@ impl Plugin for Hostile {
         self.misbehave();
         match self.mode.as_str() {
             "leak" => Err(PluginError::Failed(format!("cannot score {}", email_of(c)))),
+            "nul-error" => Err(PluginError::Failed("cannot\0score".into())),
+            "huge-error" => Err(PluginError::Failed("x".repeat(8 << 20))),
+            "nul-band" => Ok(Score::new(1.0).band("gold\0")),
+            "rtl-band" => Ok(Score::new(1.0).band("gold\u{202E}dlog")),
             "bad-reason" => Ok(Score::new(1.0).reason(Reason::new("undeclared", 1.0))),
             "snoop" => {
                 let env = std::env::vars().count() as f64;
@@ -191,6 +246,11 @@ impl Plugin for Hostile {
             "flood" => Ok((0..200_000)
                 .map(|i| Action::AddTag(format!("t{i}").into()))
                 .collect()),
+            "nul-note" => Ok(vec![Action::ScheduleFollowUp {
+                due_in_hours: 1,
+                note: "call\0back".into(),
+            }]),
+            "nul-error" => Err(PluginError::Failed("no\0event".into())),
             _ => Ok(vec![Action::MoveToStage {
                 stage: "end".into(),
                 reason: Reason::new("ok", 0.0),

@@ -1,0 +1,487 @@
+//! Budgets for what a plugin author or a client controls (docs/SECURITY.md, "Budgets"):
+//! each class of hostile input an outside test found, over HTTP, on SQLite and
+//! PostgreSQL where anything is stored. Each test failed before its budget existed.
+
+#[macro_use]
+mod common;
+
+use common::server::{pack, send, Db, Pack, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+on_both_databases!(
+    text_a_plugin_returns_never_reaches_the_database_raw,
+    text_with_nul_from_a_client_is_refused_by_name
+);
+
+/// (mode, the failure kind, words of its message).
+const TEXT_CASES: [(&str, &str, &str); 5] = [
+    ("nul-error", "plugin_error", "\u{FFFD}"),
+    ("nul-band", "plugin_error", "NUL"),
+    ("rtl-band", "plugin_error", "U+202E"),
+    ("nul-note", "bad_output", "NUL"),
+    ("huge-error", "plugin_error", "bytes cut"),
+];
+
+/// A plugin returning NUL, control or invisible characters, or an 8 MB error
+/// message: the event is still stored (on PostgreSQL it used to answer 500 with the
+/// event lost), the failure is recorded with a clean, short message and counted.
+async fn text_a_plugin_returns_never_reaches_the_database_raw(db: Db) {
+    for (mode, kind, words) in TEXT_CASES {
+        let rules = format!(r#"{{"mode": "{mode}"}}"#);
+        let s = TestServer::start(
+            db.clone(),
+            &[
+                pack("value_tiers"),
+                Pack {
+                    stem: "hostile",
+                    rules: Some(&rules),
+                    owns_lifecycle: true,
+                },
+            ],
+        )
+        .await;
+        s.post("/v1/customers", json!({"id": "victim"})).await;
+        let resp = s
+            .req(Method::POST, "/v1/customers/victim/events")
+            .json(&json!({"kind": "order", "amount_cents": 1000}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 201, "{mode}: {}", &text[..text.len().min(500)]);
+        assert!(
+            text.len() < 16 << 10,
+            "{mode}: the response is {} bytes",
+            text.len()
+        );
+        let o: Value = serde_json::from_str(&text).unwrap();
+        let failures = o["failures"].as_array().unwrap();
+        assert!(!failures.is_empty(), "{mode}: {o}");
+        let f = failures
+            .iter()
+            .find(|f| f["kind"] == kind)
+            .unwrap_or_else(|| {
+                panic!("{mode}: no {kind} failure in {o}");
+            });
+        let message = f["message"].as_str().unwrap();
+        assert!(message.contains(words), "{mode}: {message}");
+        assert!(
+            !message.contains('\0') && message.len() <= 1200,
+            "{mode}: {message:?}"
+        );
+        assert!(o["scores"]["value-tiers"].is_object(), "{mode}: {o}");
+        let (_, t) = s.get("/v1/customers/victim/timeline").await;
+        let entries = t["entries"].as_array().unwrap();
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["type"] == "event" && e["id"] == o["event_id"]),
+            "{mode}: the event is stored: {t}"
+        );
+        assert!(
+            entries.iter().any(|e| e["type"] == "plugin_failure"),
+            "{mode}: the failure is on the timeline"
+        );
+        let metrics = s.metrics_text().await;
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!(
+                r#"stagecraft_plugin_calls_total{{outcome="{kind}",plugin="hostile""#
+            ))),
+            "{mode}: the circuit breaker's count of failures includes it"
+        );
+        let (_, c) = s.get("/v1/customers/victim").await;
+        assert!(
+            !c.to_string().contains("\\u0000"),
+            "{mode}: nothing with NUL stored: {c}"
+        );
+        s.finish().await;
+    }
+}
+
+/// NUL in a customer's name, a field, a search, a token label, a path or a CSV
+/// row: a 400 naming it (on PostgreSQL each used to be a 500), nothing stored.
+async fn text_with_nul_from_a_client_is_refused_by_name(db: Db) {
+    let s = TestServer::start(db, &[pack("value_tiers")]).await;
+    let refused = |status: u16, o: &Value, what: &str| {
+        assert_eq!(status, 400, "{what}: {o}");
+        assert_eq!(o["error"]["code"], "nul_character", "{what}: {o}");
+    };
+    let (st, o) = s
+        .post("/v1/customers", json!({"id": "a", "name": "Ann\u{0}"}))
+        .await;
+    refused(st, &o, "name");
+    let (st, o) = s
+        .post(
+            "/v1/customers",
+            json!({"id": "a", "fields": {"note": "x\u{0}"}}),
+        )
+        .await;
+    refused(st, &o, "field");
+    let (st, _) = s.post("/v1/customers", json!({"id": "a"})).await;
+    assert_eq!(st, 201);
+    let (st, o) = s.patch("/v1/customers/a", json!({"name": "\u{0}"})).await;
+    refused(st, &o, "patch");
+    let (st, o) = s
+        .post(
+            "/v1/customers/a/events",
+            json!({"kind": "visit", "fields": {"page": "\u{0}"}}),
+        )
+        .await;
+    refused(st, &o, "event field");
+    let (st, o) = s.get("/v1/customers?q=an%00n").await;
+    refused(st, &o, "search");
+    let (st, o) = s.get("/v1/customers/a%00b").await;
+    refused(st, &o, "path");
+    let (st, o) = s
+        .post("/v1/tokens", json!({"role": "viewer", "label": "ci\u{0}"}))
+        .await;
+    refused(st, &o, "token label");
+    // Other control characters in a name are refused too, by name.
+    let (st, o) = s
+        .post("/v1/customers", json!({"id": "b", "name": "bell\u{7}"}))
+        .await;
+    assert_eq!(st, 422, "{o}");
+    assert!(
+        o["error"]["message"].as_str().unwrap().contains("U+0007"),
+        "{o}"
+    );
+    // A CSV row with NUL is reported by its line; the others are kept.
+    let csv = "id,name,note\nc1,Ann,fine\nc2,Bob\u{0},x\nc3,Cy,bad\u{0}\nc4,Di,ok\n";
+    let (st, r) = send(
+        s.req(Method::POST, "/v1/import/customers")
+            .header("content-type", "text/csv")
+            .body(csv),
+    )
+    .await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        (r["imported"].as_u64(), r["error_count"].as_u64()),
+        (Some(2), Some(2)),
+        "{r}"
+    );
+    let lines: Vec<u64> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [3, 4], "{r}");
+    let (_, list) = s.get("/v1/customers").await;
+    let ids: Vec<&str> = list["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "c1", "c4"], "{list}");
+    s.finish().await;
+}
+
+/// Manifests the host cannot keep safely are refused at upload with a message
+/// naming the problem, and a refused upload leaves nothing: no version, no
+/// compiled code in the on-disk cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_manifests_are_refused_at_upload_and_leave_nothing() {
+    let s = TestServer::start(Db::Sqlite, &[]).await;
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
+    let cases = [
+        ("cyclic-schema", "recursive"),
+        ("not-a-schema", "not a valid JSON Schema"),
+        ("bad-defaults", "default rules do not fit"),
+        ("many-stages", "stages, at most 64"),
+        ("huge-template", "at most 512"),
+        ("long-version", "semantic version"),
+        ("markup-label", "markup"),
+    ];
+    for (mode, words) in cases {
+        let bytes = common::hostile_manifest(mode);
+        let digest = stagecraft::runtime::cache::digest(&bytes);
+        let (status, o) = send(
+            s.req(Method::POST, "/v1/plugins")
+                .header("content-type", "application/wasm")
+                .body(bytes),
+        )
+        .await;
+        assert_eq!(status, 422, "{mode}: {o}");
+        let message = o["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{mode}: {message}");
+        assert!(message.len() < 2048, "{mode}: {} bytes", message.len());
+        let left: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&digest))
+            .collect();
+        assert!(left.is_empty(), "{mode}: compiled code left in the cache");
+    }
+    let (_, list) = s.get("/v1/plugins").await;
+    assert_eq!(list["plugins"], json!([]), "nothing stored: {list}");
+    s.finish().await;
+}
+
+/// A valid plugin carrying an extra core module of more functions than the
+/// budget is refused before anything is compiled (it took 28 s and +1 GB to
+/// compile 200,000 of them), and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compile_bomb_is_refused_before_compiling() {
+    let s = TestServer::start(Db::Sqlite, &[]).await;
+    let functions = stagecraft::runtime::budget::MAX_FUNCTIONS as u32 + 1;
+    let bomb = common::with_extra_module(&common::wasm("hostile"), functions);
+    let (status, o) = send(s.req(Method::POST, "/v1/plugins").body(bomb)).await;
+    assert_eq!(status, 422, "{o}");
+    assert!(
+        o["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the budget"),
+        "{o}"
+    );
+    // The same component with a small extra module is fine: the budget is on size.
+    let fine = common::with_extra_module(&common::wasm("hostile"), 10);
+    let (status, o) = send(s.req(Method::POST, "/v1/plugins").body(fine)).await;
+    assert_eq!(status, 201, "{o}");
+    s.finish().await;
+}
+
+/// A `pattern` in a rules schema runs on a regex engine without backtracking: a
+/// long string that would take a backtracking engine hours is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backtracking_pattern_in_a_rules_schema_costs_nothing() {
+    let s = TestServer::start(Db::Sqlite, &[]).await;
+    let (status, o) = send(
+        s.req(Method::POST, "/v1/plugins")
+            .body(common::hostile_manifest("pattern-schema")),
+    )
+    .await;
+    assert_eq!(status, 201, "{o}");
+    let note = format!("{}b", "a".repeat(500_000));
+    let (status, o) = s
+        .put(
+            "/v1/plugins/hostile/rules",
+            json!({"mode": "ok", "note": note}),
+        )
+        .await;
+    assert_eq!(status, 422, "{o}");
+    assert!(
+        o["error"]["message"].as_str().unwrap().contains("/note"),
+        "{o}"
+    );
+    let (status, o) = s
+        .put(
+            "/v1/plugins/hostile/rules",
+            json!({"mode": "ok", "note": "aaa"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{o}");
+    s.finish().await;
+}
+
+/// Made-up HTTP methods are counted under one label (each used to add a series
+/// to /metrics for ever), and a wrong method on a known route is a JSON 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_are_a_fixed_set_of_labels_and_405_is_json() {
+    let s = TestServer::start(Db::Sqlite, &[]).await;
+    for i in 0..20 {
+        let m = Method::from_bytes(format!("MADEUP{i}{}", "X".repeat(100)).as_bytes()).unwrap();
+        s.client.request(m, s.url("/healthz")).send().await.unwrap();
+    }
+    let metrics = s.metrics_text().await;
+    assert!(!metrics.contains("MADEUP"), "client methods became labels");
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
+    let (status, o) = send(s.req(Method::PUT, "/v1/me")).await;
+    assert_eq!(status, 405, "{o}");
+    assert_eq!(o["error"]["code"], "method_not_allowed", "{o}");
+    assert!(
+        o["error"]["message"].as_str().unwrap().contains("/v1/me"),
+        "{o}"
+    );
+    s.finish().await;
+}
+
+/// One enormous CSV row is not buffered whole: the rows before it are kept, it is
+/// reported by its line, and the import stops there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_csv_row_is_reported_not_buffered() {
+    let s = TestServer::start(Db::Sqlite, &[]).await;
+    let max = stagecraft::import::MAX_ROW;
+    let mut csv = String::from("id,name\nc1,Ann\nc2,Bob\n");
+    csv.push_str(&format!("c3,{}\n", "x".repeat(max + 10)));
+    csv.push_str("c4,Di\n");
+    let (status, r) = send(
+        s.req(Method::POST, "/v1/import/customers")
+            .header("content-type", "text/csv")
+            .body(csv),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["imported"], 2, "{r}");
+    let e = &r["errors"][0];
+    assert_eq!(e["line"], 4, "{r}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("longer than {max} bytes")),
+        "{r}"
+    );
+    let mut cdnow = String::from("00001 19970101 1 11.77\n");
+    cdnow.push_str(&"9".repeat(max + 1));
+    let (status, r) = send(s.req(Method::POST, "/v1/import/cdnow").body(cdnow)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["imported"].as_u64(), r["errors"][0]["line"].as_u64()),
+        (Some(1), Some(2)),
+        "{r}"
+    );
+    s.finish().await;
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in bytes.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+/// The hostile client and plugin-author inputs against a real `stagecraft serve`
+/// process: unauthenticated 16 MiB uploads (their bodies used to be buffered before
+/// the token was checked: +2.5 GB), refused uploads (their compiled code used to be
+/// kept), hostile manifests, made-up methods. The server's peak memory while the
+/// uploads arrive, and its memory after the suite, stay within 100 MB of its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_server_keeps_its_memory_through_the_hostile_suite() {
+    use common::server::{free_port, spawn_serve, wait_healthy};
+    const MB: u64 = 1 << 20;
+    let s = TestServer::start(Db::Sqlite, &[pack("value_tiers")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = spawn_serve(dir.path(), s.database_url(), port, &[]);
+    let pid = server.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let client = reqwest::Client::new();
+    let upload = |token: Option<&str>, body: Vec<u8>| {
+        let mut r = client.post(format!("{base}/v1/plugins")).body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        send(r)
+    };
+    // Warm up what a working server has: a stored plugin, events scored.
+    let (status, o) = upload(Some(&s.token), common::wasm("hostile")).await;
+    assert_eq!(status, 201, "{o}");
+    for i in 0..20 {
+        let r = client
+            .post(format!("{base}/v1/customers/w{i}/events"))
+            .bearer_auth(&s.token)
+            .json(&json!({"kind": "order", "amount_cents": 100}));
+        send(
+            client
+                .post(format!("{base}/v1/customers"))
+                .bearer_auth(&s.token)
+                .json(&json!({"id": format!("w{i}")})),
+        )
+        .await;
+        send(r).await;
+    }
+    let (start, _) = memory_of(pid);
+    // Peak memory from here on (writing 5 to clear_refs resets VmHWM).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+
+    let body = vec![7u8; 16 << 20];
+    for _ in 0..2 {
+        let all = (0..32).map(|_| upload(None, body.clone()));
+        for (status, o) in futures::future::join_all(all).await {
+            assert_eq!(status, 401, "{o}");
+        }
+    }
+    let (_, peak) = memory_of(pid);
+    println!(
+        "64 unauthenticated 16 MiB uploads: RSS at start {} MiB, peak {} MiB",
+        start / MB,
+        peak / MB
+    );
+    assert!(
+        peak < start + 100 * MB,
+        "unauthenticated uploads were buffered: peak {} MiB from {} MiB",
+        peak / MB,
+        start / MB
+    );
+
+    // Refused uploads: the same name and version with other bytes (409), and
+    // manifests over their budgets (422). None may leave compiled code behind.
+    let mut refused = Vec::new();
+    for i in 0..20 {
+        let bytes = common::with_extra_module(&common::wasm("hostile"), i + 1);
+        refused.push(stagecraft::runtime::cache::digest(&bytes));
+        let (status, o) = upload(Some(&s.token), bytes).await;
+        assert_eq!(status, 409, "{o}");
+    }
+    for mode in [
+        "cyclic-schema",
+        "not-a-schema",
+        "many-stages",
+        "huge-template",
+        "long-version",
+    ] {
+        let bytes = common::hostile_manifest(mode);
+        refused.push(stagecraft::runtime::cache::digest(&bytes));
+        let (status, o) = upload(Some(&s.token), bytes).await;
+        assert_eq!(status, 422, "{mode}: {o}");
+    }
+    for i in 0..2_000 {
+        let m = Method::from_bytes(format!("M{i}{}", "X".repeat(190)).as_bytes()).unwrap();
+        client
+            .request(m, format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.len() < 256 << 10,
+        "/metrics is {} bytes",
+        metrics.len()
+    );
+    let cached: Vec<String> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for d in &refused {
+        assert!(
+            !cached.iter().any(|f| f.starts_with(d.as_str())),
+            "a refused upload left {d} in the cache"
+        );
+    }
+    let (end, _) = memory_of(pid);
+    println!(
+        "after the hostile suite: RSS {} MiB (start {} MiB)",
+        end / MB,
+        start / MB
+    );
+    assert!(
+        end < start + 100 * MB,
+        "RSS grew from {} to {} MiB",
+        start / MB,
+        end / MB
+    );
+    let (status, _) = send(client.get(format!("{base}/healthz"))).await;
+    assert_eq!(status, 200);
+    drop(server);
+    s.finish().await;
+}
