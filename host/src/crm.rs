@@ -22,6 +22,8 @@ pub struct Crm {
     pub packs: Packs,
     /// SQLite: events that arrive together are recorded in one transaction.
     group_commit: Option<Arc<GroupCommit>>,
+    /// How long a bulk job's chunk claim lasts without its heartbeat.
+    chunk_lease: std::time::Duration,
 }
 
 /// A customer as a client creates it.
@@ -190,7 +192,19 @@ impl Crm {
             store,
             packs,
             group_commit,
+            chunk_lease: crate::registry::CHUNK_LEASE,
         }
+    }
+
+    /// Sets how long a bulk job's chunk claim lasts without its heartbeat
+    /// (default [`crate::registry::CHUNK_LEASE`]); the heartbeat renews it every quarter.
+    pub fn with_chunk_lease(mut self, lease: std::time::Duration) -> Crm {
+        self.chunk_lease = lease;
+        self
+    }
+
+    pub fn chunk_lease(&self) -> std::time::Duration {
+        self.chunk_lease
     }
 
     /// Turns group commit on or off (it is on for SQLite, off for PostgreSQL,

@@ -28,6 +28,13 @@ pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
 pub const INLINE_DRY_RUN: i64 = 1000;
 /// Customers per chunk of a bulk rescore (and per batch call into a plugin).
 pub const RESCORE_CHUNK: usize = 500;
+/// Wall-clock budget of a dry-run answered inline (a job has none).
+pub const INLINE_DRY_RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a rescore chunk's claim lasts without a heartbeat before another
+/// host may take the chunk over as left by a dead host.
+pub const CHUNK_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Failures a dry-run report or a rescore job lists (all are counted).
+pub const LISTED_FAILURES: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -122,6 +129,9 @@ pub struct Verdict {
 /// A loaded pair, ready to evaluate.
 struct Evaluator {
     pack: ActivePack,
+    /// Whether the pack already went over its deadline on a customer alone in
+    /// this dry-run: it is not called again (see [`Strikes`]).
+    strikes: Strikes,
 }
 
 impl Evaluator {
@@ -139,7 +149,7 @@ impl Evaluator {
                 v.error.get_or_insert_with(|| e.to_string());
             }
         };
-        let calls = score_and_segment(&self.pack, ctx, batch, &snaps);
+        let calls = score_and_segment(&self.pack, ctx, batch, &snaps, &self.strikes);
         match calls.scores {
             Some(Ok(scores)) => {
                 for (v, s) in out.iter_mut().zip(scores) {
@@ -169,10 +179,13 @@ impl Evaluator {
             None => {}
         }
         if m.lifecycle && self.pack.owns_lifecycle {
-            for (v, moved) in out
-                .iter_mut()
-                .zip(lifecycle_moves(&self.pack, ctx, batch, &snaps))
-            {
+            for (v, moved) in out.iter_mut().zip(lifecycle_moves(
+                &self.pack,
+                ctx,
+                batch,
+                &snaps,
+                &self.strikes,
+            )) {
                 match moved {
                     Ok(to) => v.stage = to.map(|(stage, _)| stage),
                     Err(e) => {
@@ -198,6 +211,17 @@ pub struct DryRunReport {
     pub band_moves: BTreeMap<String, i64>,
     /// The customers whose score moves most, with reasons on both sides.
     pub largest: Vec<CustomerDiff>,
+    /// Customers the candidate failed on, with its error (at most
+    /// [`LISTED_FAILURES`]; `changed.errors_after` counts them all).
+    pub failures: Vec<CustomerFailure>,
+}
+
+/// A customer a plugin failed on in a dry-run or a rescore.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CustomerFailure {
+    pub customer_id: String,
+    pub plugin: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -221,6 +245,15 @@ pub struct CustomerDiff {
 impl DryRunReport {
     fn add(&mut self, id: &str, before: Verdict, after: Verdict, top: usize) {
         self.customers += 1;
+        if let Some(e) = &after.error {
+            if self.failures.len() < LISTED_FAILURES {
+                self.failures.push(CustomerFailure {
+                    customer_id: id.to_string(),
+                    plugin: self.plugin.clone(),
+                    message: e.clone(),
+                });
+            }
+        }
         let c = &mut self.changed;
         c.errors_before += before.error.is_some() as i64;
         c.errors_after += after.error.is_some() as i64;
@@ -717,9 +750,30 @@ impl Crm {
             candidate: pair,
             ..Default::default()
         };
-        let before_eval = active.map(|pack| Arc::new(Evaluator { pack }));
-        let after_eval = Arc::new(Evaluator { pack: candidate });
+        let before_eval = active.map(|pack| {
+            Arc::new(Evaluator {
+                pack,
+                strikes: Strikes::default(),
+            })
+        });
+        let after_eval = Arc::new(Evaluator {
+            pack: candidate,
+            strikes: Strikes::default(),
+        });
+        let started = std::time::Instant::now();
+        let mut evaluated = 0usize;
         for chunk in ids.chunks(RESCORE_CHUNK) {
+            // An inline dry-run answers a request: past its budget it stops with
+            // an error that says what to do, instead of holding the client.
+            if job.is_none() && started.elapsed() > INLINE_DRY_RUN_BUDGET {
+                return Err(RegistryError::Invalid(format!(
+                    "the dry-run went over its budget of {} s after {evaluated} of {} customers; \
+                     dry-run a smaller sample, or every customer with \"all\": true as a job",
+                    INLINE_DRY_RUN_BUDGET.as_secs(),
+                    ids.len()
+                )));
+            }
+            evaluated += chunk.len();
             let batch = Arc::new(self.load_batch(tenant, chunk, now).await?);
             let ctx = CallContext {
                 now,
@@ -775,7 +829,7 @@ impl Crm {
             let r = self
                 .compare(tenant, name, (active, candidate, pair), ids, top, None)
                 .await?;
-            return Ok(DryRunOutcome::Done(r));
+            return Ok(DryRunOutcome::Done(Box::new(r)));
         }
         let job = format!("job_{}", uuid::Uuid::now_v7().simple());
         let params = json!({ "plugin": name, "candidate": pair, "customers": ids.len() });
@@ -813,7 +867,16 @@ impl Crm {
                 Err(e) => return tracing::error!("dry-run job {id}: {e}"),
             };
             let end = match &r {
-                Ok(rep) => store::finish_job(&mut conn, &id, Ok(&json!(rep)), now_ms()).await,
+                Ok(rep) => {
+                    // Customers the candidate failed on make the job end as
+                    // `done_with_failures`, with their count on the job.
+                    let mut result = json!(rep);
+                    result["failed"] = json!(rep.changed.errors_after);
+                    match store::add_failed(&mut conn, &id, rep.changed.errors_after).await {
+                        Ok(()) => store::finish_job(&mut conn, &id, Ok(&result), now_ms()).await,
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => store::finish_job(&mut conn, &id, Err(&e.to_string()), now_ms()).await,
             };
             if let Err(e) = end {
@@ -867,23 +930,62 @@ impl Crm {
         host: &str,
     ) -> Result<i64, RegistryError> {
         let mut done = 0;
-        while let Some(chunk) = self.claim_rescore_chunk(job, host).await? {
-            let scored = self.rescore_chunk(tenant, chunk).await?;
-            done += self.store_rescored(tenant, job, scored).await?;
+        loop {
+            // Each claim is named alone, so that two workers of one host (this
+            // one and `help_with_jobs`) tell their claims apart too.
+            let claim = format!("{host}/{}", uuid::Uuid::now_v7().simple());
+            let Some(chunk) = self.claim_rescore_chunk(job, &claim).await? else {
+                break;
+            };
+            let heartbeat = self.heartbeat(job.to_string(), chunk.chunk, claim.clone());
+            let worked = async {
+                let scored = self.rescore_chunk(tenant, chunk).await?;
+                self.store_rescored(tenant, job, &claim, scored).await
+            }
+            .await;
+            heartbeat.abort();
+            done += worked?;
         }
         Ok(done)
+    }
+
+    /// Renews a chunk's claim every quarter of [`Crm::chunk_lease`] while it is
+    /// worked on, so that no host (this one included) takes a chunk that is
+    /// merely slow for one left by a dead host and does its writes twice.
+    fn heartbeat(&self, job: String, chunk: i64, claim: String) -> tokio::task::JoinHandle<()> {
+        let (store, every) = (self.store.clone(), self.chunk_lease() / 4);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let renewed = match store.begin().await {
+                    Ok(mut tx) => {
+                        match store::renew_claim(tx.conn(), &job, chunk, &claim, now_ms()).await {
+                            Ok(held) => tx.commit().await.map(|_| held),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => return tracing::warn!(%job, chunk, "the chunk's claim was lost"),
+                    Err(e) => tracing::warn!(%job, chunk, "could not renew the chunk's claim: {e}"),
+                }
+            }
+        })
     }
 
     /// Claims the job's next chunk, if any is left.
     async fn claim_rescore_chunk(
         &self,
         job: &str,
-        host: &str,
+        claim: &str,
     ) -> Result<Option<store::Chunk>, RegistryError> {
         let now = now_ms();
+        let stale_before = now - self.chunk_lease().as_millis() as i64;
         let mut tx = self.store.begin().await?;
         let backend = tx.backend();
-        let chunk = store::claim_chunk(tx.conn(), backend, job, host, now, now - 60_000).await?;
+        let chunk = store::claim_chunk(tx.conn(), backend, job, claim, now, stale_before).await?;
         tx.commit().await?;
         Ok(chunk)
     }
@@ -911,16 +1013,19 @@ impl Crm {
         let owner = packs.lifecycle_owner().cloned();
         let p = packs.clone();
         let (batch, moves, results) = crate::spawn_blocking(move || {
-            let moves: Vec<Option<(String, crate::runtime::Reason)>> = match &owner {
-                Some(o) => lifecycle_moves(o, &ctx, &batch, &snapshots(o, &batch))
-                    .into_iter()
-                    .map(|m| m.ok().flatten())
-                    .collect(),
-                None => vec![None; batch.len()],
+            let moves: Vec<Result<Option<(String, crate::runtime::Reason)>, String>> = match &owner
+            {
+                Some(o) => {
+                    lifecycle_moves(o, &ctx, &batch, &snapshots(o, &batch), &Strikes::default())
+                        .into_iter()
+                        .map(|m| m.map_err(|e| e.to_string()))
+                        .collect()
+                }
+                None => vec![Ok(None); batch.len()],
             };
             let before: Vec<Option<String>> = batch.iter().map(|(c, _)| c.stage.clone()).collect();
             for ((c, _), m) in batch.iter_mut().zip(&moves) {
-                if let Some((to, _)) = m {
+                if let Ok(Some((to, _))) = m {
                     c.stage = Some(to.clone());
                 }
             }
@@ -955,6 +1060,7 @@ impl Crm {
         &self,
         tenant: &str,
         job: &str,
+        claim: &str,
         r: RescoredChunk,
     ) -> Result<i64, RegistryError> {
         let RescoredChunk {
@@ -966,13 +1072,29 @@ impl Crm {
             moves,
             results,
         } = r;
+        // The first failure of each customer, by any pack: counted in the job,
+        // a sample listed. The customer keeps what it had from that pack.
+        let mut failures: BTreeMap<String, CustomerFailure> = BTreeMap::new();
+        let mut fail = |id: &str, plugin: &str, message: String| {
+            failures
+                .entry(id.to_string())
+                .or_insert_with(|| CustomerFailure {
+                    customer_id: id.to_string(),
+                    plugin: plugin.to_string(),
+                    message,
+                });
+        };
         let mut tx = self.store.begin().await?;
         if let Some(owner) = packs.lifecycle_owner() {
             let moved: Vec<(&str, store::StageMove)> = batch
                 .iter()
                 .zip(moves)
                 .filter_map(|((c, _), m)| match m {
-                    Some((to, reason)) if c.stage.as_deref() != Some(to.as_str()) => Some((
+                    Err(e) => {
+                        fail(&c.id, owner.name(), e);
+                        None
+                    }
+                    Ok(Some((to, reason))) if c.stage.as_deref() != Some(to.as_str()) => Some((
                         c.id.as_str(),
                         store::StageMove {
                             from: c.stage.clone(),
@@ -997,12 +1119,18 @@ impl Crm {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(%tenant, plugin = %pack.name(), "rescore batch failed: {e}");
+                    for (c, _) in &batch {
+                        fail(&c.id, pack.name(), e.clone());
+                    }
                     continue;
                 }
             };
             let mut scores = Vec::new();
             let mut memberships = Vec::new();
-            for ((c, _), (score, segments)) in batch.iter().zip(rows) {
+            for ((c, _), (score, segments, error)) in batch.iter().zip(rows) {
+                if let Some(e) = error {
+                    fail(&c.id, pack.name(), e);
+                }
                 if let Some(s) = score {
                     scores.push((c.id.clone(), s));
                 }
@@ -1023,14 +1151,27 @@ impl Crm {
         store::queue_bump_revs(&mut writes, tenant, &ids_read);
         writes.run(tx.conn()).await?;
         let customers = ids;
-        store::complete_chunk(tx.conn(), job, chunk.chunk).await?;
+        let failed = failures.len() as i64;
+        let listed: Vec<&CustomerFailure> = failures.values().take(20).collect();
+        let listed = (!listed.is_empty()).then(|| json!(listed));
+        if !store::complete_chunk(tx.conn(), job, chunk.chunk, claim, listed.as_ref()).await? {
+            // Another host took the chunk over (this one was presumed dead):
+            // its writes stand, these are rolled back with the transaction.
+            tracing::warn!(%job, chunk = chunk.chunk, "chunk taken over by another host; not stored twice");
+            return Ok(0);
+        }
         store::add_progress(tx.conn(), job, customers, now_ms()).await?;
+        if failed > 0 {
+            store::add_failed(tx.conn(), job, failed).await?;
+        }
         if store::chunks_left(tx.conn(), job).await? == 0 {
-            let total = store::job(tx.conn(), tenant, job)
+            let (total, failed) = store::job(tx.conn(), tenant, job)
                 .await?
-                .map(|j| j.total)
-                .unwrap_or(0);
-            store::finish_job(tx.conn(), job, Ok(&json!({ "customers": total })), now_ms()).await?;
+                .map(|j| (j.total, j.failed))
+                .unwrap_or((0, 0));
+            let listed = store::chunk_failures(tx.conn(), job, LISTED_FAILURES).await?;
+            let result = json!({ "customers": total, "failed": failed, "failures": listed });
+            store::finish_job(tx.conn(), job, Ok(&result), now_ms()).await?;
         }
         tx.commit().await?;
         self.packs
@@ -1050,28 +1191,32 @@ struct RescoredChunk {
     now: i64,
     packs: Arc<crate::packs::TenantPacks>,
     batch: Vec<(CustomerRecord, Vec<EventRecord>)>,
-    moves: Vec<Option<(String, crate::runtime::Reason)>>,
+    moves: Vec<Result<Option<(String, crate::runtime::Reason)>, String>>,
     results: Vec<Result<Vec<RescoreRow>, String>>,
 }
 
-/// What a rescore stores for one customer and pack: the score and the segments.
+/// What a rescore stores for one customer and pack: the score and the segments,
+/// and the pack's error on that customer, if any.
 type RescoreRow = (
     Option<store::StoredScore>,
     Option<Vec<(String, store::RenderedReason)>>,
+    Option<String>,
 );
 
 /// A pack's scores and segments for a batch (blocking); per customer, `None`
-/// where the pack does not do it or failed on that customer.
+/// where the pack does not do it or failed on that customer (then with its error).
 fn batch_results(
     pack: &ActivePack,
     ctx: &CallContext,
     batch: &[(CustomerRecord, Vec<EventRecord>)],
 ) -> Result<Vec<RescoreRow>, String> {
     let m = pack.plugin.manifest();
-    let calls = score_and_segment(pack, ctx, batch, &snapshots(pack, batch));
-    let mut out: Vec<RescoreRow> = vec![(None, None); batch.len()];
+    let strikes = Strikes::default();
+    let calls = score_and_segment(pack, ctx, batch, &snapshots(pack, batch), &strikes);
+    let mut out: Vec<RescoreRow> = vec![(None, None, None); batch.len()];
     if let Some(scores) = calls.scores {
         for (o, s) in out.iter_mut().zip(scores.map_err(|e| e.to_string())?) {
+            let s = s.map_err(|e| o.2 = Some(e.to_string()));
             o.0 = s.ok().map(|s| store::StoredScore {
                 plugin: m.name.clone(),
                 plugin_version: pack.version.clone(),
@@ -1088,6 +1233,9 @@ fn batch_results(
     }
     if let Some(segs) = calls.segments {
         for (o, s) in out.iter_mut().zip(segs.map_err(|e| e.to_string())?) {
+            let s = s.map_err(|e| {
+                o.2.get_or_insert_with(|| e.to_string());
+            });
             o.1 = s.ok().map(|ms| {
                 ms.iter()
                     .map(|x| (x.segment.clone(), crate::pipeline::render(pack, &x.reason)))
@@ -1101,7 +1249,7 @@ fn batch_results(
 /// A dry-run's result, or the job computing it.
 #[derive(Debug, Clone)]
 pub enum DryRunOutcome {
-    Done(DryRunReport),
+    Done(Box<DryRunReport>),
     Job(String),
 }
 
@@ -1153,6 +1301,7 @@ fn lifecycle_moves(
     ctx: &CallContext,
     batch: &[(CustomerRecord, Vec<EventRecord>)],
     snaps: &[stagecraft_plugin::snapshot::Customer<'_>],
+    strikes: &Strikes,
 ) -> Vec<Result<Option<(String, crate::runtime::Reason)>, RuntimeError>> {
     let rules = pack.rules.as_deref();
     snaps
@@ -1162,15 +1311,85 @@ fn lifecycle_moves(
             let Some(latest) = events.first() else {
                 return Ok(None);
             };
-            let mut s = pack.plugin.session(ctx, rules)?;
-            s.withhold(granted_secrets(record, &pack.granted_fields));
-            let actions = s.on_event(ctx, snap, &latest.snapshot())?;
+            strikes.check(pack)?;
+            let actions = pack.plugin.session(ctx, rules).and_then(|mut s| {
+                s.withhold(granted_secrets(record, &pack.granted_fields));
+                s.on_event(ctx, snap, &latest.snapshot())
+            });
+            let actions = actions.inspect_err(|e| strikes.note(e))?;
             Ok(actions.into_iter().rev().find_map(|a| match a {
                 Action::MoveToStage { stage, reason } => Some((stage, reason)),
                 _ => None,
             }))
         })
         .collect()
+}
+
+/// What a dry-run or a rescore remembers of a pack's deadlines: once it went
+/// over its deadline on one customer alone, it is not called again there, and
+/// the customers left get an error saying so. A plugin that loops on everyone
+/// costs one deadline per kind of call, not one per customer (a dry-run of
+/// 1,000 customers with a looping candidate took half an hour).
+#[derive(Default)]
+struct Strikes {
+    gave_up: std::sync::Mutex<Option<String>>,
+}
+
+impl Strikes {
+    fn check(&self, pack: &ActivePack) -> Result<(), RuntimeError> {
+        match &*self.gave_up.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(RuntimeError::Plugin {
+                plugin: pack.plugin.label().to_string(),
+                error: PluginError::Failed(format!("not called: {why}")),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn note(&self, e: &RuntimeError) {
+        if let RuntimeError::Deadline { .. } = e {
+            self.gave_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| {
+                    format!("it went over its deadline on another customer ({e})")
+                });
+        }
+    }
+}
+
+/// Calls a pack on a batch; when the whole call fails (a trap, the deadline or
+/// the memory cap on one customer fails the call for all of them), calls it
+/// again on each customer alone, so that the healthy ones get their results
+/// and each failed one its own error. A rescore chunk used to store nothing for
+/// any of its customers when one of them made the plugin fail.
+fn per_customer_on_failure<'c, T>(
+    pack: &ActivePack,
+    snaps: &[stagecraft_plugin::snapshot::Customer<'c>],
+    strikes: &Strikes,
+    call: impl Fn(&[stagecraft_plugin::snapshot::Customer<'c>]) -> BatchCall<T>,
+) -> BatchCall<T> {
+    strikes.check(pack)?;
+    match call(snaps) {
+        Err(e) if e.is_fault() && snaps.len() > 1 => {
+            tracing::debug!(plugin = %pack.name(), "batch failed ({e}); each customer alone");
+        }
+        other => return other.inspect_err(|e| strikes.note(e)),
+    }
+    Ok(snaps
+        .chunks(1)
+        .map(|one| {
+            strikes
+                .check(pack)
+                .and_then(|()| call(one))
+                .inspect_err(|e| strikes.note(e))
+                .map_err(|e| PluginError::Failed(e.to_string()))
+                .and_then(|mut r| {
+                    r.pop()
+                        .unwrap_or_else(|| Err(PluginError::Failed("no result".into())))
+                })
+        })
+        .collect())
 }
 
 /// The customers of a batch as this pack may see them.
@@ -1201,6 +1420,7 @@ fn score_and_segment(
     ctx: &CallContext,
     batch: &[(CustomerRecord, Vec<EventRecord>)],
     snaps: &[stagecraft_plugin::snapshot::Customer<'_>],
+    strikes: &Strikes,
 ) -> BatchCalls {
     let m = pack.plugin.manifest();
     let rules = pack.rules.as_deref();
@@ -1210,15 +1430,19 @@ fn score_and_segment(
         .collect();
     BatchCalls {
         scores: m.scoring.then(|| {
-            pack.plugin.session(ctx, rules).and_then(|mut s| {
-                s.withhold(secrets.clone());
-                s.score(ctx, snaps)
+            per_customer_on_failure(pack, snaps, strikes, |snaps| {
+                pack.plugin.session(ctx, rules).and_then(|mut s| {
+                    s.withhold(secrets.clone());
+                    s.score(ctx, snaps)
+                })
             })
         }),
         segments: m.segmentation.then(|| {
-            pack.plugin.session(ctx, rules).and_then(|mut s| {
-                s.withhold(secrets);
-                s.segment(ctx, snaps)
+            per_customer_on_failure(pack, snaps, strikes, |snaps| {
+                pack.plugin.session(ctx, rules).and_then(|mut s| {
+                    s.withhold(secrets.clone());
+                    s.segment(ctx, snaps)
+                })
             })
         }),
     }

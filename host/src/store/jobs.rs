@@ -11,11 +11,14 @@ use sqlx::{AnyConnection, Row};
 pub struct Job {
     pub id: String,
     pub kind: String,
-    /// `running`, `done` or `failed`.
+    /// `running`, `done`, `done_with_failures` (a plugin failed on some
+    /// customers; the others were done) or `failed`.
     pub status: String,
     pub params: serde_json::Value,
     pub done: i64,
     pub total: i64,
+    /// Customers a plugin failed on (they keep what they had).
+    pub failed: i64,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     pub created_at: i64,
@@ -62,6 +65,7 @@ pub async fn job(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<Opt
                 params: from_json(&r.try_get::<String, _>("params")?)?,
                 done: r.try_get("done")?,
                 total: r.try_get("total")?,
+                failed: r.try_get("failed")?,
                 result: result.map(|s| from_json(&s)).transpose()?,
                 error: r.try_get("error")?,
                 created_at: r.try_get("created_at")?,
@@ -82,7 +86,18 @@ pub async fn add_progress(conn: &mut AnyConnection, id: &str, done: i64, at: i64
     Ok(())
 }
 
-/// Ends a job with its result or error.
+/// Adds customers a plugin failed on to a job's count.
+pub async fn add_failed(conn: &mut AnyConnection, id: &str, failed: i64) -> Result<()> {
+    sqlx::query("UPDATE jobs SET failed = failed + $1 WHERE id = $2")
+        .bind(failed)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends a job with its result or error; a result with customers that failed
+/// ends it as `done_with_failures`.
 pub async fn finish_job(
     conn: &mut AnyConnection,
     id: &str,
@@ -90,6 +105,9 @@ pub async fn finish_job(
     at: i64,
 ) -> Result<()> {
     let (status, result, error) = match result {
+        Ok(v) if v["failed"].as_i64().is_some_and(|n| n > 0) => {
+            ("done_with_failures", Some(to_json(v)), None)
+        }
         Ok(v) => ("done", Some(to_json(v)), None),
         Err(e) => ("failed", None, Some(e.to_string())),
     };
@@ -145,11 +163,14 @@ pub async fn create_chunks(
 
 /// Claims the next pending chunk of `job` (or one whose claim is older than
 /// `stale_before`, left by a host that died), inside the caller's transaction.
+/// `claim` names this claim alone (a host and a fresh id): the worker renews it
+/// while it works ([`renew_claim`]) and completes the chunk only if it still
+/// holds it ([`complete_chunk`]).
 pub async fn claim_chunk(
     conn: &mut AnyConnection,
     backend: Backend,
     job: &str,
-    host: &str,
+    claim: &str,
     now: i64,
     stale_before: i64,
 ) -> Result<Option<Chunk>> {
@@ -181,7 +202,7 @@ pub async fn claim_chunk(
         customers: r.try_get("customers")?,
     };
     sqlx::query("UPDATE job_chunks SET status = 'claimed', claimed_by = $1, claimed_at = $2 WHERE job_id = $3 AND chunk = $4")
-        .bind(host)
+        .bind(claim)
         .bind(now)
         .bind(job)
         .bind(c.chunk)
@@ -190,13 +211,73 @@ pub async fn claim_chunk(
     Ok(Some(c))
 }
 
-pub async fn complete_chunk(conn: &mut AnyConnection, job: &str, chunk: i64) -> Result<()> {
-    sqlx::query("UPDATE job_chunks SET status = 'done' WHERE job_id = $1 AND chunk = $2")
-        .bind(job)
-        .bind(chunk)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// The heartbeat of a chunk being worked on: its claim is fresh again, so no
+/// host takes it for one left by a dead host. `false` if the claim was lost.
+pub async fn renew_claim(
+    conn: &mut AnyConnection,
+    job: &str,
+    chunk: i64,
+    claim: &str,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE job_chunks SET claimed_at = $1 WHERE job_id = $2 AND chunk = $3 \
+         AND claimed_by = $4 AND status = 'claimed'",
+    )
+    .bind(now)
+    .bind(job)
+    .bind(chunk)
+    .bind(claim)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Marks a chunk done with its failures (JSON), if `claim` still holds it;
+/// `false` (nothing changed) if another host took it over meanwhile, in which
+/// case the caller must not keep its writes.
+pub async fn complete_chunk(
+    conn: &mut AnyConnection,
+    job: &str,
+    chunk: i64,
+    claim: &str,
+    failures: Option<&serde_json::Value>,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE job_chunks SET status = 'done', failures = $1 WHERE job_id = $2 AND chunk = $3 \
+         AND claimed_by = $4 AND status = 'claimed'",
+    )
+    .bind(failures.map(to_json))
+    .bind(job)
+    .bind(chunk)
+    .bind(claim)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The failures its chunks recorded, in chunk order, at most `limit`.
+pub async fn chunk_failures(
+    conn: &mut AnyConnection,
+    job: &str,
+    limit: usize,
+) -> Result<Vec<serde_json::Value>> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT failures FROM job_chunks WHERE job_id = $1 AND failures IS NOT NULL ORDER BY chunk",
+    )
+    .bind(job)
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        if let serde_json::Value::Array(a) = from_json(&r)? {
+            out.extend(a.into_iter().take(limit - out.len()));
+        }
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Chunks of `job` not yet done.

@@ -177,7 +177,7 @@ impl TestServer {
             let (status, j) = self.get(&format!("/v1/jobs/{job}")).await;
             assert_eq!(status, 200, "{j}");
             match j["status"].as_str() {
-                Some("done") => return j,
+                Some("done" | "done_with_failures") => return j,
                 Some("failed") => panic!("job failed: {j}"),
                 _ => {}
             }

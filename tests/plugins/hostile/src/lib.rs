@@ -7,6 +7,9 @@
 //! Text modes return what a database or a screen must never get: `nul-error` (an
 //! error message with NUL), `nul-band`, `rtl-band` (a right-to-left override),
 //! `nul-note` (a follow-up note with NUL), `huge-error` (an 8 MB error message).
+//! For bulk jobs: `fail-one` traps while scoring a customer whose id starts with
+//! `bad` (failing the whole batch call), `slow` spends `value` million loop
+//! iterations on each customer it scores.
 //!
 //! Its *manifest* is picked by [`MANIFEST_MODE`], 32 bytes of the binary that a
 //! test overwrites in a copy of the built component (the manifest may not depend
@@ -176,6 +179,16 @@ impl Plugin for Hostile {
 
     fn score(&self, ctx: &Context, c: &Customer) -> Result<Score, PluginError> {
         self.misbehave();
+        if self.mode == "fail-one" && c.id.starts_with("bad") {
+            panic!("hostile plugin fails on {}", c.id);
+        }
+        if self.mode == "slow" {
+            let mut x: u64 = 0;
+            for i in 0..(self.value.max(0.0) as u64) * 1_000_000 {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+            std::hint::black_box(x);
+        }
         match self.mode.as_str() {
             "leak" => Err(PluginError::Failed(format!("cannot score {}", email_of(c)))),
             "nul-error" => Err(PluginError::Failed("cannot\0score".into())),
