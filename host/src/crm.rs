@@ -127,6 +127,50 @@ fn check_tags(tags: &[String]) -> Result<(), CrmError> {
     }
 }
 
+/// The per-customer caps on tags and fields, for a patch of `current`: only
+/// growth past a cap is refused (a customer over it from before can shrink).
+fn check_customer_caps(
+    current: &CustomerRecord,
+    patch: &CustomerPatch,
+    set: &[FieldEntry],
+) -> Result<(), CrmError> {
+    let mut tags: std::collections::BTreeSet<&str> =
+        current.tags.iter().map(String::as_str).collect();
+    tags.extend(patch.add_tags.iter().map(String::as_str));
+    for t in &patch.remove_tags {
+        tags.remove(t.as_str());
+    }
+    let mut fields: std::collections::BTreeSet<&str> =
+        current.fields.iter().map(|f| f.key.as_str()).collect();
+    fields.extend(set.iter().map(|f| f.key.as_str()));
+    for (k, v) in &patch.fields {
+        if v.is_null() {
+            fields.remove(k.as_str());
+        }
+    }
+    for (what, before, after, cap) in [
+        (
+            "tags",
+            current.tags.len(),
+            tags.len(),
+            model::MAX_CUSTOMER_TAGS,
+        ),
+        (
+            "fields",
+            current.fields.len(),
+            fields.len(),
+            model::MAX_CUSTOMER_FIELDS,
+        ),
+    ] {
+        if after > cap && after > before {
+            return Err(invalid(format!(
+                "the customer would have {after} {what}, at most {cap}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn field_entries(
     fields: &BTreeMap<String, Json>,
     sensitive: &[String],
@@ -270,6 +314,7 @@ impl Crm {
         let current = store::load_customer(tx.conn(), backend, tenant, id, true)
             .await?
             .ok_or_else(|| PipelineError::UnknownCustomer(id.to_string()))?;
+        check_customer_caps(&current, &patch, &set)?;
         store::update_profile(
             tx.conn(),
             tenant,

@@ -17,6 +17,10 @@ pub const MAX_FIELDS: usize = 64;
 pub const MAX_TAGS: usize = 64;
 pub const MAX_TEXT: usize = 1024;
 pub const MAX_ID: usize = 128;
+/// Per customer, whoever adds them (a client or plugins, event after event).
+pub const MAX_CUSTOMER_TAGS: usize = 256;
+pub const MAX_CUSTOMER_FIELDS: usize = 256;
+pub const MAX_OPEN_FOLLOW_UPS: u32 = 100;
 
 /// What a token may do. Each role includes the ones before it.
 #[derive(

@@ -225,6 +225,7 @@ fn run_plugin(
     ctx: &CallContext,
     customer: &CustomerRecord,
     recent: &[EventRecord],
+    open_follow_ups: u32,
     event: &EventRecord,
 ) -> Result<PluginOutput, FailureReport> {
     let m = pack.plugin.manifest();
@@ -276,6 +277,48 @@ fn run_plugin(
     // Score and segment see the customer as this plugin's own actions left it.
     let mut after = customer.clone();
     apply_to_record(&mut after, &out.actions);
+    // Per-customer caps: a plugin adding a little on every event must not grow
+    // a customer without bound. Only growth past a cap is refused.
+    let grows_past = |before: usize, after: usize, cap: usize| after > cap && after > before;
+    if grows_past(
+        customer.tags.len(),
+        after.tags.len(),
+        model::MAX_CUSTOMER_TAGS,
+    ) {
+        return Err(fail(
+            "bad_output",
+            format!(
+                "would give the customer {} tags, at most {}",
+                after.tags.len(),
+                model::MAX_CUSTOMER_TAGS
+            ),
+        ));
+    }
+    if grows_past(
+        customer.fields.len(),
+        after.fields.len(),
+        model::MAX_CUSTOMER_FIELDS,
+    ) {
+        return Err(fail(
+            "bad_output",
+            format!(
+                "would give the customer {} fields, at most {}",
+                after.fields.len(),
+                model::MAX_CUSTOMER_FIELDS
+            ),
+        ));
+    }
+    let scheduled = follow_ups_in(&out.actions);
+    if scheduled > 0 && open_follow_ups + scheduled > model::MAX_OPEN_FOLLOW_UPS {
+        return Err(fail(
+            "bad_output",
+            format!(
+                "would give the customer {} open follow-ups, at most {}",
+                open_follow_ups + scheduled,
+                model::MAX_OPEN_FOLLOW_UPS
+            ),
+        ));
+    }
     let snap = customer_snapshot_granted(&after, recent, &pack.granted_fields);
     let batch = std::slice::from_ref(&snap);
     if m.scoring {
@@ -308,6 +351,14 @@ fn run_plugin(
         );
     }
     Ok(out)
+}
+
+/// How many follow-ups `actions` schedule.
+fn follow_ups_in(actions: &[Action]) -> u32 {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::ScheduleFollowUp { .. }))
+        .count() as u32
 }
 
 /// Applies actions to the in-memory record, so later plugins see them.
@@ -345,13 +396,14 @@ fn evaluate(
     ctx: &CallContext,
     mut customer: CustomerRecord,
     recent: &[EventRecord],
+    mut open_follow_ups: u32,
     event: &EventRecord,
 ) -> Evaluated {
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
     for pack in &packs.packs {
         let started = std::time::Instant::now();
-        let result = run_plugin(pack, ctx, &customer, recent, event);
+        let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event);
         let labels = [pack.name(), pack.version.as_str()];
         packs
             .metrics
@@ -367,6 +419,7 @@ fn evaluate(
         match result {
             Ok(o) => {
                 apply_to_record(&mut customer, &o.actions);
+                open_follow_ups += follow_ups_in(&o.actions);
                 if let Some(segs) = &o.segments {
                     customer
                         .segments
@@ -488,6 +541,7 @@ pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
             &ctx,
             inputs.customer,
             &inputs.recent,
+            inputs.open_follow_ups,
             &job.event,
         )
     })
@@ -508,6 +562,8 @@ struct Inputs {
     /// The metrics to store: as above, without the touchpoints (they are counted, not kept).
     stored_metrics: Metrics,
     recent: Vec<EventRecord>,
+    /// Follow-ups of the customer not yet done.
+    open_follow_ups: u32,
     /// What the event's writes go over: the stored scores and segments.
     scores_before: store::ScoresBefore,
     segments_before: store::SegmentsBefore,
@@ -556,6 +612,7 @@ fn prepare(job: &EventJob, reads: store::EventReads) -> Result<Prepared, Pipelin
         customer,
         stored_metrics,
         recent,
+        open_follow_ups: reads.open_follow_ups,
         scores_before: reads.scores,
         segments_before: reads.segments,
     }))
@@ -608,19 +665,28 @@ pub async fn record_events(
                 jobs[*i].clone(),
                 inputs.customer.clone(),
                 inputs.recent.clone(),
+                inputs.open_follow_ups,
             )
         })
         .collect();
     if !work.is_empty() {
         let done: Vec<(usize, Evaluated)> = crate::spawn_blocking(move || {
             work.into_iter()
-                .map(|(i, job, customer, recent)| {
+                .map(|(i, job, customer, recent, open_follow_ups)| {
                     let ctx = CallContext {
                         now: job.now,
                         tenant: job.tenant.clone(),
                     };
                     let _in_request = job.span.enter();
-                    (i, evaluate(&job.packs, &ctx, customer, &recent, &job.event))
+                    let evaluated = evaluate(
+                        &job.packs,
+                        &ctx,
+                        customer,
+                        &recent,
+                        open_follow_ups,
+                        &job.event,
+                    );
+                    (i, evaluated)
                 })
                 .collect()
         })

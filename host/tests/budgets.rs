@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 on_both_databases!(
     text_a_plugin_returns_never_reaches_the_database_raw,
     text_with_nul_from_a_client_is_refused_by_name,
-    one_failing_customer_costs_a_rescore_and_a_dry_run_only_that_customer
+    one_failing_customer_costs_a_rescore_and_a_dry_run_only_that_customer,
+    a_customer_grows_only_so_far_by_patches_or_plugins
 );
 
 /// (mode, the failure kind, words of its message).
@@ -656,5 +657,161 @@ async fn a_slow_rescore_chunk_is_not_taken_over_while_it_is_worked_on() {
         (Some("done"), Some(40), Some(40)),
         "{j}"
     );
+    s.finish().await;
+}
+
+/// Tags, fields and open follow-ups per customer are capped (256, 256, 100),
+/// whoever adds them: a client patch past a cap is a 422 naming it; a plugin
+/// that adds a little on every event fails once it would pass one (its other
+/// output not applied, the event stored). 20,032 tags via PATCH used to be taken.
+async fn a_customer_grows_only_so_far_by_patches_or_plugins(db: Db) {
+    use stagecraft::model::{MAX_CUSTOMER_FIELDS, MAX_CUSTOMER_TAGS, MAX_OPEN_FOLLOW_UPS};
+    let s = TestServer::start(db.clone(), &[]).await;
+    s.post("/v1/customers", json!({"id": "p"})).await;
+    for round in 0..4 {
+        let tags: Vec<String> = (0..64).map(|i| format!("r{round}-{i}")).collect();
+        let fields: serde_json::Map<String, Value> = (0..64)
+            .map(|i| (format!("k{round}_{i}"), json!(i)))
+            .collect();
+        let (status, o) = s
+            .patch(
+                "/v1/customers/p",
+                json!({"add_tags": tags, "fields": fields}),
+            )
+            .await;
+        assert_eq!(status, 200, "{o}");
+    }
+    let (status, o) = s
+        .patch("/v1/customers/p", json!({"add_tags": ["one-more"]}))
+        .await;
+    assert_eq!(status, 422, "{o}");
+    assert!(
+        o["error"]["message"].as_str().unwrap().contains(&format!(
+            "{} tags, at most {MAX_CUSTOMER_TAGS}",
+            MAX_CUSTOMER_TAGS + 1
+        )),
+        "{o}"
+    );
+    let (status, o) = s
+        .patch("/v1/customers/p", json!({"fields": {"one_more": 1}}))
+        .await;
+    assert_eq!(status, 422, "{o}");
+    assert!(
+        o["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("at most {MAX_CUSTOMER_FIELDS}")),
+        "{o}"
+    );
+    // Replacing one tag keeps the count: allowed.
+    let (status, o) = s
+        .patch(
+            "/v1/customers/p",
+            json!({"add_tags": ["swap"], "remove_tags": ["r0-0"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{o}");
+    s.finish().await;
+
+    // Per event: 64 tags, 64 fields, or 30 follow-ups.
+    for (mode, events_ok, words) in [
+        ("tagger", 4, format!("tags, at most {MAX_CUSTOMER_TAGS}")),
+        (
+            "fielder",
+            4,
+            format!("fields, at most {MAX_CUSTOMER_FIELDS}"),
+        ),
+        (
+            "reminder",
+            3,
+            format!("open follow-ups, at most {MAX_OPEN_FOLLOW_UPS}"),
+        ),
+    ] {
+        let rules = format!(r#"{{"mode": "{mode}"}}"#);
+        let s = TestServer::start(
+            db.clone(),
+            &[Pack {
+                stem: "hostile",
+                rules: Some(&rules),
+                owns_lifecycle: false,
+            }],
+        )
+        .await;
+        s.post("/v1/customers", json!({"id": "g"})).await;
+        let base = stagecraft::model::now_ms() - 3_600_000;
+        for n in 0..=events_ok {
+            let (status, o) = s
+                .post(
+                    "/v1/customers/g/events",
+                    json!({"kind": "visit", "at": base + n * 1000}),
+                )
+                .await;
+            assert_eq!(status, 201, "{mode}: {o}");
+            let failures = o["failures"].as_array().unwrap();
+            if n < events_ok {
+                assert!(failures.is_empty(), "{mode} event {n}: {o}");
+            } else {
+                assert_eq!(failures.len(), 1, "{mode}: {o}");
+                assert_eq!(failures[0]["kind"], "bad_output", "{mode}: {o}");
+                assert!(
+                    failures[0]["message"].as_str().unwrap().contains(&words),
+                    "{mode}: {o}"
+                );
+            }
+        }
+        let (_, c) = s.get("/v1/customers/g").await;
+        assert!(
+            c["tags"].as_array().unwrap().len() <= MAX_CUSTOMER_TAGS,
+            "{mode}"
+        );
+        s.finish().await;
+    }
+}
+
+/// Sends raw bytes on a fresh connection and reads the answer until it closes.
+async fn raw_exchange(base: &str, request: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        // The server may answer and close before it has read everything.
+        let _ = wr.write_all(&request).await;
+        let _ = wr.flush().await;
+        wr
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rd.read_to_end(&mut answer),
+    )
+    .await;
+    drop(writer.await);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Requests hyper refuses before the API sees them (headers over its buffer, a
+/// malformed header) are answered with the API's JSON error too; they used to
+/// get a bare status line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_before_routing_get_the_json_error() {
+    let s = TestServer::start(Db::Sqlite, &[]).await;
+    let bad = raw_exchange(
+        &s.base,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert!(bad.contains("content-type: application/json"), "{bad}");
+    let body: Value = serde_json::from_str(bad.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{bad}");
+
+    let mut big = b"GET /healthz HTTP/1.1\r\nhost: x\r\nidempotency-key: ".to_vec();
+    big.extend(std::iter::repeat_n(b'k', 1 << 20));
+    big.extend(b"\r\n\r\n");
+    let answer = raw_exchange(&s.base, big).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large", "{answer}");
     s.finish().await;
 }

@@ -9,6 +9,7 @@ pub mod error;
 mod import;
 pub mod openapi;
 mod plugins;
+pub mod wire;
 
 pub use error::ApiError;
 
@@ -474,7 +475,7 @@ pub async fn serve(
     crm: Crm,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(crm))
+    axum::serve(wire::JsonErrorsListener(listener), app(crm))
         .with_graceful_shutdown(shutdown)
         .await
 }

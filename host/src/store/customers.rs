@@ -493,9 +493,19 @@ pub async fn complete_follow_up(
     .bind(tenant)
     .bind(customer)
     .bind(id)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(r.rows_affected() > 0)
+    if r.rows_affected() == 0 {
+        return Ok(false);
+    }
+    // An event reads how many follow-ups are open (plugins may add only so
+    // many): its reads ahead of the writer are stale now.
+    sqlx::query("UPDATE customers SET rev = rev + 1 WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant)
+        .bind(customer)
+        .execute(conn)
+        .await?;
+    Ok(true)
 }
 
 pub async fn open_follow_ups(

@@ -58,6 +58,8 @@ pub struct EventReads {
     pub touchpoints_90d: u32,
     /// Whether the customer has an order on the UTC day of the event.
     pub ordered_that_day: bool,
+    /// The customer's follow-ups not yet done (plugins may add only so many).
+    pub open_follow_ups: u32,
     /// The customer's latest events, newest first.
     pub recent: Vec<EventRecord>,
     /// The customer's stored scores.
@@ -213,7 +215,9 @@ fn queue_event_reads(reads: &mut Batch, backend: Backend, e: &EventRead<'_>, rec
             "SELECT CAST({PART_COUNTS} AS BIGINT) AS part, \
                (SELECT COUNT(*) FROM events WHERE tenant_id = ? AND customer_id = ? AND at > ? AND at <= ?) AS touchpoints, \
                (SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE tenant_id = ? AND customer_id = ? \
-                 AND kind = 'order' AND day = ? LIMIT 1) o) AS orders"
+                 AND kind = 'order' AND day = ? LIMIT 1) o) AS orders, \
+               (SELECT COUNT(*) FROM follow_ups WHERE tenant_id = ? AND customer_id = ? \
+                 AND status = 'open') AS open_follow_ups"
         ),
         vec![
             tenant.into(),
@@ -223,6 +227,8 @@ fn queue_event_reads(reads: &mut Batch, backend: Backend, e: &EventRead<'_>, rec
             tenant.into(),
             customer.into(),
             day_of(at).into(),
+            tenant.into(),
+            customer.into(),
         ],
     );
     reads.push(
@@ -257,6 +263,7 @@ fn event_reads_from_rows(rows: &[AnyRow], customer: &str) -> Result<EventReads> 
             PART_COUNTS => {
                 out.touchpoints_90d = r.try_get::<i64, _>("touchpoints")? as u32;
                 out.ordered_that_day = r.try_get::<i64, _>("orders")? > 0;
+                out.open_follow_ups = r.try_get::<i64, _>("open_follow_ups")? as u32;
             }
             PART_RECENT => out.recent.push(event_from_row(r)?),
             PART_SCORE => {

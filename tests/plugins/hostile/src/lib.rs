@@ -9,7 +9,8 @@
 //! `nul-note` (a follow-up note with NUL), `huge-error` (an 8 MB error message).
 //! For bulk jobs: `fail-one` traps while scoring a customer whose id starts with
 //! `bad` (failing the whole batch call), `slow` spends `value` million loop
-//! iterations on each customer it scores.
+//! iterations on each customer it scores. Growth: on every event `tagger` adds
+//! 64 new tags, `fielder` sets 64 new fields, `reminder` schedules 30 follow-ups.
 //!
 //! Its *manifest* is picked by [`MANIFEST_MODE`], 32 bytes of the binary that a
 //! test overwrites in a copy of the built component (the manifest may not depend
@@ -242,7 +243,7 @@ impl Plugin for Hostile {
         &self,
         _ctx: &Context,
         c: &Customer,
-        _e: &Event,
+        e: &Event,
     ) -> Result<Vec<Action>, PluginError> {
         self.misbehave();
         if self.mode == "leak" {
@@ -264,6 +265,21 @@ impl Plugin for Hostile {
                 note: "call\0back".into(),
             }]),
             "nul-error" => Err(PluginError::Failed("no\0event".into())),
+            "tagger" => Ok((0..64)
+                .map(|i| Action::AddTag(format!("t{}-{i}", e.at).into()))
+                .collect()),
+            "fielder" => Ok((0..64)
+                .map(|i| Action::SetField {
+                    key: format!("f{}_{i}", e.at).into(),
+                    value: FieldValue::Number(i as f64),
+                })
+                .collect()),
+            "reminder" => Ok((0..30)
+                .map(|i| Action::ScheduleFollowUp {
+                    due_in_hours: i + 1,
+                    note: "again".into(),
+                })
+                .collect()),
             _ => Ok(vec![Action::MoveToStage {
                 stage: "end".into(),
                 reason: Reason::new("ok", 0.0),
