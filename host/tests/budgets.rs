@@ -93,6 +93,16 @@ async fn text_a_plugin_returns_never_reaches_the_database_raw(db: Db) {
             ))),
             "{mode}: the circuit breaker's count of failures includes it"
         );
+        let (_, p) = s.get("/v1/plugins/hostile").await;
+        let health = &p["versions"][0]["health"];
+        assert!(
+            health["calls"].as_u64() >= Some(1) && health["failures"].as_u64() >= Some(1),
+            "{mode}: the circuit breaker saw the failure: {p}"
+        );
+        assert!(
+            !health["last_failure"].as_str().unwrap_or("").contains('\0'),
+            "{mode}: {health}"
+        );
         let (_, c) = s.get("/v1/customers/victim").await;
         assert!(
             !c.to_string().contains("\\u0000"),
@@ -394,6 +404,23 @@ async fn a_real_server_keeps_its_memory_through_the_hostile_suite() {
         .await;
         send(r).await;
     }
+    // The hostile plugin, active, answering every event with an 8 MB error.
+    let (status, o) = send(
+        client
+            .put(format!("{base}/v1/plugins/hostile/rules"))
+            .bearer_auth(&s.token)
+            .json(&json!({"mode": "huge-error"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{o}");
+    let (status, o) = send(
+        client
+            .post(format!("{base}/v1/plugins/hostile/activate"))
+            .bearer_auth(&s.token)
+            .json(&json!({"version": "0.1.0", "rules_version": o["rules_version"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{o}");
     let (start, _) = memory_of(pid);
     // Peak memory from here on (writing 5 to clear_refs resets VmHWM).
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
@@ -439,6 +466,28 @@ async fn a_real_server_keeps_its_memory_through_the_hostile_suite() {
         let (status, o) = upload(Some(&s.token), bytes).await;
         assert_eq!(status, 422, "{mode}: {o}");
     }
+    // Events whose plugin fails with an 8 MB message; a CSV with an 8 MiB row.
+    for i in 0..50 {
+        let r = client
+            .post(format!("{base}/v1/customers/w{}/events", i % 20))
+            .bearer_auth(&s.token)
+            .json(&json!({"kind": "visit"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert!(r.text().await.unwrap().len() < 16 << 10, "a short response");
+    }
+    let mut csv = String::from("id,name\n");
+    csv.push_str(&format!("big,{}\n", "x".repeat(8 << 20)));
+    let (status, o) = send(
+        client
+            .post(format!("{base}/v1/import/customers"))
+            .bearer_auth(&s.token)
+            .body(csv),
+    )
+    .await;
+    assert_eq!((status, o["imported"].as_i64()), (200, Some(0)), "{o}");
     for i in 0..2_000 {
         let m = Method::from_bytes(format!("M{i}{}", "X".repeat(190)).as_bytes()).unwrap();
         client
