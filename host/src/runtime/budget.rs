@@ -174,53 +174,11 @@ pub fn cut(mut s: String, max: usize) -> String {
     s
 }
 
+// `check_code` is tested on a real component with a compile bomb appended:
+// `tests/budgets.rs` `a_compile_bomb_is_refused_before_compiling`.
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A core module of `n` empty functions, encoded by hand (type, function and
-    /// code sections), as a compile bomb would carry it.
-    fn module_with_functions(n: u32) -> Vec<u8> {
-        fn leb(mut v: u32, out: &mut Vec<u8>) {
-            loop {
-                let b = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    out.push(b);
-                    return;
-                }
-                out.push(b | 0x80);
-            }
-        }
-        fn section(id: u8, body: Vec<u8>, out: &mut Vec<u8>) {
-            out.push(id);
-            leb(body.len() as u32, out);
-            out.extend(body);
-        }
-        let mut m = b"\0asm\x01\0\0\0".to_vec();
-        section(1, vec![1, 0x60, 0, 0], &mut m);
-        let mut funcs = Vec::new();
-        leb(n, &mut funcs);
-        funcs.extend(std::iter::repeat_n(0u8, n as usize));
-        section(3, funcs, &mut m);
-        let mut code = Vec::new();
-        leb(n, &mut code);
-        for _ in 0..n {
-            code.extend([2, 0, 0x0b]);
-        }
-        section(10, code, &mut m);
-        m
-    }
-
-    #[test]
-    fn code_over_the_budget_is_refused_before_compiling() {
-        assert!(check_code(&module_with_functions(10)).is_ok());
-        let bomb = module_with_functions(MAX_FUNCTIONS as u32 + 1);
-        match check_code(&bomb) {
-            Err(RuntimeError::TooBig(m)) => assert!(m.contains("functions"), "{m}"),
-            other => panic!("expected TooBig, got {other:?}"),
-        }
-    }
 
     #[test]
     fn labels_and_text() {

@@ -220,17 +220,8 @@ pub async fn renew_claim(
     claim: &str,
     now: i64,
 ) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE job_chunks SET claimed_at = $1 WHERE job_id = $2 AND chunk = $3 \
-         AND claimed_by = $4 AND status = 'claimed'",
-    )
-    .bind(now)
-    .bind(job)
-    .bind(chunk)
-    .bind(claim)
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    let q = sqlx::query("UPDATE job_chunks SET claimed_at = $1 WHERE job_id = $2 AND chunk = $3 AND claimed_by = $4 AND status = 'claimed'");
+    held(conn, q.bind(now), job, chunk, claim).await
 }
 
 /// Marks a chunk done with its failures (JSON), if `claim` still holds it;
@@ -243,16 +234,25 @@ pub async fn complete_chunk(
     claim: &str,
     failures: Option<&serde_json::Value>,
 ) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE job_chunks SET status = 'done', failures = $1 WHERE job_id = $2 AND chunk = $3 \
-         AND claimed_by = $4 AND status = 'claimed'",
-    )
-    .bind(failures.map(to_json))
-    .bind(job)
-    .bind(chunk)
-    .bind(claim)
-    .execute(conn)
-    .await?;
+    let q = sqlx::query("UPDATE job_chunks SET status = 'done', failures = $1 WHERE job_id = $2 AND chunk = $3 AND claimed_by = $4 AND status = 'claimed'");
+    held(conn, q.bind(failures.map(to_json)), job, chunk, claim).await
+}
+
+/// Runs an update of a chunk (its first parameter bound) that only the claim
+/// holding it may make: whether it did.
+async fn held<'q>(
+    conn: &mut AnyConnection,
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    job: &'q str,
+    chunk: i64,
+    claim: &'q str,
+) -> Result<bool> {
+    let r = query
+        .bind(job)
+        .bind(chunk)
+        .bind(claim)
+        .execute(conn)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
