@@ -186,14 +186,14 @@ pub struct FailureReport {
 
 /// What one plugin proposed for one event, checked and complete.
 #[derive(Debug, Clone)]
-struct PluginOutput {
-    pack: ActivePack,
-    name: String,
-    version: String,
-    owns_lifecycle: bool,
-    actions: Vec<Action>,
-    score: Option<StoredScore>,
-    segments: Option<Vec<(String, RenderedReason)>>,
+pub(crate) struct PluginOutput {
+    pub(crate) pack: ActivePack,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) owns_lifecycle: bool,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) score: Option<StoredScore>,
+    pub(crate) segments: Option<Vec<(String, RenderedReason)>>,
 }
 
 /// Renders a reason in English for storage; the API can re-render on request.
@@ -226,7 +226,7 @@ fn run_plugin(
     customer: &CustomerRecord,
     recent: &[EventRecord],
     open_follow_ups: u32,
-    event: &EventRecord,
+    event: Option<&EventRecord>,
 ) -> Result<PluginOutput, FailureReport> {
     let m = pack.plugin.manifest();
     let fail = |kind: &str, message: String| FailureReport {
@@ -250,10 +250,12 @@ fn run_plugin(
         score: None,
         segments: None,
     };
-    let snap = customer_snapshot_granted(customer, recent, &pack.granted_fields);
-    out.actions = session
-        .on_event(ctx, &snap, &event.snapshot())
-        .map_err(from_runtime)?;
+    if let Some(event) = event {
+        let snap = customer_snapshot_granted(customer, recent, &pack.granted_fields);
+        out.actions = session
+            .on_event(ctx, &snap, &event.snapshot())
+            .map_err(from_runtime)?;
+    }
     for a in &out.actions {
         match a {
             Action::MoveToStage { .. } if !pack.owns_lifecycle => {
@@ -388,22 +390,77 @@ fn apply_to_record(c: &mut CustomerRecord, actions: &[Action]) {
 
 /// What an event's plugins gave: the outputs of those that succeeded, and the
 /// failures of the others.
-type Evaluated = (Vec<PluginOutput>, Vec<FailureReport>);
+pub(crate) type Evaluated = (Vec<PluginOutput>, Vec<FailureReport>);
 
-/// Runs every plugin in turn. Blocking.
-fn evaluate(
+/// What bulk work (a rescore chunk, a dry-run) remembers of deadlines: once a
+/// plugin went over its deadline on one customer, it is not called again there,
+/// and the customers left get a failure saying so. A plugin that loops on
+/// everyone costs one deadline, not one per customer (a dry-run of 1,000
+/// customers with a looping candidate took half an hour).
+#[derive(Default)]
+pub(crate) struct Strikes {
+    gave_up: std::sync::Mutex<BTreeMap<String, String>>,
+}
+
+impl Strikes {
+    fn skipped(&self, pack: &ActivePack) -> Option<FailureReport> {
+        let gave_up = self.gave_up.lock().unwrap_or_else(|p| p.into_inner());
+        gave_up.get(pack.name()).map(|why| FailureReport {
+            plugin: pack.name().to_string(),
+            version: pack.version.clone(),
+            kind: "deadline".into(),
+            message: format!("not called: {why}"),
+        })
+    }
+
+    fn note(&self, pack: &ActivePack, f: &FailureReport) {
+        if f.kind == "deadline" {
+            self.gave_up
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(pack.name().to_string())
+                .or_insert_with(|| {
+                    format!(
+                        "it went over its deadline on another customer ({})",
+                        f.message
+                    )
+                });
+        }
+    }
+}
+
+/// **The one way plugins are run on a customer**: for a new event (the live
+/// path), and for a rescore and a dry-run (`event` = the customer's latest
+/// event, `None` if it has none). Every plugin in turn, lifecycle owner first:
+/// `on-event` on the event, its actions checked (stage moves only from the
+/// owner, no sensitive field, the per-customer caps) and applied to the
+/// customer, then `score` and `segment` on the customer as its own actions left
+/// it; the next plugin sees the customer as every plugin before it left it,
+/// their segments included. A plugin that fails has none of its output applied.
+///
+/// With `strikes` (bulk work), a plugin that went over its deadline on an
+/// earlier customer is not called again (see [`Strikes`]). Blocking.
+pub(crate) fn evaluate(
     packs: &TenantPacks,
     ctx: &CallContext,
     mut customer: CustomerRecord,
     recent: &[EventRecord],
     mut open_follow_ups: u32,
-    event: &EventRecord,
+    event: Option<&EventRecord>,
+    strikes: Option<&Strikes>,
 ) -> Evaluated {
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
     for pack in &packs.packs {
+        if let Some(f) = strikes.and_then(|s| s.skipped(pack)) {
+            failures.push(f);
+            continue;
+        }
         let started = std::time::Instant::now();
         let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event);
+        if let (Some(s), Err(f)) = (strikes, &result) {
+            s.note(pack, f);
+        }
         let labels = [pack.name(), pack.version.as_str()];
         packs
             .metrics
@@ -542,7 +599,8 @@ pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
             inputs.customer,
             &inputs.recent,
             inputs.open_follow_ups,
-            &job.event,
+            Some(&job.event),
+            None,
         )
     })
     .await
@@ -684,7 +742,8 @@ pub async fn record_events(
                         customer,
                         &recent,
                         open_follow_ups,
-                        &job.event,
+                        Some(&job.event),
+                        None,
                     );
                     (i, evaluated)
                 })
@@ -770,6 +829,89 @@ async fn reads_under_writer(
     Ok((reads, kept))
 }
 
+/// What the plugins' outputs for one customer change, in the order they apply
+/// (see [`effects`]): what a live event, a rescore and a dry-run all derive from
+/// [`evaluate`]'s outputs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Effects {
+    /// Each move of the lifecycle owner that changes the stage, in order.
+    pub(crate) stage_moves: Vec<StageMove>,
+    /// Net: tags the customer gains and loses.
+    pub(crate) tags_added: Vec<String>,
+    pub(crate) tags_removed: Vec<String>,
+    /// Every field set, in order (a later value of a key wins).
+    pub(crate) fields_set: Vec<FieldEntry>,
+    pub(crate) follow_ups: Vec<FollowUpScheduled>,
+    pub(crate) scores: Vec<StoredScore>,
+    /// (plugin, its segments with reasons).
+    pub(crate) segments: Vec<(String, Vec<(String, RenderedReason)>)>,
+}
+
+/// The effects of the plugins' outputs on a customer stored as `before`.
+pub(crate) fn effects(before: &CustomerRecord, outputs: &[PluginOutput], now: i64) -> Effects {
+    let mut fx = Effects::default();
+    let mut stage = before.stage.clone();
+    let mut tags = before.tags.clone();
+    for o in outputs {
+        for a in &o.actions {
+            match a {
+                Action::MoveToStage { stage: to, reason } if o.owns_lifecycle => {
+                    if stage.as_deref() == Some(to.as_str()) {
+                        continue;
+                    }
+                    fx.stage_moves.push(StageMove {
+                        from: stage.clone(),
+                        to: to.clone(),
+                        reason: reason.clone(),
+                        reason_text: render(&o.pack, reason).text,
+                        plugin: o.name.clone(),
+                        plugin_version: o.version.clone(),
+                    });
+                    stage = Some(to.clone());
+                }
+                Action::MoveToStage { .. } => {}
+                Action::AddTag(t) => {
+                    if !tags.contains(t) {
+                        tags.push(t.clone());
+                        if !fx.tags_removed.contains(t) {
+                            fx.tags_added.push(t.clone());
+                        }
+                        fx.tags_removed.retain(|x| x != t);
+                    }
+                }
+                Action::RemoveTag(t) => {
+                    if tags.contains(t) {
+                        tags.retain(|x| x != t);
+                        if !fx.tags_added.contains(t) {
+                            fx.tags_removed.push(t.clone());
+                        }
+                        fx.tags_added.retain(|x| x != t);
+                    }
+                }
+                Action::SetField { key, value } => fx.fields_set.push(FieldEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                    sensitive: false,
+                }),
+                Action::ScheduleFollowUp { due_in_hours, note } => {
+                    fx.follow_ups.push(FollowUpScheduled {
+                        due_at: now + *due_in_hours as i64 * 3_600_000,
+                        note: note.clone(),
+                        plugin: o.name.clone(),
+                    })
+                }
+            }
+        }
+        if let Some(s) = &o.score {
+            fx.scores.push(s.clone());
+        }
+        if let Some(segments) = &o.segments {
+            fx.segments.push((o.name.clone(), segments.clone()));
+        }
+    }
+    fx
+}
+
 /// Queues everything one event's plugins caused, and the event, in `writes`, and
 /// says what it caused. What a write would tell (was a tag there?) is known from
 /// the reads.
@@ -804,93 +946,57 @@ fn queue_writes(
     };
     let ev_id = Some(event.id.as_str());
     store::queue_metrics(writes, tenant, customer_id, &stored_metrics, now);
-    let mut stage = before.stage.clone();
-    let mut tags = before.tags.clone();
-    let mut scores = Vec::new();
-    let mut segment_sets = Vec::new();
-    for o in &outputs {
-        for a in &o.actions {
-            match a {
-                Action::MoveToStage { stage: to, reason } if o.owns_lifecycle => {
-                    if stage.as_deref() == Some(to.as_str()) {
-                        continue;
-                    }
-                    let mv = StageMove {
-                        from: stage.clone(),
-                        to: to.clone(),
-                        reason: reason.clone(),
-                        reason_text: render(&o.pack, reason).text,
-                        plugin: o.name.clone(),
-                        plugin_version: o.version.clone(),
-                    };
-                    store::queue_stage_moves(writes, tenant, &[(customer_id, &mv)], ev_id, now);
-                    outcome.stage = Some(StageChange {
-                        from: stage.clone(),
-                        to: to.clone(),
-                        reason: mv.reason_text.clone(),
-                        plugin: o.name.clone(),
-                    });
-                    stage = Some(to.clone());
-                }
-                Action::MoveToStage { .. } => {}
-                Action::AddTag(t) => {
-                    if !tags.contains(t) {
-                        tags.push(t.clone());
-                        store::queue_add_tag(writes, tenant, customer_id, t);
-                        outcome.tags_removed.retain(|x| x != t);
-                        outcome.tags_added.push(t.clone());
-                    }
-                }
-                Action::RemoveTag(t) => {
-                    if tags.contains(t) {
-                        tags.retain(|x| x != t);
-                        store::queue_remove_tag(writes, tenant, customer_id, t);
-                        outcome.tags_added.retain(|x| x != t);
-                        outcome.tags_removed.push(t.clone());
-                    }
-                }
-                Action::SetField { key, value } => {
-                    let f = FieldEntry {
-                        key: key.clone(),
-                        value: value.clone(),
-                        sensitive: false,
-                    };
-                    store::queue_field(writes, tenant, customer_id, &f);
-                    outcome
-                        .fields_set
-                        .insert(key.clone(), model::field_value_to_json(value));
-                }
-                Action::ScheduleFollowUp { due_in_hours, note } => {
-                    let due_at = now + *due_in_hours as i64 * 3_600_000;
-                    store::queue_follow_up(
-                        writes,
-                        tenant,
-                        customer_id,
-                        due_at,
-                        note,
-                        Some(&o.name),
-                        ev_id,
-                        now,
-                    );
-                    outcome.follow_ups.push(FollowUpScheduled {
-                        due_at,
-                        note: note.clone(),
-                        plugin: o.name.clone(),
-                    });
-                }
-            }
-        }
-        if let Some(s) = &o.score {
-            scores.push((customer_id.to_string(), s.clone()));
-        }
-        if let Some(segments) = &o.segments {
-            segment_sets.push(store::SegmentSet {
-                customer: customer_id.to_string(),
-                plugin: o.name.clone(),
-                segments: segments.clone(),
-            });
-        }
+    let fx = effects(&before, &outputs, now);
+    for mv in &fx.stage_moves {
+        store::queue_stage_moves(writes, tenant, &[(customer_id, mv)], ev_id, now);
+        outcome.stage = Some(StageChange {
+            from: mv.from.clone(),
+            to: mv.to.clone(),
+            reason: mv.reason_text.clone(),
+            plugin: mv.plugin.clone(),
+        });
     }
+    for t in &fx.tags_added {
+        store::queue_add_tag(writes, tenant, customer_id, t);
+    }
+    for t in &fx.tags_removed {
+        store::queue_remove_tag(writes, tenant, customer_id, t);
+    }
+    outcome.tags_added = fx.tags_added;
+    outcome.tags_removed = fx.tags_removed;
+    for f in &fx.fields_set {
+        store::queue_field(writes, tenant, customer_id, f);
+        outcome
+            .fields_set
+            .insert(f.key.clone(), model::field_value_to_json(&f.value));
+    }
+    for f in fx.follow_ups {
+        store::queue_follow_up(
+            writes,
+            tenant,
+            customer_id,
+            f.due_at,
+            &f.note,
+            Some(&f.plugin),
+            ev_id,
+            now,
+        );
+        outcome.follow_ups.push(f);
+    }
+    let scores: Vec<(String, StoredScore)> = fx
+        .scores
+        .into_iter()
+        .map(|s| (customer_id.to_string(), s))
+        .collect();
+    let segment_sets: Vec<store::SegmentSet> = fx
+        .segments
+        .into_iter()
+        .map(|(plugin, segments)| store::SegmentSet {
+            customer: customer_id.to_string(),
+            plugin,
+            segments,
+        })
+        .collect();
     // Every plugin's scores and segments in a few statements of the batch, over
     // what was read before the plugins ran.
     let previous = store::queue_scores_over(writes, tenant, scores_before, &scores, ev_id);
