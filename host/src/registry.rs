@@ -8,14 +8,10 @@
 //! committed, so an activation never leaves a tenant with nothing to run.
 
 use crate::crm::{Crm, CrmError};
-use crate::model::{
-    customer_snapshot_granted, granted_secrets, now_ms, CustomerRecord, EventRecord,
-};
-use crate::packs::ActivePack;
-use crate::pipeline::{PipelineError, RECENT_EVENTS};
-use crate::runtime::{
-    Action, CallContext, Lang, LoadedPlugin, Manifest, Membership, PluginError, RuntimeError, Score,
-};
+use crate::model::{now_ms, CustomerRecord, EventRecord};
+use crate::packs::{ActivePack, TenantPacks};
+use crate::pipeline::{self, Effects, Evaluated, PipelineError, Strikes, RECENT_EVENTS};
+use crate::runtime::{CallContext, LoadedPlugin, Manifest, RuntimeError};
 use crate::store::{self, Pair, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -114,8 +110,9 @@ fn check_rules(plugin: &LoadedPlugin, rules: &str) -> Result<(), RegistryError> 
     })
 }
 
-/// One customer as a pair sees it: score, segments and the stage it would move
-/// the customer to on their latest event.
+/// One customer as a set of plugins leaves them, for the plugin under test: its
+/// score, band, reasons and segments, and the customer's stage and tags after
+/// every plugin ran (what a rescore with that set would write).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Verdict {
     pub value: Option<f64>,
@@ -123,79 +120,77 @@ pub struct Verdict {
     pub reasons: Vec<String>,
     pub segments: Vec<String>,
     pub stage: Option<String>,
+    /// The customer's tags afterwards, sorted.
+    pub tags: Vec<String>,
     pub error: Option<String>,
 }
 
-/// A loaded pair, ready to evaluate.
-struct Evaluator {
-    pack: ActivePack,
-    /// Whether the pack already went over its deadline on a customer alone in
-    /// this dry-run: it is not called again (see [`Strikes`]).
-    strikes: Strikes,
+/// Runs `packs` on each customer of a batch through the one evaluation path
+/// ([`pipeline::evaluate`], on the customer's latest event) and derives what
+/// would be written ([`pipeline::effects`]). Blocking.
+fn reevaluate(
+    packs: &TenantPacks,
+    ctx: &CallContext,
+    batch: &[(CustomerRecord, Vec<EventRecord>)],
+    strikes: &Strikes,
+) -> Vec<(Evaluated, Effects)> {
+    batch
+        .iter()
+        .map(|(c, recent)| {
+            let (outputs, failures) = pipeline::evaluate(
+                packs,
+                ctx,
+                c.clone(),
+                recent,
+                0,
+                recent.first(),
+                Some(strikes),
+            );
+            let fx = pipeline::effects(c, &outputs, ctx.now);
+            ((outputs, failures), fx)
+        })
+        .collect()
 }
 
-impl Evaluator {
-    /// Evaluates a batch (blocking). One fresh instance per call kind, as in the pipeline.
-    fn evaluate(
-        &self,
-        ctx: &CallContext,
-        batch: &[(CustomerRecord, Vec<EventRecord>)],
-    ) -> Vec<Verdict> {
-        let m = self.pack.plugin.manifest();
-        let snaps = snapshots(&self.pack, batch);
-        let mut out = vec![Verdict::default(); batch.len()];
-        let fail = |out: &mut Vec<Verdict>, e: &dyn std::fmt::Display| {
-            for v in out.iter_mut() {
-                v.error.get_or_insert_with(|| e.to_string());
-            }
-        };
-        let calls = score_and_segment(&self.pack, ctx, batch, &snaps, &self.strikes);
-        match calls.scores {
-            Some(Ok(scores)) => {
-                for (v, s) in out.iter_mut().zip(scores) {
-                    match s {
-                        Ok(s) => {
-                            v.value = Some(s.value);
-                            v.band = s.band;
-                            v.reasons = s.reasons.iter().map(|r| m.render(r, Lang::En)).collect();
-                        }
-                        Err(e) => v.error = Some(e.to_string()),
-                    }
-                }
-            }
-            Some(Err(e)) => fail(&mut out, &e),
-            None => {}
+/// What `name` and the customer come to under a set of plugins (see [`Verdict`]).
+fn verdict(
+    name: &str,
+    c: &CustomerRecord,
+    (outputs, failures): &Evaluated,
+    fx: &Effects,
+) -> Verdict {
+    let mut v = Verdict {
+        stage: fx
+            .stage_moves
+            .last()
+            .map(|m| m.to.clone())
+            .or_else(|| c.stage.clone()),
+        ..Default::default()
+    };
+    let mut tags: Vec<String> = c
+        .tags
+        .iter()
+        .filter(|t| !fx.tags_removed.contains(t))
+        .chain(&fx.tags_added)
+        .cloned()
+        .collect();
+    tags.sort();
+    v.tags = tags;
+    if let Some(o) = outputs.iter().find(|o| o.name == name) {
+        if let Some(s) = &o.score {
+            v.value = Some(s.value);
+            v.band = s.band.clone();
+            v.reasons = s.reasons.iter().map(|r| r.text.clone()).collect();
         }
-        match calls.segments {
-            Some(Ok(segs)) => {
-                for (v, s) in out.iter_mut().zip(segs) {
-                    match s {
-                        Ok(ms) => v.segments = ms.into_iter().map(|x| x.segment).collect(),
-                        Err(e) => v.error = Some(e.to_string()),
-                    }
-                }
-            }
-            Some(Err(e)) => fail(&mut out, &e),
-            None => {}
+        if let Some(segs) = &o.segments {
+            v.segments = segs.iter().map(|(s, _)| s.clone()).collect();
         }
-        if m.lifecycle && self.pack.owns_lifecycle {
-            for (v, moved) in out.iter_mut().zip(lifecycle_moves(
-                &self.pack,
-                ctx,
-                batch,
-                &snaps,
-                &self.strikes,
-            )) {
-                match moved {
-                    Ok(to) => v.stage = to.map(|(stage, _)| stage),
-                    Err(e) => {
-                        v.error.get_or_insert_with(|| e.to_string());
-                    }
-                }
-            }
-        }
-        out
     }
+    v.error = failures
+        .iter()
+        .find(|f| f.plugin == name)
+        .map(|f| f.message.clone());
+    v
 }
 
 /// What a dry-run found.
@@ -230,6 +225,8 @@ pub struct ChangeCounts {
     pub scores: i64,
     pub segments: i64,
     pub stages: i64,
+    /// Customers whose tags differ afterwards.
+    pub tags: i64,
     pub errors_before: i64,
     pub errors_after: i64,
 }
@@ -268,12 +265,14 @@ impl DryRunReport {
         c.scores += (before.value != after.value) as i64;
         c.segments += (before.segments != after.segments) as i64;
         c.stages += (before.stage != after.stage) as i64;
+        c.tags += (before.tags != after.tags) as i64;
         let delta = after.value.unwrap_or(0.0) - before.value.unwrap_or(0.0);
         // Listed: customers whose outcome changes (a reworded reason alone is not one).
         let changes = before.value != after.value
             || before.band != after.band
             || before.segments != after.segments
             || before.stage != after.stage
+            || before.tags != after.tags
             || before.error != after.error;
         if changes && top > 0 {
             self.largest.push(CustomerDiff {
@@ -750,16 +749,21 @@ impl Crm {
             candidate: pair,
             ..Default::default()
         };
-        let before_eval = active.map(|pack| {
-            Arc::new(Evaluator {
-                pack,
-                strikes: Strikes::default(),
-            })
-        });
-        let after_eval = Arc::new(Evaluator {
-            pack: candidate,
-            strikes: Strikes::default(),
-        });
+        // The tenant's set as it runs now, and the same with the candidate in
+        // the place of the plugin (or added: first if it owns the lifecycle).
+        let now_set = self.packs.for_tenant(tenant);
+        let mut with_candidate = (*now_set).clone();
+        match with_candidate.packs.iter().position(|p| p.name() == name) {
+            Some(i) => with_candidate.packs[i] = candidate,
+            None if candidate.owns_lifecycle => with_candidate.packs.insert(0, candidate),
+            None => with_candidate.packs.push(candidate),
+        }
+        let sets = Arc::new((
+            now_set,
+            with_candidate,
+            Strikes::default(),
+            Strikes::default(),
+        ));
         let started = std::time::Instant::now();
         let mut evaluated = 0usize;
         for chunk in ids.chunks(RESCORE_CHUNK) {
@@ -779,17 +783,21 @@ impl Crm {
                 now,
                 tenant: tenant.to_string(),
             };
-            let (b, a, bt) = (before_eval.clone(), after_eval.clone(), batch.clone());
-            let (before, after) = crate::spawn_blocking(move || {
-                let before = match &b {
-                    Some(e) => e.evaluate(&ctx, &bt),
-                    None => vec![Verdict::default(); bt.len()],
-                };
-                (before, a.evaluate(&ctx, &bt))
+            let (sets, bt, plugin) = (sets.clone(), batch.clone(), name.to_string());
+            let verdicts = crate::spawn_blocking(move || {
+                let (now_set, with_candidate, before_strikes, after_strikes) = &*sets;
+                let before = reevaluate(now_set, &ctx, &bt, before_strikes);
+                let after = reevaluate(with_candidate, &ctx, &bt, after_strikes);
+                bt.iter()
+                    .zip(before.iter().zip(&after))
+                    .map(|((c, _), ((eb, fb), (ea, fa)))| {
+                        (verdict(&plugin, c, eb, fb), verdict(&plugin, c, ea, fa))
+                    })
+                    .collect::<Vec<_>>()
             })
             .await
             .expect("dry-run task");
-            for (((c, _), b), a) in batch.iter().zip(before).zip(after) {
+            for ((c, _), (b, a)) in batch.iter().zip(verdicts) {
                 report.add(&c.id, b, a, top);
             }
             if let Some(id) = job {
@@ -990,10 +998,9 @@ impl Crm {
         Ok(chunk)
     }
 
-    /// Reads a chunk's customers and runs the tenant's active packs on them:
-    /// the lifecycle owner re-stages each customer on its latest event, then
-    /// every pack scores and segments the customer in that stage, as the
-    /// pipeline does for a new event. Writes nothing.
+    /// Reads a chunk's customers and runs the tenant's active plugins on them
+    /// through the one evaluation path, as a live event on the customer's latest
+    /// event would (see [`reevaluate`]). Writes nothing.
     async fn rescore_chunk(
         &self,
         tenant: &str,
@@ -1005,39 +1012,15 @@ impl Crm {
             store::customer_ids_between(&mut conn, tenant, &chunk.first_id, &chunk.last_id).await?
         };
         let packs = self.packs.for_tenant(tenant);
-        let mut batch = self.load_batch(tenant, &ids, now).await?;
+        let batch = self.load_batch(tenant, &ids, now).await?;
         let ctx = CallContext {
             now,
             tenant: tenant.to_string(),
         };
-        let owner = packs.lifecycle_owner().cloned();
         let p = packs.clone();
-        let (batch, moves, results) = crate::spawn_blocking(move || {
-            let moves: Vec<Result<Option<(String, crate::runtime::Reason)>, String>> = match &owner
-            {
-                Some(o) => {
-                    lifecycle_moves(o, &ctx, &batch, &snapshots(o, &batch), &Strikes::default())
-                        .into_iter()
-                        .map(|m| m.map_err(|e| e.to_string()))
-                        .collect()
-                }
-                None => vec![Ok(None); batch.len()],
-            };
-            let before: Vec<Option<String>> = batch.iter().map(|(c, _)| c.stage.clone()).collect();
-            for ((c, _), m) in batch.iter_mut().zip(&moves) {
-                if let Ok(Some((to, _))) = m {
-                    c.stage = Some(to.clone());
-                }
-            }
-            let results: Vec<Result<Vec<RescoreRow>, String>> = p
-                .packs
-                .iter()
-                .map(|pack| batch_results(pack, &ctx, &batch))
-                .collect();
-            for ((c, _), b) in batch.iter_mut().zip(before) {
-                c.stage = b;
-            }
-            (batch, moves, results)
+        let (batch, results) = crate::spawn_blocking(move || {
+            let results = reevaluate(&p, &ctx, &batch, &Strikes::default());
+            (batch, results)
         })
         .await
         .expect("rescore task");
@@ -1045,17 +1028,18 @@ impl Crm {
             chunk,
             ids: ids.len() as i64,
             now,
-            packs,
             batch,
-            moves,
             results,
         })
     }
 
-    /// Stores a rescored chunk's stage moves, scores and segments (history rows
-    /// only where something changed) and marks the chunk done, in one
-    /// transaction. A pack that failed on the batch leaves that pack's stored
-    /// results as they were. Returns the number of customers.
+    /// Stores what a rescored chunk changes, in one transaction with the chunk
+    /// marked done: what a live event's plugins would write but the event and
+    /// its follow-ups (they belong to the event that caused them; rescheduling
+    /// them on every rescore would repeat them): the stage (one move to where the
+    /// owner leaves the customer), tags, fields, scores and segments (history
+    /// rows only where something changed). A plugin that fails on a customer
+    /// leaves what it gave that customer before. Returns the number of customers.
     async fn store_rescored(
         &self,
         tenant: &str,
@@ -1067,84 +1051,56 @@ impl Crm {
             chunk,
             ids,
             now,
-            packs,
             batch,
-            moves,
             results,
         } = r;
-        // The first failure of each customer, by any pack: counted in the job,
-        // a sample listed. The customer keeps what it had from that pack.
+        // The first failure of each customer, by any plugin: counted in the job,
+        // a sample listed.
         let mut failures: BTreeMap<String, CustomerFailure> = BTreeMap::new();
-        let mut fail = |id: &str, plugin: &str, message: String| {
-            failures
-                .entry(id.to_string())
-                .or_insert_with(|| CustomerFailure {
-                    customer_id: id.to_string(),
-                    plugin: plugin.to_string(),
-                    message,
-                });
-        };
-        let mut tx = self.store.begin().await?;
-        if let Some(owner) = packs.lifecycle_owner() {
-            let moved: Vec<(&str, store::StageMove)> = batch
-                .iter()
-                .zip(moves)
-                .filter_map(|((c, _), m)| match m {
-                    Err(e) => {
-                        fail(&c.id, owner.name(), e);
-                        None
-                    }
-                    Ok(Some((to, reason))) if c.stage.as_deref() != Some(to.as_str()) => Some((
-                        c.id.as_str(),
-                        store::StageMove {
-                            from: c.stage.clone(),
-                            reason_text: crate::pipeline::render(owner, &reason).text,
-                            reason,
-                            to,
-                            plugin: owner.name().to_string(),
-                            plugin_version: owner.version.clone(),
-                        },
-                    )),
-                    _ => None,
-                })
-                .collect();
-            let moved: Vec<(&str, &store::StageMove)> =
-                moved.iter().map(|(id, m)| (*id, m)).collect();
-            store::move_stages(tx.conn(), tenant, &moved, None, now).await?;
-        }
-        // Every pack's writes in one batch: one round trip on SQLite.
+        let mut moves = Vec::new();
+        let mut scores = Vec::new();
+        let mut memberships = Vec::new();
         let mut writes = store::Batch::new();
-        for (pack, r) in packs.packs.iter().zip(results) {
-            let rows = match r {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(%tenant, plugin = %pack.name(), "rescore batch failed: {e}");
-                    for (c, _) in &batch {
-                        fail(&c.id, pack.name(), e.clone());
-                    }
-                    continue;
-                }
-            };
-            let mut scores = Vec::new();
-            let mut memberships = Vec::new();
-            for ((c, _), (score, segments, error)) in batch.iter().zip(rows) {
-                if let Some(e) = error {
-                    fail(&c.id, pack.name(), e);
-                }
-                if let Some(s) = score {
-                    scores.push((c.id.clone(), s));
-                }
-                if let Some(segments) = segments {
-                    memberships.push(store::SegmentSet {
-                        customer: c.id.clone(),
-                        plugin: pack.name().to_string(),
-                        segments,
-                    });
-                }
+        for ((c, _), ((_, failed), fx)) in batch.iter().zip(results) {
+            if let Some(f) = failed.first() {
+                failures.insert(
+                    c.id.clone(),
+                    CustomerFailure {
+                        customer_id: c.id.clone(),
+                        plugin: f.plugin.clone(),
+                        message: f.message.clone(),
+                    },
+                );
             }
-            store::queue_scores(tx.conn(), &mut writes, tenant, &scores, None).await?;
-            store::queue_memberships(tx.conn(), &mut writes, tenant, &memberships, now).await?;
+            if let Some(last) = fx.stage_moves.last() {
+                let mut mv = last.clone();
+                mv.from = c.stage.clone();
+                moves.push((c.id.as_str(), mv));
+            }
+            for t in &fx.tags_added {
+                store::queue_add_tag(&mut writes, tenant, &c.id, t);
+            }
+            for t in &fx.tags_removed {
+                store::queue_remove_tag(&mut writes, tenant, &c.id, t);
+            }
+            for f in &fx.fields_set {
+                store::queue_field(&mut writes, tenant, &c.id, f);
+            }
+            scores.extend(fx.scores.into_iter().map(|s| (c.id.clone(), s)));
+            memberships.extend(fx.segments.into_iter().map(|(plugin, segments)| {
+                store::SegmentSet {
+                    customer: c.id.clone(),
+                    plugin,
+                    segments,
+                }
+            }));
         }
+        let mut tx = self.store.begin().await?;
+        let moved: Vec<(&str, &store::StageMove)> = moves.iter().map(|(id, m)| (*id, m)).collect();
+        store::move_stages(tx.conn(), tenant, &moved, None, now).await?;
+        // Every plugin's writes in one batch: one round trip on SQLite.
+        store::queue_scores(tx.conn(), &mut writes, tenant, &scores, None).await?;
+        store::queue_memberships(tx.conn(), &mut writes, tenant, &memberships, now).await?;
         // Events whose plugins ran ahead of the writer on these customers'
         // old scores and segments must not keep those results.
         let ids_read: Vec<&str> = batch.iter().map(|(c, _)| c.id.as_str()).collect();
@@ -1183,67 +1139,14 @@ impl Crm {
     }
 }
 
-/// A chunk read and scored, not yet stored.
+/// A chunk read and evaluated, not yet stored.
 struct RescoredChunk {
     chunk: store::Chunk,
     /// The chunk's customers when it was read (progress counts these).
     ids: i64,
     now: i64,
-    packs: Arc<crate::packs::TenantPacks>,
     batch: Vec<(CustomerRecord, Vec<EventRecord>)>,
-    moves: Vec<Result<Option<(String, crate::runtime::Reason)>, String>>,
-    results: Vec<Result<Vec<RescoreRow>, String>>,
-}
-
-/// What a rescore stores for one customer and pack: the score and the segments,
-/// and the pack's error on that customer, if any.
-type RescoreRow = (
-    Option<store::StoredScore>,
-    Option<Vec<(String, store::RenderedReason)>>,
-    Option<String>,
-);
-
-/// A pack's scores and segments for a batch (blocking); per customer, `None`
-/// where the pack does not do it or failed on that customer (then with its error).
-fn batch_results(
-    pack: &ActivePack,
-    ctx: &CallContext,
-    batch: &[(CustomerRecord, Vec<EventRecord>)],
-) -> Result<Vec<RescoreRow>, String> {
-    let m = pack.plugin.manifest();
-    let strikes = Strikes::default();
-    let calls = score_and_segment(pack, ctx, batch, &snapshots(pack, batch), &strikes);
-    let mut out: Vec<RescoreRow> = vec![(None, None, None); batch.len()];
-    if let Some(scores) = calls.scores {
-        for (o, s) in out.iter_mut().zip(scores.map_err(|e| e.to_string())?) {
-            let s = s.map_err(|e| o.2 = Some(e.to_string()));
-            o.0 = s.ok().map(|s| store::StoredScore {
-                plugin: m.name.clone(),
-                plugin_version: pack.version.clone(),
-                value: s.value,
-                band: s.band,
-                reasons: s
-                    .reasons
-                    .iter()
-                    .map(|r| crate::pipeline::render(pack, r))
-                    .collect(),
-                updated_at: ctx.now,
-            });
-        }
-    }
-    if let Some(segs) = calls.segments {
-        for (o, s) in out.iter_mut().zip(segs.map_err(|e| e.to_string())?) {
-            let s = s.map_err(|e| {
-                o.2.get_or_insert_with(|| e.to_string());
-            });
-            o.1 = s.ok().map(|ms| {
-                ms.iter()
-                    .map(|x| (x.segment.clone(), crate::pipeline::render(pack, &x.reason)))
-                    .collect()
-            });
-        }
-    }
-    Ok(out)
+    results: Vec<(Evaluated, Effects)>,
 }
 
 /// A dry-run's result, or the job computing it.
@@ -1289,161 +1192,5 @@ impl Crm {
                 }
             }
         })
-    }
-}
-
-/// Where the lifecycle owner moves each customer of a batch on its latest event,
-/// each in a fresh instance (blocking): `Ok(None)` for no move or no events. The
-/// dry-run shows these; the rescore applies them, so a new owner (or new rules)
-/// re-stages stored customers the way the dry-run said it would.
-fn lifecycle_moves(
-    pack: &ActivePack,
-    ctx: &CallContext,
-    batch: &[(CustomerRecord, Vec<EventRecord>)],
-    snaps: &[stagecraft_plugin::snapshot::Customer<'_>],
-    strikes: &Strikes,
-) -> Vec<Result<Option<(String, crate::runtime::Reason)>, RuntimeError>> {
-    let rules = pack.rules.as_deref();
-    snaps
-        .iter()
-        .zip(batch)
-        .map(|(snap, (record, events))| {
-            let Some(latest) = events.first() else {
-                return Ok(None);
-            };
-            strikes.check(pack)?;
-            let actions = pack.plugin.session(ctx, rules).and_then(|mut s| {
-                s.withhold(granted_secrets(record, &pack.granted_fields));
-                s.on_event(ctx, snap, &latest.snapshot())
-            });
-            let actions = actions.inspect_err(|e| strikes.note(e))?;
-            Ok(actions.into_iter().rev().find_map(|a| match a {
-                Action::MoveToStage { stage, reason } => Some((stage, reason)),
-                _ => None,
-            }))
-        })
-        .collect()
-}
-
-/// What a dry-run or a rescore remembers of a pack's deadlines: once it went
-/// over its deadline on one customer alone, it is not called again there, and
-/// the customers left get an error saying so. A plugin that loops on everyone
-/// costs one deadline per kind of call, not one per customer (a dry-run of
-/// 1,000 customers with a looping candidate took half an hour).
-#[derive(Default)]
-struct Strikes {
-    gave_up: std::sync::Mutex<Option<String>>,
-}
-
-impl Strikes {
-    fn check(&self, pack: &ActivePack) -> Result<(), RuntimeError> {
-        match &*self.gave_up.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(why) => Err(RuntimeError::Plugin {
-                plugin: pack.plugin.label().to_string(),
-                error: PluginError::Failed(format!("not called: {why}")),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    fn note(&self, e: &RuntimeError) {
-        if let RuntimeError::Deadline { .. } = e {
-            self.gave_up
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert_with(|| {
-                    format!("it went over its deadline on another customer ({e})")
-                });
-        }
-    }
-}
-
-/// Calls a pack on a batch; when the whole call fails (a trap, the deadline or
-/// the memory cap on one customer fails the call for all of them), calls it
-/// again on each customer alone, so that the healthy ones get their results
-/// and each failed one its own error. A rescore chunk used to store nothing for
-/// any of its customers when one of them made the plugin fail.
-fn per_customer_on_failure<'c, T>(
-    pack: &ActivePack,
-    snaps: &[stagecraft_plugin::snapshot::Customer<'c>],
-    strikes: &Strikes,
-    call: impl Fn(&[stagecraft_plugin::snapshot::Customer<'c>]) -> BatchCall<T>,
-) -> BatchCall<T> {
-    strikes.check(pack)?;
-    match call(snaps) {
-        Err(e) if e.is_fault() && snaps.len() > 1 => {
-            tracing::debug!(plugin = %pack.name(), "batch failed ({e}); each customer alone");
-        }
-        other => return other.inspect_err(|e| strikes.note(e)),
-    }
-    Ok(snaps
-        .chunks(1)
-        .map(|one| {
-            strikes
-                .check(pack)
-                .and_then(|()| call(one))
-                .inspect_err(|e| strikes.note(e))
-                .map_err(|e| PluginError::Failed(e.to_string()))
-                .and_then(|mut r| {
-                    r.pop()
-                        .unwrap_or_else(|| Err(PluginError::Failed("no result".into())))
-                })
-        })
-        .collect())
-}
-
-/// The customers of a batch as this pack may see them.
-fn snapshots<'a>(
-    pack: &ActivePack,
-    batch: &'a [(CustomerRecord, Vec<EventRecord>)],
-) -> Vec<stagecraft_plugin::snapshot::Customer<'a>> {
-    batch
-        .iter()
-        .map(|(c, ev)| customer_snapshot_granted(c, ev, &pack.granted_fields))
-        .collect()
-}
-
-/// One call over a batch: `Err` when the whole call failed, otherwise one result
-/// per customer.
-type BatchCall<T> = Result<Vec<Result<T, PluginError>>, RuntimeError>;
-
-/// A pack's raw answers for a batch; `None` for what it does not do.
-struct BatchCalls {
-    scores: Option<BatchCall<Score>>,
-    segments: Option<BatchCall<Vec<Membership>>>,
-}
-
-/// Scores and segments a batch, each in a fresh instance (blocking). Shared by the
-/// dry-run and the bulk rescore, so both see a pack exactly alike.
-fn score_and_segment(
-    pack: &ActivePack,
-    ctx: &CallContext,
-    batch: &[(CustomerRecord, Vec<EventRecord>)],
-    snaps: &[stagecraft_plugin::snapshot::Customer<'_>],
-    strikes: &Strikes,
-) -> BatchCalls {
-    let m = pack.plugin.manifest();
-    let rules = pack.rules.as_deref();
-    let secrets: Vec<String> = batch
-        .iter()
-        .flat_map(|(c, _)| granted_secrets(c, &pack.granted_fields))
-        .collect();
-    BatchCalls {
-        scores: m.scoring.then(|| {
-            per_customer_on_failure(pack, snaps, strikes, |snaps| {
-                pack.plugin.session(ctx, rules).and_then(|mut s| {
-                    s.withhold(secrets.clone());
-                    s.score(ctx, snaps)
-                })
-            })
-        }),
-        segments: m.segmentation.then(|| {
-            per_customer_on_failure(pack, snaps, strikes, |snaps| {
-                pack.plugin.session(ctx, rules).and_then(|mut s| {
-                    s.withhold(secrets.clone());
-                    s.segment(ctx, snaps)
-                })
-            })
-        }),
     }
 }

@@ -1021,5 +1021,7 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
             .await
             .unwrap();
     assert_eq!(scored, 1200);
+    // Closing the store waits for every checked-out connection to come back.
+    drop(conn);
     s.finish().await;
 }

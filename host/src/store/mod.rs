@@ -337,7 +337,15 @@ impl Store {
         if let Some(r) = &self.readers {
             r.close().await;
         }
-        self.pool.close().await
+        // The pool's close waits for every checked-out connection to come back;
+        // one its owner still holds (a task that outlives the store) would hold
+        // the shutdown for ever. Those are closed when they are dropped.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("closing the store: connections still in use after 5 s; not waiting");
+        }
     }
 }
 
