@@ -485,7 +485,11 @@ impl Crm {
         name: &str,
         pair: Pair,
         owns_lifecycle: Option<bool>,
+        reason: Option<&str>,
     ) -> Result<(Option<Pair>, Pair), RegistryError> {
+        if let Some(p) = reason.and_then(|r| crate::runtime::budget::text_problem(r, 500)) {
+            return Err(RegistryError::Invalid(format!("reason {p}")));
+        }
         let plugin = self.load_version(tenant, name, &pair.version).await?;
         // Check the rules with this version before anything changes.
         let rules = match pair.rules_version {
@@ -516,7 +520,7 @@ impl Crm {
             &pair,
             owns_lifecycle,
             actor,
-            "activate",
+            reason.unwrap_or("activate"),
             at,
         )
         .await?;
@@ -527,7 +531,7 @@ impl Crm {
             actor,
             "plugin.activate",
             name,
-            &json!({ "from": from, "to": pair }),
+            &json!({ "from": from, "to": pair, "reason": reason }),
         )
         .await?;
         store::notify_change(&mut tx, tenant).await?;
@@ -829,14 +833,16 @@ impl Crm {
             (false, n) => Some(n.unwrap_or(INLINE_DRY_RUN)),
         };
         let top = c.top.unwrap_or(20).min(200);
+        let inline_rules = c.rules.is_some();
         let (active, candidate, pair) = self.dry_run_pair(tenant, name, &c).await?;
         let mut conn = self.store.conn().await?;
         let ids = store::customer_ids(&mut conn, tenant, sample).await?;
         drop(conn);
         if sample.is_some_and(|n| n <= INLINE_DRY_RUN) {
-            let r = self
+            let mut r = self
                 .compare(tenant, name, (active, candidate, pair), ids, top, None)
                 .await?;
+            r.candidate_rules_inline = inline_rules;
             return Ok(DryRunOutcome::Done(Box::new(r)));
         }
         let job = format!("job_{}", uuid::Uuid::now_v7().simple());
@@ -860,7 +866,7 @@ impl Crm {
             job.clone(),
         );
         tokio::spawn(async move {
-            let r = crm
+            let mut r = crm
                 .compare(
                     &tenant,
                     &name,
@@ -874,8 +880,9 @@ impl Crm {
                 Ok(c) => c,
                 Err(e) => return tracing::error!("dry-run job {id}: {e}"),
             };
-            let end = match &r {
+            let end = match &mut r {
                 Ok(rep) => {
+                    rep.candidate_rules_inline = inline_rules;
                     // Customers the candidate failed on make the job end as
                     // `done_with_failures`, with their count on the job.
                     let mut result = json!(rep);

@@ -27,6 +27,7 @@ on_both_databases!(
     a_failing_version_is_suspended_and_the_previous_one_restored,
     a_rescore_left_unfinished_by_a_dead_host_is_resumed,
     a_new_lifecycle_owner_restages_customers_as_its_dry_run_said,
+    every_activation_and_rollback_is_a_row_of_its_own,
     bulk_reads_and_writes_match_the_one_customer_functions,
 );
 
@@ -1023,5 +1024,93 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
     assert_eq!(scored, 1200);
     // Closing the store waits for every checked-out connection to come back.
     drop(conn);
+    s.finish().await;
+}
+
+/// The activation history keeps every step with its own actor, reason and time:
+/// activate, activate, rollback, activate, rollback leaves six rows (with the
+/// install's), each reason there (a rollback used to rewrite the row it returned
+/// to: three rows, the first rollback's reason lost), and rollbacks still walk
+/// back the way they did. A dry-run with inline rules says so.
+async fn every_activation_and_rollback_is_a_row_of_its_own(db: Db) {
+    let s = TestServer::start(db, &[scorer_pack()]).await;
+    upload(&s, wasm("scorer_v2")).await;
+    let (status, r) = send(
+        s.req(Method::PUT, "/v1/plugins/scorer/rules?version=2.0.0")
+            .json(&json!({"bonus": 0.5})),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    let steps = [
+        ("activate", json!({"version": "2.0.0", "reason": "try v2"})),
+        (
+            "activate",
+            json!({"version": "1.0.0", "reason": "back to v1 by hand"}),
+        ),
+        ("rollback", json!({"reason": "first rollback"})),
+        (
+            "activate",
+            json!({"version": "2.0.0", "rules_version": 1, "reason": "v2 with a bonus"}),
+        ),
+        ("rollback", json!({"reason": "second rollback"})),
+    ];
+    for (what, body) in steps {
+        let (status, o) = s.post(&format!("/v1/plugins/scorer/{what}"), body).await;
+        assert_eq!(status, 200, "{what}: {o}");
+    }
+    let (_, p) = s.get("/v1/plugins/scorer").await;
+    let rows = p["activations"].as_array().unwrap();
+    let seen: Vec<(&str, &str, &str, Option<i64>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+                r["version"].as_str().unwrap(),
+                r["rules_version"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 6, "{p}");
+    assert_eq!(
+        &seen[..5],
+        [
+            ("rollback", "second rollback", "2.0.0", None),
+            ("activate", "v2 with a bonus", "2.0.0", Some(1)),
+            ("rollback", "first rollback", "2.0.0", None),
+            ("activate", "back to v1 by hand", "1.0.0", None),
+            ("activate", "try v2", "2.0.0", None),
+        ],
+        "{p}"
+    );
+    assert_eq!(rows[0]["status"], "active", "{p}");
+    assert_eq!(p["active"]["version"], "2.0.0", "{p}");
+    // Rolling back on: to the install's 1.0.0, then out of service.
+    let (_, r) = s.post("/v1/plugins/scorer/rollback", json!({})).await;
+    assert_eq!(r["to"]["version"], "1.0.0", "{r}");
+    let (_, r) = s
+        .post("/v1/plugins/scorer/rollback", json!({"reason": "off"}))
+        .await;
+    assert_eq!(r["to"], Value::Null, "{r}");
+    let (_, p) = s.get("/v1/plugins/scorer").await;
+    assert_eq!(
+        (
+            p["activations"][0]["kind"].as_str(),
+            p["activations"][0]["status"].as_str()
+        ),
+        (Some("disable"), Some("disabled")),
+        "{p}"
+    );
+    assert_eq!(p["activations"].as_array().unwrap().len(), 8, "{p}");
+
+    customer_with_event(&s, "c").await;
+    let (status, d) = s
+        .post(
+            "/v1/plugins/scorer/dry-run",
+            json!({"version": "1.0.0", "rules": {"bonus": 2}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["candidate_rules_inline"], true, "{d}");
     s.finish().await;
 }

@@ -219,6 +219,9 @@ struct ActivateBody {
     /// Give this plugin the tenant's lifecycle (default: keep as it is).
     #[serde(default)]
     owns_lifecycle: Option<bool>,
+    /// Why, for the activation history and the audit trail (up to 500 bytes).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// Makes a version and rule set the active pair, on every host within a second (admin).
@@ -244,6 +247,7 @@ async fn activate(
             &name,
             pair,
             b.owns_lifecycle,
+            b.reason.as_deref(),
         )
         .await?;
     Ok(Json(json!({ "plugin": name, "from": from, "to": to })))

@@ -289,6 +289,9 @@ pub struct Pair {
 pub struct Activation {
     pub version: String,
     pub rules_version: Option<i64>,
+    /// `activate`, `rollback` (back to an earlier pair) or `disable` (a first
+    /// activation rolled back: out of service).
+    pub kind: String,
     pub status: String,
     pub actor: String,
     pub reason: String,
@@ -301,7 +304,7 @@ pub async fn activations(
     plugin: &str,
 ) -> Result<Vec<Activation>> {
     sqlx::query(
-        "SELECT version, rules_version, status, actor, reason, at FROM activations \
+        "SELECT version, rules_version, kind, status, actor, reason, at FROM activations \
          WHERE tenant_id = $1 AND plugin = $2 ORDER BY seq DESC LIMIT 50",
     )
     .bind(tenant)
@@ -313,6 +316,7 @@ pub async fn activations(
         Ok(Activation {
             version: r.try_get("version")?,
             rules_version: r.try_get("rules_version")?,
+            kind: r.try_get("kind")?,
             status: r.try_get("status")?,
             actor: r.try_get("actor")?,
             reason: r.try_get("reason")?,
@@ -387,19 +391,14 @@ pub async fn activate(
         .bind(plugin)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "INSERT INTO activations (tenant_id, plugin, version, rules_version, status, actor, reason, at) \
-         VALUES ($1, $2, $3, $4, 'active', $5, $6, $7)",
-    )
-    .bind(tenant)
-    .bind(plugin)
-    .bind(&pair.version)
-    .bind(pair.rules_version)
-    .bind(actor)
-    .bind(reason)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
+    let row = ActivationRow {
+        kind: "activate",
+        pair,
+        actor,
+        reason,
+        at,
+    };
+    record_activation(conn, tenant, plugin, row).await?;
     enable_plugin(
         conn,
         tenant,
@@ -412,6 +411,41 @@ pub async fn activate(
     .await?;
     bump_generation(conn, tenant).await?;
     Ok(current.map(|(p, _)| p))
+}
+
+/// One step of a plugin's activation history, as it is recorded.
+struct ActivationRow<'a> {
+    kind: &'static str,
+    pair: &'a Pair,
+    actor: &'a str,
+    reason: &'a str,
+    at: i64,
+}
+
+/// Appends a step to the activation history: the new top of the stack
+/// (`active`), or `disabled` for a rollback that took the plugin out of service.
+async fn record_activation(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    plugin: &str,
+    row: ActivationRow<'_>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO activations (tenant_id, plugin, version, rules_version, kind, status, actor, reason, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(tenant)
+    .bind(plugin)
+    .bind(&row.pair.version)
+    .bind(row.pair.rules_version)
+    .bind(row.kind)
+    .bind(if row.kind == "disable" { "disabled" } else { "active" })
+    .bind(row.actor)
+    .bind(row.reason)
+    .bind(row.at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Returns the plugin to the pair before the active one, or, when the active one
@@ -446,8 +480,18 @@ pub async fn rollback(
         return Err(StoreError::Conflict(format!("{plugin} is not active")));
     }
     let from = pair(cur)?;
+    // Every rollback is a row of its own; earlier rows keep their actor, reason
+    // and time, only their place in the stack (`status`) changes.
     let Some(prev) = rows.get(1) else {
         disable_plugin(conn, tenant, plugin).await?;
+        let row = ActivationRow {
+            kind: "disable",
+            pair: &from,
+            actor,
+            reason,
+            at,
+        };
+        record_activation(conn, tenant, plugin, row).await?;
         return Ok((from, None));
     };
     let to = pair(prev)?;
@@ -455,15 +499,18 @@ pub async fn rollback(
         .bind(cur.try_get::<i64, _>("seq")?)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "UPDATE activations SET status = 'active', actor = $1, reason = $2, at = $3 WHERE seq = $4",
-    )
-    .bind(actor)
-    .bind(reason)
-    .bind(at)
-    .bind(prev.try_get::<i64, _>("seq")?)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("UPDATE activations SET status = 'restored' WHERE seq = $1")
+        .bind(prev.try_get::<i64, _>("seq")?)
+        .execute(&mut *conn)
+        .await?;
+    let row = ActivationRow {
+        kind: "rollback",
+        pair: &to,
+        actor,
+        reason,
+        at,
+    };
+    record_activation(conn, tenant, plugin, row).await?;
     let owns = active_pair(conn, tenant, plugin)
         .await?
         .is_some_and(|(_, o)| o);
