@@ -39,7 +39,8 @@ pub struct CustomerInput {
     /// Where the customer came from: `web`, `referral`, `event`, `rep-visit`...
     #[serde(default)]
     pub source: Option<String>,
-    #[serde(default)]
+    /// ms since the epoch or an RFC 3339 time; defaults to now.
+    #[serde(default, deserialize_with = "crate::import::de_time")]
     pub created_at: Option<i64>,
     #[serde(default)]
     pub fields: BTreeMap<String, Json>,

@@ -179,55 +179,55 @@ impl<R: AsyncRead + Unpin> AsyncRead for RowLimit<R> {
     }
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// A time as milliseconds: an integer of ms, `YYYYMMDD`, `YYYY-MM-DD`, or
-/// `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
+/// A time as milliseconds: an integer of ms, `YYYYMMDD`, `YYYY-MM-DD` (midnight
+/// UTC), or an RFC 3339 time (`2026-01-10T10:00:00Z`, `...+08:00`, fractions of a
+/// second to the millisecond). Calendar work is `jiff`'s: an impossible date
+/// (`2024-02-30`) is not a time.
 pub fn parse_time(s: &str) -> Option<i64> {
     let s = s.trim();
-    // Every form is ASCII; checking that first keeps the byte slicing below on
-    // character boundaries (the fuzzer found `2024-01-0é...`).
-    if !s.is_ascii() {
-        return None;
-    }
-    let date = |y: &str, m: &str, d: &str| -> Option<i64> {
-        let (y, m, d) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-        if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-            return None;
-        }
-        Some(days_from_civil(y, m, d) * stagecraft_plugin::snapshot::DAY_MS)
-    };
     if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
-        return date(&s[0..4], &s[4..6], &s[6..8]);
+        let d = jiff::civil::Date::strptime("%Y%m%d", s).ok()?;
+        return midnight_utc(d);
     }
     if let Ok(ms) = s.parse::<i64>() {
         return Some(ms);
     }
-    let b = s.as_bytes();
-    if s.len() >= 10 && b[4] == b'-' && b[7] == b'-' {
-        let day = date(&s[0..4], &s[5..7], &s[8..10])?;
-        if s.len() == 10 {
-            return Some(day);
-        }
-        let rest = s[10..].strip_prefix('T')?.strip_suffix('Z')?;
-        let (hms, frac) = rest.split_once('.').unwrap_or((rest, "0"));
-        let mut parts = hms.split(':').map(|p| p.parse::<i64>().ok());
-        let (h, mi, se) = (parts.next()??, parts.next()??, parts.next()??);
-        if h > 23 || mi > 59 || se > 60 {
-            return None;
-        }
-        let ms: i64 = format!("{frac:0<3}")[..3].parse().ok()?;
-        return Some(day + ((h * 60 + mi) * 60 + se) * 1000 + ms);
+    if s.len() == 10 {
+        return midnight_utc(s.parse::<jiff::civil::Date>().ok()?);
     }
-    None
+    Some(s.parse::<jiff::Timestamp>().ok()?.as_millisecond())
+}
+
+fn midnight_utc(d: jiff::civil::Date) -> Option<i64> {
+    Some(
+        d.to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp()
+            .as_millisecond(),
+    )
+}
+
+/// Deserializes a time given as milliseconds since the epoch or as a string
+/// [`parse_time`] reads (an RFC 3339 time, a date): what clients send in `at`
+/// and `created_at`.
+pub fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::Deserialize;
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Time {
+        Ms(i64),
+        Text(String),
+    }
+    match Option::<Time>::deserialize(d)? {
+        None => Ok(None),
+        Some(Time::Ms(ms)) => Ok(Some(ms)),
+        Some(Time::Text(t)) => parse_time(&t).map(Some).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{:?} is not a time: give milliseconds since the epoch, an RFC 3339 time such as 2026-01-10T10:00:00Z, or a date",
+                t.chars().take(40).collect::<String>()
+            ))
+        }),
+    }
 }
 
 /// A CSV cell as a field value: a number, `true`/`false`, or text.

@@ -58,8 +58,9 @@ pub struct EventInput {
     #[serde(default)]
     #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub channel: Option<String>,
-    /// When it happened (ms since the epoch); defaults to now.
-    #[serde(default)]
+    /// When it happened: ms since the epoch or an RFC 3339 time
+    /// (`2026-01-10T10:00:00Z`); defaults to now.
+    #[serde(default, deserialize_with = "crate::import::de_time")]
     pub at: Option<i64>,
     #[serde(default)]
     pub amount_cents: Option<i64>,

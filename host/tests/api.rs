@@ -13,6 +13,7 @@ use stagecraft::store;
 const DAY: i64 = 86_400_000;
 
 on_both_databases!(
+    times_are_taken_as_rfc_3339_strings_or_milliseconds,
     a_customer_moves_through_stages_with_scores_segments_and_reasons,
     stored_metrics_always_equal_a_recomputation_from_events,
     concurrent_events_for_one_customer_lose_no_update,
@@ -977,5 +978,53 @@ async fn reasons_can_be_read_in_chinese(db: Db) {
         .any(|e| e["reason"] == "placed a first order"));
     let (status, e) = s.get("/v1/customers/zh?lang=fr").await;
     assert_eq!(status, 400, "{e}");
+    s.finish().await;
+}
+
+/// `at` and `created_at` take an RFC 3339 time or a date as well as milliseconds
+/// (`"at": "2026-01-10T10:00:00Z"` used to be refused); a string that is no time
+/// is a 400 that says what is expected; an impossible date is not a time.
+async fn times_are_taken_as_rfc_3339_strings_or_milliseconds(db: Db) {
+    let s = TestServer::start(db, &[]).await;
+    let (status, o) = s
+        .post(
+            "/v1/customers",
+            json!({"id": "t", "created_at": "2025-03-01"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{o}");
+    let (_, c) = s.get("/v1/customers/t").await;
+    assert_eq!(c["created_at"], 1_740_787_200_000i64, "{c}");
+    for (at, ms) in [
+        (json!("2026-01-10T10:00:00Z"), 1_768_039_200_000i64),
+        (json!("2026-01-10T18:00:00.250+08:00"), 1_768_039_200_250),
+        (json!(1_768_039_200_000i64), 1_768_039_200_000),
+    ] {
+        let (status, o) = s
+            .post("/v1/customers/t/events", json!({"kind": "visit", "at": at}))
+            .await;
+        assert_eq!(status, 201, "{at}: {o}");
+        let (_, t) = s.get("/v1/customers/t/timeline").await;
+        let event = t["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "event" && e["id"] == o["event_id"])
+            .unwrap_or_else(|| panic!("{t}"));
+        assert_eq!(event["at"], ms, "{at}: {event}");
+    }
+    for bad in ["yesterday", "2024-02-30", "2026-01-10T10:00:00"] {
+        let (status, o) = s
+            .post(
+                "/v1/customers/t/events",
+                json!({"kind": "visit", "at": bad}),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {o}");
+        assert!(
+            o["error"]["message"].as_str().unwrap().contains("RFC 3339"),
+            "{bad}: {o}"
+        );
+    }
     s.finish().await;
 }

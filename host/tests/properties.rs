@@ -32,6 +32,22 @@ proptest! {
         fields in proptest::collection::btree_map(prop_oneof!["[a-z_]{1,8}", any::<String>()], json_value(), 0..4),
     ) {
         let input = EventInput { kind: kind.clone(), channel: channel.clone(), at, amount_cents: amount, fields: fields.clone() };
+        // Well-formed, said independently of `validate`'s own code.
+        let slug = |s: &str| (1..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        let amount_ok = match (kind.as_str(), amount) {
+            ("order", None) => false,
+            ("order", Some(a)) => (0..=1_000_000_000_000).contains(&a),
+            (_, Some(a)) => a.abs() <= 1_000_000_000_000,
+            _ => true,
+        };
+        let well_formed = slug(&kind)
+            && channel.as_deref().is_none_or(slug)
+            && at.is_none_or(|t| (0..=NOW + 86_400_000).contains(&t))
+            && amount_ok
+            && fields.len() <= stagecraft::model::MAX_FIELDS
+            && fields.iter().all(|(k, v)| slug(k) && stagecraft::model::field_value_from_json(k, v).is_ok());
+        prop_assert_eq!(input.validate(NOW).is_ok(), well_formed, "{:?}", input.validate(NOW).err());
         match input.validate(NOW) {
             Ok(e) => {
                 prop_assert!(stagecraft::model::is_slug(&e.kind));

@@ -39,6 +39,21 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo builds: `CARGO_TARGET_DIR` when set (many developers set it
+/// globally), else `target/` of the workspace. The Python plugin and the reports
+/// are looked for where the Rust plugins and the tests look.
+fn target_dir(root: &Path) -> PathBuf {
+    target_dir_from(root, std::env::var_os("CARGO_TARGET_DIR"))
+}
+
+fn target_dir_from(root: &Path, var: Option<std::ffi::OsString>) -> PathBuf {
+    match var.map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -107,7 +122,7 @@ fn plugins(root: &Path) -> Result<PathBuf> {
         cmd.args(["-p", &name]);
     }
     run(&mut cmd)?;
-    let out = root.join("target").join(WASM_TARGET).join("release");
+    let out = target_dir(root).join(WASM_TARGET).join("release");
     python_plugins(root, &out)?;
     for e in std::fs::read_dir(&out)? {
         let p = e?.path();
@@ -313,7 +328,7 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         ]);
     }
     run(&mut cmd)?;
-    report(&root.join("target/criterion"))?;
+    report(&target_dir(root).join("criterion"))?;
     // Ingest over HTTP, swaps under load and bulk import print their own figures.
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "stagecraft", "--bench", "ingest", "--"]);
@@ -372,4 +387,23 @@ fn report(dir: &Path) -> Result<()> {
         call / 1000.0
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a global `CARGO_TARGET_DIR`, the Python plugin used to land in
+    /// `./target` while the tests looked in the target dir (`value_tiers_py.wasm
+    /// is missing` on a fresh clone).
+    #[test]
+    fn plugins_go_where_cargo_builds() {
+        let root = Path::new("/src/stagecraft");
+        assert_eq!(target_dir_from(root, None), root.join("target"));
+        assert_eq!(
+            target_dir_from(root, Some("/cache/cargo".into())),
+            PathBuf::from("/cache/cargo")
+        );
+        assert_eq!(target_dir_from(root, Some("out".into())), root.join("out"));
+    }
 }
