@@ -88,6 +88,8 @@ pub enum ImportError {
     Read(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the import failed inside the host: {0}")]
+    Internal(String),
 }
 
 /// The longest row (CSV record, or CDNOW line) an import reads.
@@ -447,7 +449,7 @@ impl Crm {
                 Ok(false) => report.already_present += 1,
                 Err(e) => match row_error(&e) {
                     Some(m) => report.error(line, m),
-                    None => return Err(ImportError::Store(store_error(e))),
+                    None => return Err(fatal(e)),
                 },
             }
             in_chunk += 1;
@@ -605,10 +607,12 @@ impl Crm {
     }
 }
 
-fn store_error(e: CrmError) -> StoreError {
+/// An error that ends an import: the store's, or a fault of the host (a task
+/// that panicked), which used to be reported as "stored data is corrupt".
+fn fatal(e: CrmError) -> ImportError {
     match e {
-        CrmError::Store(s) | CrmError::Pipeline(PipelineError::Store(s)) => s,
-        other => StoreError::Corrupt(other.to_string()),
+        CrmError::Store(s) | CrmError::Pipeline(PipelineError::Store(s)) => ImportError::Store(s),
+        other => ImportError::Internal(other.to_string()),
     }
 }
 

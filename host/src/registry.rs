@@ -48,6 +48,10 @@ pub enum RegistryError {
     Invalid(String),
     #[error("the component is {0} bytes; at most {MAX_COMPONENT_BYTES} are accepted")]
     TooLarge(usize),
+    /// The change is committed, but this host could not load it (it retries
+    /// with every sync): a fault of the host, not of the request.
+    #[error("the change is stored, but this host could not load it yet: {0}")]
+    Reload(crate::packs::PacksError),
 }
 
 impl From<CrmError> for RegistryError {
@@ -106,6 +110,7 @@ fn check_rules(plugin: &LoadedPlugin, rules: &str) -> Result<(), RegistryError> 
         .map_err(RegistryError::BadRules)?;
     plugin.check_rules(rules).map_err(|e| match e {
         RuntimeError::Plugin { error, .. } => RegistryError::BadRules(error.to_string()),
+        busy @ RuntimeError::Busy(_) => RegistryError::Rejected(busy),
         other => RegistryError::BadRules(other.to_string()),
     })
 }
@@ -474,7 +479,7 @@ impl Crm {
         self.packs
             .reload(&self.store, Some(tenant))
             .await
-            .map_err(|e| RegistryError::Invalid(e.to_string()))
+            .map_err(RegistryError::Reload)
     }
 
     /// Switches the tenant to (version, rules_version) atomically; returns (from, to).
@@ -540,7 +545,7 @@ impl Crm {
         self.packs
             .reload(&self.store, Some(tenant))
             .await
-            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+            .map_err(RegistryError::Reload)?;
         Ok((from, pair))
     }
 
@@ -575,7 +580,7 @@ impl Crm {
         self.packs
             .reload(&self.store, Some(tenant))
             .await
-            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+            .map_err(RegistryError::Reload)?;
         Ok((from, to))
     }
 
@@ -645,7 +650,7 @@ impl Crm {
         self.packs
             .reload(&self.store, Some(tenant))
             .await
-            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+            .map_err(RegistryError::Reload)?;
         Ok(())
     }
 

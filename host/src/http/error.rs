@@ -10,7 +10,21 @@ use crate::store::StoreError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+/// The body of every error response (and its OpenAPI schema): what
+/// [`ApiError::into_response`] writes, and [`super::wire`] for what hyper refuses.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code, e.g. `not_found`, `invalid_body`, `validation_failed`.
+    pub code: String,
+    /// A sentence naming the problem.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,6 +40,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// Every plugin instance slot was in use: try again in a moment.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -45,6 +62,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -60,6 +78,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Busy(_) => "busy",
             ApiError::TooLarge(_) => "body_too_large",
             ApiError::Unprocessable(_) => "validation_failed",
             ApiError::Unavailable(_) => "unavailable",
@@ -88,8 +107,20 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = json!({ "error": { "code": self.code(), "message": message } });
-        (self.status_code(), axum::Json(body)).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message,
+            },
+        };
+        let mut resp = (self.status_code(), axum::Json(body)).into_response();
+        if let ApiError::Busy(_) = self {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 
@@ -133,6 +164,7 @@ impl From<ImportError> for ApiError {
             ImportError::Store(s) => s.into(),
             e @ ImportError::Header(_) => ApiError::Unprocessable(e.to_string()),
             e @ ImportError::Read(_) => ApiError::bad_request("bad_body", e.to_string()),
+            e @ ImportError::Internal(_) => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -174,11 +206,49 @@ impl From<RegistryError> for ApiError {
         match e {
             RegistryError::Store(s) => s.into(),
             RegistryError::NotFound(m) => ApiError::NotFound(m),
+            RegistryError::Rejected(e @ crate::runtime::RuntimeError::Busy(_)) => {
+                ApiError::Busy(e.to_string())
+            }
             e @ RegistryError::Rejected(_) => ApiError::Unprocessable(e.to_string()),
             e @ RegistryError::BadRules(_) => ApiError::Unprocessable(e.to_string()),
             RegistryError::Conflict(m) => ApiError::Conflict(m),
             RegistryError::Invalid(m) => ApiError::Unprocessable(m),
             e @ RegistryError::TooLarge(_) => ApiError::TooLarge(e.to_string()),
+            e @ RegistryError::Reload(_) => ApiError::Internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::RuntimeError;
+
+    fn answered(e: impl Into<ApiError>) -> Response {
+        e.into().into_response()
+    }
+
+    /// Every instance slot in use is "try again shortly" (429 with Retry-After),
+    /// not a refusal of the component or rules (it used to be a 422).
+    #[test]
+    fn a_busy_runtime_is_429_with_retry_after() {
+        let r = answered(RegistryError::Rejected(RuntimeError::Busy(16)));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+        let r = answered(RegistryError::Rejected(RuntimeError::NotWasm));
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    /// Faults of the host are 500s with the details in the log, not a 422 with
+    /// internal text (a failed reload) or "stored data is corrupt" (a task panic
+    /// in the importer).
+    #[test]
+    fn host_faults_are_500() {
+        let reload = RegistryError::Reload(crate::packs::PacksError::Store(
+            StoreError::Unavailable("gone".into()),
+        ));
+        assert_eq!(answered(reload).status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let import = ImportError::Internal("task panicked".into());
+        assert_eq!(answered(import).status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -6,8 +6,9 @@
 //! `openapi_lists_every_route` checks the other direction (each described
 //! operation answers).
 
+pub use super::error::{ErrorBody, ErrorDetail};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 /// Tags group the operations in the document.
 pub const CUSTOMERS: &str = "customers";
@@ -35,22 +36,6 @@ pub const SERVICE: &str = "service";
     )
 )]
 pub struct ApiDoc;
-
-/// The body of every error response.
-#[derive(ToSchema)]
-#[allow(dead_code)] // describes what `ApiError::into_response` writes
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// A stable snake_case code, e.g. `not_found`, `invalid_body`, `validation_failed`.
-    code: String,
-    /// A sentence naming the problem.
-    message: String,
-}
 
 struct BearerAuth;
 

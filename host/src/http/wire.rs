@@ -69,7 +69,13 @@ fn replacement(head: &[u8]) -> Option<Vec<u8>> {
         _ => return None,
     };
     let reason = text.lines().next()?.get(13..).unwrap_or("").trim();
-    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
+    let body = serde_json::to_string(&super::error::ErrorBody {
+        error: super::error::ErrorDetail {
+            code: code.into(),
+            message: message.into(),
+        },
+    })
+    .ok()?;
     Some(
         format!(
             "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
