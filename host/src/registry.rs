@@ -133,28 +133,44 @@ pub struct Verdict {
 /// Runs `packs` on each customer of a batch through the one evaluation path
 /// ([`pipeline::evaluate`], on the customer's latest event) and derives what
 /// would be written ([`pipeline::effects`]). Blocking.
+///
+/// Customers are independent, so the batch is cut across the cores: each
+/// customer gets instances of its own either way (the price of running plugins
+/// exactly as a live event does, where the old rescore made one batch call).
 fn reevaluate(
     packs: &TenantPacks,
     ctx: &CallContext,
     batch: &[(CustomerRecord, Vec<EventRecord>)],
     strikes: &Strikes,
 ) -> Vec<(Evaluated, Effects)> {
-    batch
-        .iter()
-        .map(|(c, recent)| {
-            let (outputs, failures) = pipeline::evaluate(
-                packs,
-                ctx,
-                c.clone(),
-                recent,
-                0,
-                recent.first(),
-                Some(strikes),
-            );
-            let fx = pipeline::effects(c, &outputs, ctx.now);
-            ((outputs, failures), fx)
-        })
-        .collect()
+    let one = |(c, recent): &(CustomerRecord, Vec<EventRecord>)| {
+        let (outputs, failures) = pipeline::evaluate(
+            packs,
+            ctx,
+            c.clone(),
+            recent,
+            0,
+            recent.first(),
+            Some(strikes),
+        );
+        let fx = pipeline::effects(c, &outputs, ctx.now);
+        ((outputs, failures), fx)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 || batch.len() < 32 {
+        return batch.iter().map(one).collect();
+    }
+    let per = batch.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = batch
+            .chunks(per)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("evaluation thread"))
+            .collect()
+    })
 }
 
 /// What `name` and the customer come to under a set of plugins (see [`Verdict`]).
