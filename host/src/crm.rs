@@ -409,9 +409,7 @@ impl Crm {
         now: Option<i64>,
     ) -> Result<EventOutcome, CrmError> {
         if let Some(k) = idempotency_key {
-            if k.is_empty() || k.len() > 128 {
-                return Err(invalid("Idempotency-Key must be 1-128 characters"));
-            }
+            model::check_idempotency_key(k).map_err(invalid)?;
         }
         let wall = now_ms();
         let event = input.validate(wall)?;

@@ -655,12 +655,8 @@ impl<'a> EventBatch<'a> {
                 return Ok(());
             }
         };
-        if key.is_some_and(|k| k.len() > 128) {
-            report.error(line, "idempotency_key is longer than 128 characters".into());
-            return Ok(());
-        }
-        if let Some(p) = key.and_then(|k| crate::runtime::budget::text_problem(k, 128)) {
-            report.error(line, format!("idempotency_key {p}"));
+        if let Some(Err(e)) = key.map(model::check_idempotency_key) {
+            report.error(line, e);
             return Ok(());
         }
         let tx = self.tx.as_mut().expect("open transaction");

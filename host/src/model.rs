@@ -212,6 +212,25 @@ pub fn is_slug(s: &str) -> bool {
     crate::runtime::is_slug(s, 64)
 }
 
+/// Checks an idempotency key, however it arrives (the API's `Idempotency-Key`
+/// header, an import's `idempotency_key` column): 1-128 bytes, no control
+/// characters at all (a tab neither). The API and the importer used to apply different rules.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 128 {
+        return Err(format!(
+            "the idempotency key must be 1-128 bytes; it is {}",
+            key.len()
+        ));
+    }
+    match key.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "the idempotency key contains the control character U+{:04X}",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
 /// `true` for a customer id: 1-128 printable ASCII characters without `/`.
 pub fn is_customer_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_ID && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/')

@@ -768,3 +768,51 @@ async fn requests_refused_before_routing_get_the_json_error() {
     assert_eq!(body["error"]["code"], "headers_too_large", "{answer}");
     s.finish().await;
 }
+
+/// One rule for an idempotency key, whether it comes as the API's header or an
+/// import's column: 1-128 bytes without control characters, the same message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_has_one_rule_in_the_api_and_the_importer() {
+    let s = TestServer::start(Db::Sqlite, &[]).await;
+    s.post("/v1/customers", json!({"id": "k"})).await;
+    let long = "k".repeat(129);
+    for key in [long.as_str(), "tab\there"] {
+        let (status, o) = send(
+            s.req(Method::POST, "/v1/customers/k/events")
+                .header("idempotency-key", key)
+                .json(&json!({"kind": "visit"})),
+        )
+        .await;
+        assert_eq!(status, 422, "{key:?}: {o}");
+        assert!(
+            o["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("idempotency key"),
+            "{o}"
+        );
+    }
+    let csv = format!(
+        "customer_id,kind,idempotency_key\nk,visit,{long}\nk,visit,\"tab\there\"\nk,visit,fine\n"
+    );
+    let (status, r) = send(
+        s.req(Method::POST, "/v1/import/events")
+            .header("content-type", "text/csv")
+            .body(csv),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["imported"], 1, "{r}");
+    let messages: Vec<&str> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2, "{r}");
+    assert!(
+        messages.iter().all(|m| m.contains("idempotency key")),
+        "{r}"
+    );
+    s.finish().await;
+}
