@@ -194,12 +194,7 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
     }
 
     // Another tenant's admin: 404 for this tenant's things, empty lists otherwise.
-    let other = s
-        .crm
-        .create_token("globex", Role::Admin, "other")
-        .await
-        .unwrap()
-        .token;
+    let other = s.other_tenant_admin().await;
     // (Skipping the upload: globex uploading its own value-tiers would be legitimate
     // and would make the plugin routes below its own.)
     for r in table

@@ -786,12 +786,7 @@ async fn roles_and_tenants_are_enforced(db: Db) {
         .iter()
         .any(|e| e["action"] == "token.create"));
 
-    let other = s
-        .crm
-        .create_token("globex", Role::Admin, "other")
-        .await
-        .unwrap()
-        .token;
+    let other = s.other_tenant_admin().await;
     for path in ["/v1/customers/secret", "/v1/customers/secret/timeline"] {
         let (status, e) = common::server::send(s.client.get(s.url(path)).bearer_auth(&other)).await;
         assert_eq!(status, 404, "{path}: {e}");

@@ -49,12 +49,7 @@ async fn every_kind_of_misbehaviour_is_contained_and_recorded(db: Db) {
         ];
         let s = TestServer::start(db.clone(), &packs).await;
         // A second tenant with a healthy pack, served at the same time.
-        let other = s
-            .crm
-            .create_token("globex", Role::Admin, "other")
-            .await
-            .unwrap()
-            .token;
+        let other = s.other_tenant_admin().await;
         stagecraft::cli::service::install_plugin(
             &s.crm,
             "globex",

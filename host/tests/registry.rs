@@ -498,12 +498,7 @@ async fn dry_run_counts_exactly_the_customers_whose_band_changes(db: Db) {
     .unwrap();
     assert!(stored.iter().all(|(id, band)| &before[id] == band));
     // Another tenant cannot see the job.
-    let other = s
-        .crm
-        .create_token("globex", Role::Admin, "other")
-        .await
-        .unwrap()
-        .token;
+    let other = s.other_tenant_admin().await;
     let (status, _) = send(
         s.client
             .get(s.url(&format!("/v1/jobs/{job}")))

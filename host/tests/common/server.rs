@@ -189,6 +189,16 @@ impl TestServer {
         }
     }
 
+    /// A token of another tenant's admin (`globex`): what tenant-isolation tests
+    /// ask with.
+    pub async fn other_tenant_admin(&self) -> String {
+        self.crm
+            .create_token("globex", Role::Admin, "other")
+            .await
+            .unwrap()
+            .token
+    }
+
     /// The server's `/metrics` text.
     pub async fn metrics_text(&self) -> String {
         self.client
