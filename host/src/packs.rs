@@ -83,7 +83,8 @@ type HealthKey = (String, String, String);
 #[derive(Clone)]
 pub struct Packs {
     runtime: Runtime,
-    tenants: Arc<RwLock<HashMap<String, Arc<TenantPacks>>>>,
+    /// Read by every request, replaced whole on a change: readers take no lock.
+    tenants: Arc<arc_swap::ArcSwap<HashMap<String, Arc<TenantPacks>>>>,
     by_digest: Arc<RwLock<HashMap<String, Arc<LoadedPlugin>>>>,
     health: Arc<Mutex<HashMap<HealthKey, VersionHealth>>>,
     metrics: Arc<Metrics>,
@@ -173,18 +174,13 @@ impl Packs {
 
     /// What `tenant` runs now.
     pub fn for_tenant(&self, tenant: &str) -> Arc<TenantPacks> {
-        self.tenants
-            .read()
-            .expect("packs lock")
-            .get(tenant)
-            .cloned()
-            .unwrap_or_else(|| {
-                Arc::new(TenantPacks {
-                    packs: Vec::new(),
-                    generation: 0,
-                    metrics: self.metrics.clone(),
-                })
+        self.tenants.load().get(tenant).cloned().unwrap_or_else(|| {
+            Arc::new(TenantPacks {
+                packs: Vec::new(),
+                generation: 0,
+                metrics: self.metrics.clone(),
             })
+        })
     }
 
     /// Loads a stored component, reusing an already loaded one with the same digest.
@@ -284,15 +280,23 @@ impl Packs {
                     granted_fields,
                 });
         }
-        let mut tenants = self.tenants.write().expect("packs lock");
-        if tenant.is_none() {
-            tenants.clear();
-        }
-        for (t, mut p) in fresh {
-            p.packs.sort_by_key(|a| !a.owns_lifecycle);
-            p.generation = generations.get(&t).copied().unwrap_or(0);
-            tenants.insert(t, Arc::new(p));
-        }
+        let fresh: Vec<(String, Arc<TenantPacks>)> = fresh
+            .into_iter()
+            .map(|(t, mut p)| {
+                p.packs.sort_by_key(|a| !a.owns_lifecycle);
+                p.generation = generations.get(&t).copied().unwrap_or(0);
+                (t, Arc::new(p))
+            })
+            .collect();
+        // A whole new map: requests in flight keep the one they took.
+        self.tenants.rcu(|old| {
+            let mut tenants = match tenant {
+                Some(_) => HashMap::clone(old),
+                None => HashMap::new(),
+            };
+            tenants.extend(fresh.iter().cloned());
+            tenants
+        });
         Ok(())
     }
 
