@@ -13,7 +13,10 @@ use serde_json::{json, Value};
 on_both_databases!(
     text_with_nul_from_a_client_is_refused_by_name,
     one_failing_customer_costs_a_rescore_and_a_dry_run_only_that_customer,
-    a_customer_grows_only_so_far_by_patches_or_plugins
+    a_customer_grows_only_so_far_by_patches_or_plugins,
+    hostile_manifests_are_refused_at_upload_and_leave_nothing,
+    an_enormous_csv_row_is_reported_not_buffered,
+    an_idempotency_key_has_one_rule_in_the_api_and_the_importer
 );
 
 /// NUL in a customer's name, a field, a search, a token label, a path or a CSV
@@ -98,9 +101,8 @@ async fn text_with_nul_from_a_client_is_refused_by_name(db: Db) {
 /// Manifests the host cannot keep safely are refused at upload with a message
 /// naming the problem, and a refused upload leaves nothing: no version, no
 /// compiled code in the on-disk cache.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_manifests_are_refused_at_upload_and_leave_nothing() {
-    let s = TestServer::start(Db::Sqlite, &[]).await;
+async fn hostile_manifests_are_refused_at_upload_and_leave_nothing(db: Db) {
+    let s = TestServer::start(db, &[]).await;
     let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
     let cases = [
         ("cyclic-schema", "recursive"),
@@ -217,9 +219,8 @@ async fn methods_are_a_fixed_set_of_labels_and_405_is_json() {
 
 /// One enormous CSV row is not buffered whole: the rows before it are kept, it is
 /// reported by its line, and the import stops there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_enormous_csv_row_is_reported_not_buffered() {
-    let s = TestServer::start(Db::Sqlite, &[]).await;
+async fn an_enormous_csv_row_is_reported_not_buffered(db: Db) {
+    let s = TestServer::start(db, &[]).await;
     let max = stagecraft::import::MAX_ROW;
     let mut csv = String::from("id,name\nc1,Ann\nc2,Bob\n");
     csv.push_str(&format!("c3,{}\n", "x".repeat(max + 10)));
@@ -771,9 +772,8 @@ async fn requests_refused_before_routing_get_the_json_error() {
 
 /// One rule for an idempotency key, whether it comes as the API's header or an
 /// import's column: 1-128 bytes without control characters, the same message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idempotency_key_has_one_rule_in_the_api_and_the_importer() {
-    let s = TestServer::start(Db::Sqlite, &[]).await;
+async fn an_idempotency_key_has_one_rule_in_the_api_and_the_importer(db: Db) {
+    let s = TestServer::start(db, &[]).await;
     s.post("/v1/customers", json!({"id": "k"})).await;
     let long = "k".repeat(129);
     for key in [long.as_str(), "tab\there"] {
