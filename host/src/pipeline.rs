@@ -23,7 +23,7 @@ use crate::model::{
     ALWAYS_SENSITIVE,
 };
 use crate::packs::{ActivePack, TenantPacks};
-use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError};
+use crate::runtime::{Action, CallContext, Lang, Reason, RuntimeError, Session};
 use crate::store::{
     self, Backend, PluginFailure, RenderedReason, StageMove, Store, StoreError, StoredScore, Tx,
 };
@@ -221,13 +221,14 @@ fn failure_kind(e: &RuntimeError) -> &'static str {
 
 /// Runs one plugin over the customer (as updated by the plugins before it) and
 /// the event. Blocking: call from a blocking thread.
-fn run_plugin(
-    pack: &ActivePack,
+fn run_plugin<'p>(
+    pack: &'p ActivePack,
     ctx: &CallContext,
     customer: &CustomerRecord,
     recent: &[EventRecord],
     open_follow_ups: u32,
     event: Option<&EventRecord>,
+    kept: Option<&mut Option<Session<'p>>>,
 ) -> Result<PluginOutput, FailureReport> {
     let m = pack.plugin.manifest();
     let fail = |kind: &str, message: String| FailureReport {
@@ -237,11 +238,50 @@ fn run_plugin(
         message,
     };
     let from_runtime = |e: RuntimeError| fail(failure_kind(&e), e.to_string());
-    let mut session = pack
-        .plugin
-        .session(ctx, pack.rules.as_deref())
-        .map_err(from_runtime)?;
+    // Bulk work keeps a configured instance for the next customer of its batch,
+    // as a batch call would; a live event always gets a fresh one.
+    let mut kept = kept;
+    let mut session = match kept.as_mut().and_then(|k| k.take()) {
+        Some(s) if s.usable() => s,
+        _ => pack
+            .plugin
+            .session(ctx, pack.rules.as_deref())
+            .map_err(from_runtime)?,
+    };
     session.withhold(model::granted_secrets(customer, &pack.granted_fields));
+    let out = run_in_session(
+        pack,
+        ctx,
+        customer,
+        recent,
+        open_follow_ups,
+        event,
+        &mut session,
+    );
+    if let Some(k) = kept {
+        *k = Some(session);
+    }
+    out
+}
+
+/// [`run_plugin`]'s work in a configured instance.
+fn run_in_session(
+    pack: &ActivePack,
+    ctx: &CallContext,
+    customer: &CustomerRecord,
+    recent: &[EventRecord],
+    open_follow_ups: u32,
+    event: Option<&EventRecord>,
+    session: &mut Session<'_>,
+) -> Result<PluginOutput, FailureReport> {
+    let m = pack.plugin.manifest();
+    let fail = |kind: &str, message: String| FailureReport {
+        plugin: m.name.clone(),
+        version: m.version.clone(),
+        kind: kind.to_string(),
+        message,
+    };
+    let from_runtime = |e: RuntimeError| fail(failure_kind(&e), e.to_string());
     let mut out = PluginOutput {
         pack: pack.clone(),
         name: m.name.clone(),
@@ -393,6 +433,29 @@ fn apply_to_record(c: &mut CustomerRecord, actions: &[Action]) {
 /// failures of the others.
 pub(crate) type Evaluated = (Vec<PluginOutput>, Vec<FailureReport>);
 
+/// What [`evaluate`] keeps between the customers of bulk work: the strikes,
+/// and each plugin's configured instance (by its place in the tenant's set).
+pub(crate) struct Bulk<'s, 'p> {
+    pub(crate) strikes: &'s Strikes,
+    sessions: Vec<Option<Session<'p>>>,
+}
+
+impl<'s, 'p> Bulk<'s, 'p> {
+    pub(crate) fn new(strikes: &'s Strikes) -> Self {
+        Bulk {
+            strikes,
+            sessions: Vec::new(),
+        }
+    }
+
+    fn slot(&mut self, i: usize) -> &mut Option<Session<'p>> {
+        if self.sessions.len() <= i {
+            self.sessions.resize_with(i + 1, || None);
+        }
+        &mut self.sessions[i]
+    }
+}
+
 /// What bulk work (a rescore chunk, a dry-run) remembers of deadlines: once a
 /// plugin went over its deadline on one customer, it is not called again there,
 /// and the customers left get a failure saying so. A plugin that loops on
@@ -439,28 +502,31 @@ impl Strikes {
 /// it; the next plugin sees the customer as every plugin before it left it,
 /// their segments included. A plugin that fails has none of its output applied.
 ///
-/// With `strikes` (bulk work), a plugin that went over its deadline on an
-/// earlier customer is not called again (see [`Strikes`]). Blocking.
-pub(crate) fn evaluate(
-    packs: &TenantPacks,
+/// With `bulk` (a rescore chunk, a dry-run), a plugin that went over its
+/// deadline on an earlier customer is not called again (see [`Strikes`]), and
+/// each plugin's configured instance serves the next customer of the batch, as
+/// one batch call would. Blocking.
+pub(crate) fn evaluate<'p>(
+    packs: &'p TenantPacks,
     ctx: &CallContext,
     mut customer: CustomerRecord,
     recent: &[EventRecord],
     mut open_follow_ups: u32,
     event: Option<&EventRecord>,
-    strikes: Option<&Strikes>,
+    mut bulk: Option<&mut Bulk<'_, 'p>>,
 ) -> Evaluated {
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
-    for pack in &packs.packs {
-        if let Some(f) = strikes.and_then(|s| s.skipped(pack)) {
+    for (i, pack) in packs.packs.iter().enumerate() {
+        if let Some(f) = bulk.as_ref().and_then(|b| b.strikes.skipped(pack)) {
             failures.push(f);
             continue;
         }
         let started = std::time::Instant::now();
-        let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event);
-        if let (Some(s), Err(f)) = (strikes, &result) {
-            s.note(pack, f);
+        let kept = bulk.as_mut().map(|b| b.slot(i));
+        let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event, kept);
+        if let (Some(b), Err(f)) = (&bulk, &result) {
+            b.strikes.note(pack, f);
         }
         let labels = [pack.name(), pack.version.as_str()];
         packs

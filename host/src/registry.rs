@@ -134,37 +134,46 @@ pub struct Verdict {
 /// ([`pipeline::evaluate`], on the customer's latest event) and derives what
 /// would be written ([`pipeline::effects`]). Blocking.
 ///
-/// Customers are independent, so the batch is cut across the cores: each
-/// customer gets instances of its own either way (the price of running plugins
-/// exactly as a live event does, where the old rescore made one batch call).
+/// Customers are independent, so the batch is cut across the cores; within a
+/// thread each plugin's configured instance serves customer after customer, as
+/// the batch calls of the rescore before did (a plugin keeps nothing between
+/// calls, so the results are those of a fresh instance per customer).
 fn reevaluate(
     packs: &TenantPacks,
     ctx: &CallContext,
     batch: &[(CustomerRecord, Vec<EventRecord>)],
     strikes: &Strikes,
 ) -> Vec<(Evaluated, Effects)> {
-    let one = |(c, recent): &(CustomerRecord, Vec<EventRecord>)| {
-        let (outputs, failures) = pipeline::evaluate(
-            packs,
-            ctx,
-            c.clone(),
-            recent,
-            0,
-            recent.first(),
-            Some(strikes),
-        );
-        let fx = pipeline::effects(c, &outputs, ctx.now);
-        ((outputs, failures), fx)
+    // One thread's customers, in order, keeping each plugin's instance from one
+    // customer to the next as a batch call would (a fresh one after a failure).
+    let part = |customers: &[(CustomerRecord, Vec<EventRecord>)]| {
+        let mut bulk = pipeline::Bulk::new(strikes);
+        customers
+            .iter()
+            .map(|(c, recent)| {
+                let (outputs, failures) = pipeline::evaluate(
+                    packs,
+                    ctx,
+                    c.clone(),
+                    recent,
+                    0,
+                    recent.first(),
+                    Some(&mut bulk),
+                );
+                let fx = pipeline::effects(c, &outputs, ctx.now);
+                ((outputs, failures), fx)
+            })
+            .collect::<Vec<_>>()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     if threads < 2 || batch.len() < 32 {
-        return batch.iter().map(one).collect();
+        return part(batch);
     }
     let per = batch.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let parts: Vec<_> = batch
             .chunks(per)
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .map(|customers| scope.spawn(move || part(customers)))
             .collect();
         parts
             .into_iter()

@@ -664,6 +664,12 @@ pub struct Session<'p> {
 }
 
 impl Session<'_> {
+    /// Whether the instance can take another call: not after a failure, whose
+    /// instance may be in any state.
+    pub fn usable(&self) -> bool {
+        !self.failed && self.bindings.is_some()
+    }
+
     /// Values (of sensitive fields this plugin was granted) that must not reach
     /// the host log or an error message: they are replaced by `[withheld]`.
     pub fn withhold(&mut self, values: impl IntoIterator<Item = String>) {
