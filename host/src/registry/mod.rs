@@ -1,0 +1,483 @@
+//! The plugin registry and hot swap: upload versions, store rule sets, activate a
+//! (version, rule-set version) pair atomically, roll back, dry-run a candidate
+//! against the active pair, rescore in bulk, and the circuit breaker.
+//!
+//! Atomic means: a request takes the tenant's [`TenantPacks`](crate::packs::TenantPacks)
+//! once at its start, so requests in flight finish on the old pair and every
+//! later one gets the new; the new pair is loaded and compiled before it is
+//! committed, so an activation never leaves a tenant with nothing to run.
+//!
+//! Here: uploads, versions, rule sets, grants, activation and rollback, the
+//! circuit breaker. [`dry_run`]: the dry-run. [`jobs`]: bulk rescore jobs.
+
+pub mod dry_run;
+pub mod jobs;
+
+pub use dry_run::*;
+pub use jobs::*;
+
+use crate::crm::{Crm, CrmError};
+use crate::model::{now_ms, CustomerRecord, EventRecord};
+use crate::packs::{ActivePack, TenantPacks};
+use crate::pipeline::{self, Effects, Evaluated, PipelineError, Strikes, RECENT_EVENTS};
+use crate::runtime::{CallContext, LoadedPlugin, Manifest, RuntimeError};
+use crate::store::{self, Pair, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value as Json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The largest component accepted.
+pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
+/// Dry-runs over more customers than this run as a job.
+pub const INLINE_DRY_RUN: i64 = 1000;
+/// Customers per chunk of a bulk rescore (and per batch call into a plugin).
+pub const RESCORE_CHUNK: usize = 500;
+/// Wall-clock budget of a dry-run answered inline (a job has none).
+pub const INLINE_DRY_RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a rescore chunk's claim lasts without a heartbeat before another
+/// host may take the chunk over as left by a dead host.
+pub const CHUNK_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Failures a dry-run report or a rescore job lists (all are counted).
+pub const LISTED_FAILURES: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the component was rejected: {0}")]
+    Rejected(RuntimeError),
+    #[error("the rule set was rejected: {0}")]
+    BadRules(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the component is {0} bytes; at most {MAX_COMPONENT_BYTES} are accepted")]
+    TooLarge(usize),
+    /// The change is committed, but this host could not load it (it retries
+    /// with every sync): a fault of the host, not of the request.
+    #[error("the change is stored, but this host could not load it yet: {0}")]
+    Reload(crate::packs::PacksError),
+}
+
+impl From<CrmError> for RegistryError {
+    fn from(e: CrmError) -> Self {
+        match e {
+            CrmError::Store(s) | CrmError::Pipeline(PipelineError::Store(s)) => {
+                RegistryError::Store(s)
+            }
+            other => RegistryError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    /// `false` when these exact bytes were already stored.
+    pub stored: bool,
+    pub manifest: Manifest,
+}
+
+/// A pair to dry-run or activate, as a client names it.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate {
+    /// Plugin version; the active one if absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// A stored rule-set version; `null` means the plugin's defaults.
+    #[serde(default)]
+    pub rules_version: Option<i64>,
+    /// A rule set to try without storing it (dry-run only).
+    #[serde(default)]
+    pub rules: Option<Json>,
+    /// Customers to compare: the first N by id (default 1,000).
+    #[serde(default)]
+    pub sample: Option<i64>,
+    /// Compare every customer (runs as a job).
+    #[serde(default)]
+    pub all: bool,
+    /// How many of the largest differences to list (default 20).
+    #[serde(default)]
+    pub top: Option<usize>,
+}
+
+/// Checks a rule set against a plugin's JSON Schema (if it declares one; checked
+/// and compiled when the plugin was loaded, see [`crate::runtime::schema`]) and its `configure`.
+fn check_rules(plugin: &LoadedPlugin, rules: &str) -> Result<(), RegistryError> {
+    let value: Json = serde_json::from_str(rules)
+        .map_err(|e| RegistryError::BadRules(format!("not JSON: {e}")))?;
+    plugin
+        .check_rules_schema(&value)
+        .map_err(RegistryError::BadRules)?;
+    plugin.check_rules(rules).map_err(|e| match e {
+        RuntimeError::Plugin { error, .. } => RegistryError::BadRules(error.to_string()),
+        busy @ RuntimeError::Busy(_) => RegistryError::Rejected(busy),
+        other => RegistryError::BadRules(other.to_string()),
+    })
+}
+
+impl Crm {
+    /// Stores a component after checking it like `stagecraft plugin check`.
+    pub async fn upload_plugin(
+        &self,
+        tenant: &str,
+        actor: &str,
+        wasm: Vec<u8>,
+    ) -> Result<Uploaded, RegistryError> {
+        if wasm.len() > MAX_COMPONENT_BYTES {
+            return Err(RegistryError::TooLarge(wasm.len()));
+        }
+        // Loaded apart from the loaded versions, and kept (in memory and in the
+        // compiled-code cache) only once stored: a refused upload leaves nothing.
+        let packs = self.packs.clone();
+        let bytes = wasm.clone();
+        let plugin = crate::spawn_blocking(move || {
+            let digest = crate::runtime::cache::digest(&bytes);
+            packs
+                .loaded(&digest)
+                .map_or_else(|| packs.runtime().load(&bytes).map(Arc::new), Ok)
+        })
+        .await
+        .expect("plugin load task")
+        .map_err(RegistryError::Rejected)?;
+        let m = plugin.manifest().clone();
+        let mut tx = self.store.begin().await?;
+        let stored =
+            store::save_plugin_version(tx.conn(), tenant, &m, plugin.digest(), &wasm, now_ms())
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(m) => RegistryError::Conflict(m),
+                    other => other.into(),
+                })?;
+        if stored {
+            store::audit(
+                tx.conn(),
+                tenant,
+                actor,
+                "plugin.upload",
+                &format!("{}@{}", m.name, m.version),
+                &json!({ "digest": plugin.digest(), "size": wasm.len() }),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.packs.keep(plugin.clone());
+        Ok(Uploaded {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            digest: plugin.digest().to_string(),
+            stored,
+            manifest: m,
+        })
+    }
+
+    /// Loads a stored version (from the compiled cache when it can).
+    async fn load_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<LoadedPlugin>, RegistryError> {
+        let mut conn = self.store.conn().await?;
+        let (digest, _, wasm) = store::plugin_component(&mut conn, tenant, name, version)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {name}@{version} not found")))?;
+        drop(conn);
+        let packs = self.packs.clone();
+        crate::spawn_blocking(move || packs.load(&digest, &wasm))
+            .await
+            .expect("plugin load task")
+            .map_err(RegistryError::Rejected)
+    }
+
+    /// Fails with "not found" unless the tenant has stored a version of `name`.
+    async fn ensure_plugin(&self, tenant: &str, name: &str) -> Result<(), RegistryError> {
+        let mut conn = self.store.conn().await?;
+        if store::plugin_versions(&mut conn, tenant, Some(name))
+            .await?
+            .is_empty()
+        {
+            return Err(RegistryError::NotFound(format!("plugin {name} not found")));
+        }
+        Ok(())
+    }
+
+    /// The version a new rule set is checked against: the active one, else the newest stored.
+    async fn reference_version(&self, tenant: &str, name: &str) -> Result<String, RegistryError> {
+        let mut conn = self.store.conn().await?;
+        if let Some((pair, _)) = store::active_pair(&mut conn, tenant, name).await? {
+            return Ok(pair.version);
+        }
+        store::plugin_versions(&mut conn, tenant, Some(name))
+            .await?
+            .pop()
+            .map(|v| v.version)
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {name} not found")))
+    }
+
+    /// Stores a new rule-set version after the plugin accepts it.
+    pub async fn put_rules(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        version: Option<&str>,
+        rules: &Json,
+    ) -> Result<(i64, String), RegistryError> {
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => self.reference_version(tenant, name).await?,
+        };
+        let plugin = self.load_version(tenant, name, &version).await?;
+        let text = serde_json::to_string(rules).expect("JSON serialises");
+        let (p, t) = (plugin.clone(), text.clone());
+        crate::spawn_blocking(move || check_rules(&p, &t))
+            .await
+            .expect("rules check task")?;
+        let mut tx = self.store.begin().await?;
+        let n = store::save_rule_set(tx.conn(), tenant, name, &text, now_ms()).await?;
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "rules.put",
+            name,
+            &json!({ "rules_version": n, "checked_with": version }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((n, version))
+    }
+
+    /// Lets `name` see the sensitive `fields` for this tenant (replacing any earlier
+    /// grant). Only fields the active version's manifest asks for can be granted.
+    pub async fn grant_fields(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        fields: Vec<String>,
+    ) -> Result<(), RegistryError> {
+        self.ensure_plugin(tenant, name).await?;
+        let mut conn = self.store.conn().await?;
+        let version = store::active_pair(&mut conn, tenant, name)
+            .await?
+            .map(|(p, _)| p.version)
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!("{name} is not active for this tenant"))
+            })?;
+        let (_, manifest, _) = store::plugin_component(&mut conn, tenant, name, &version)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("plugin {name}@{version} not found")))?;
+        drop(conn);
+        if let Some(f) = fields.iter().find(|f| !manifest.wants_fields.contains(f)) {
+            return Err(RegistryError::Invalid(format!(
+                "{name}@{version} does not ask for the field {f:?} (it asks for: {})",
+                if manifest.wants_fields.is_empty() {
+                    "none".to_string()
+                } else {
+                    manifest.wants_fields.join(", ")
+                }
+            )));
+        }
+        let mut tx = self.store.begin().await?;
+        store::set_field_grants(tx.conn(), tenant, name, &fields).await?;
+        store::bump_generation(tx.conn(), tenant).await?;
+        // Field names only: values never go into the audit log.
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "plugin.grant_fields",
+            name,
+            &json!({ "fields": fields }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(RegistryError::Reload)
+    }
+
+    /// Switches the tenant to (version, rules_version) atomically; returns (from, to).
+    pub async fn activate(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        pair: Pair,
+        owns_lifecycle: Option<bool>,
+        reason: Option<&str>,
+    ) -> Result<(Option<Pair>, Pair), RegistryError> {
+        if let Some(p) = reason.and_then(|r| crate::runtime::budget::text_problem(r, 500)) {
+            return Err(RegistryError::Invalid(format!("reason {p}")));
+        }
+        let plugin = self.load_version(tenant, name, &pair.version).await?;
+        // Check the rules with this version before anything changes.
+        let rules = match pair.rules_version {
+            Some(n) => {
+                let mut conn = self.store.conn().await?;
+                Some(
+                    store::rule_set(&mut conn, tenant, name, n)
+                        .await?
+                        .ok_or_else(|| {
+                            RegistryError::NotFound(format!("rule set {n} of {name} not found"))
+                        })?,
+                )
+            }
+            None => None,
+        };
+        if let Some(r) = rules {
+            let p = plugin.clone();
+            crate::spawn_blocking(move || check_rules(&p, &r))
+                .await
+                .expect("rules check task")?;
+        }
+        let at = now_ms();
+        let mut tx = self.store.begin().await?;
+        let from = store::activate(
+            tx.conn(),
+            tenant,
+            name,
+            &pair,
+            owns_lifecycle,
+            actor,
+            reason.unwrap_or("activate"),
+            at,
+        )
+        .await?;
+        store::unsuspend(tx.conn(), tenant, name, &pair.version).await?;
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "plugin.activate",
+            name,
+            &json!({ "from": from, "to": pair, "reason": reason }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs.reset_health(tenant, name, &pair.version);
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(RegistryError::Reload)?;
+        Ok((from, pair))
+    }
+
+    /// Returns to the pair before the active one; returns (from, to).
+    pub async fn rollback(
+        &self,
+        tenant: &str,
+        actor: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<(Pair, Option<Pair>), RegistryError> {
+        self.ensure_plugin(tenant, name).await?;
+        let at = now_ms();
+        let mut tx = self.store.begin().await?;
+        let (from, to) = store::rollback(tx.conn(), tenant, name, actor, reason, at)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(m) => RegistryError::Conflict(m),
+                other => other.into(),
+            })?;
+        store::audit(
+            tx.conn(),
+            tenant,
+            actor,
+            "plugin.rollback",
+            name,
+            &json!({ "from": from, "to": to, "reason": reason }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(RegistryError::Reload)?;
+        Ok((from, to))
+    }
+
+    /// Counts a plugin's outcome for an event and trips the circuit breaker when a
+    /// version has failed `breaker_threshold` times in a row: the version is
+    /// suspended for the tenant and the previous pair restored (or, with none, the
+    /// plugin is disabled), with the reason in the audit log.
+    pub async fn record_health(&self, tenant: &str, pack: &ActivePack, failure: Option<&str>) {
+        let name = pack.name().to_string();
+        let h = self
+            .packs
+            .record_call(tenant, &name, &pack.version, failure, now_ms());
+        if h.consecutive_failures < self.packs.breaker_threshold || failure.is_none() {
+            return;
+        }
+        // Only the call that reaches the threshold trips it.
+        if h.consecutive_failures != self.packs.breaker_threshold {
+            return;
+        }
+        let reason = format!(
+            "suspended after {} failures in a row; last: {}",
+            h.consecutive_failures,
+            h.last_failure.unwrap_or_default()
+        );
+        if let Err(e) = self.trip(tenant, &name, &pack.version, &reason).await {
+            tracing::error!(%tenant, plugin = %name, "circuit breaker could not suspend: {e}");
+        }
+    }
+
+    async fn trip(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        reason: &str,
+    ) -> Result<(), RegistryError> {
+        tracing::warn!(%tenant, plugin = %name, %version, "{reason}");
+        let at = now_ms();
+        let mut tx = self.store.begin().await?;
+        // Another host may have tripped it already.
+        match store::active_pair(tx.conn(), tenant, name).await? {
+            Some((p, _)) if p.version == version => {}
+            _ => return Ok(()),
+        }
+        store::suspend(tx.conn(), tenant, name, version, reason, at).await?;
+        // The previous pair, or (after a first activation) not enabled at all.
+        let (_, to) =
+            store::rollback(tx.conn(), tenant, name, "circuit-breaker", reason, at).await?;
+        let restored = json!(to);
+        store::audit(
+            tx.conn(),
+            tenant,
+            "circuit-breaker",
+            "plugin.suspend",
+            &format!("{name}@{version}"),
+            &json!({ "reason": reason, "restored": restored }),
+        )
+        .await?;
+        store::notify_change(&mut tx, tenant).await?;
+        tx.commit().await?;
+        self.packs
+            .metrics()
+            .suspensions
+            .with_label_values(&[name, version])
+            .inc();
+        self.packs.reset_health(tenant, name, version);
+        self.packs
+            .reload(&self.store, Some(tenant))
+            .await
+            .map_err(RegistryError::Reload)?;
+        Ok(())
+    }
+}
