@@ -322,34 +322,26 @@ fn run_in_session(
     apply_to_record(&mut after, &out.actions);
     // Per-customer caps: a plugin adding a little on every event must not grow
     // a customer without bound. Only growth past a cap is refused.
-    let grows_past = |before: usize, after: usize, cap: usize| after > cap && after > before;
-    if grows_past(
-        customer.tags.len(),
-        after.tags.len(),
-        model::MAX_CUSTOMER_TAGS,
-    ) {
-        return Err(fail(
-            "bad_output",
-            format!(
-                "would give the customer {} tags, at most {}",
-                after.tags.len(),
-                model::MAX_CUSTOMER_TAGS
-            ),
-        ));
-    }
-    if grows_past(
-        customer.fields.len(),
-        after.fields.len(),
-        model::MAX_CUSTOMER_FIELDS,
-    ) {
-        return Err(fail(
-            "bad_output",
-            format!(
-                "would give the customer {} fields, at most {}",
-                after.fields.len(),
-                model::MAX_CUSTOMER_FIELDS
-            ),
-        ));
+    for (what, before, now, cap) in [
+        (
+            "tags",
+            customer.tags.len(),
+            after.tags.len(),
+            model::MAX_CUSTOMER_TAGS,
+        ),
+        (
+            "fields",
+            customer.fields.len(),
+            after.fields.len(),
+            model::MAX_CUSTOMER_FIELDS,
+        ),
+    ] {
+        if now > cap && now > before {
+            return Err(fail(
+                "bad_output",
+                format!("would give the customer {now} {what}, at most {cap}"),
+            ));
+        }
     }
     let scheduled = follow_ups_in(&out.actions);
     if scheduled > 0 && open_follow_ups + scheduled > model::MAX_OPEN_FOLLOW_UPS {

@@ -326,3 +326,122 @@ async fn two_hosts_writing_one_customer_lose_no_update() {
     drop(hosts);
     s.finish().await;
 }
+
+/// Two `stagecraft serve` processes share a rescore on one PostgreSQL; the one
+/// that started it is killed (SIGKILL) in the middle of its work. The other takes
+/// the dead host's chunk over when its lease runs out (no heartbeat renews it),
+/// and every chunk is done exactly once: the job ends with `done == total`, every
+/// customer scored. A chunk completes only under the claim that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_rescore_leaves_its_chunk_to_another_done_once() {
+    let Some(db) = Db::postgres() else { return };
+    let s = TestServer::start(
+        db,
+        &[common::server::Pack {
+            stem: "hostile",
+            rules: Some(r#"{"mode": "slow", "value": 20}"#),
+            owns_lifecycle: false,
+        }],
+    )
+    .await;
+    const N: usize = 1500;
+    for i in 0..N {
+        s.crm
+            .create_customer(
+                "acme",
+                stagecraft::crm::CustomerInput {
+                    id: Some(format!("r{i:04}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let lease = [("STAGECRAFT_CHUNK_LEASE_MS", "1500")];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (common::server::free_port(), common::server::free_port());
+    let mut a = common::server::spawn_serve(dir_a.path(), s.database_url(), port_a, &lease);
+    let _b = common::server::spawn_serve(dir_b.path(), s.database_url(), port_b, &lease);
+    let (base_a, base_b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    common::server::wait_healthy(&base_a).await;
+    common::server::wait_healthy(&base_b).await;
+    let (status, o) = send(
+        s.client
+            .post(format!("{base_a}/v1/rescore"))
+            .bearer_auth(&s.token),
+    )
+    .await;
+    assert_eq!(status, 202, "{o}");
+    let job = o["job"].as_str().unwrap().to_string();
+    let progress = |base: String| {
+        let (client, token, job) = (s.client.clone(), s.token.clone(), job.clone());
+        async move {
+            send(
+                client
+                    .get(format!("{base}/v1/jobs/{job}"))
+                    .bearer_auth(&token),
+            )
+            .await
+            .1
+        }
+    };
+    // Kill the host that started it once some work is done and some is left.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let j = progress(base_b.clone()).await;
+        let done = j["done"].as_i64().unwrap_or(0);
+        if done > 0 && done < N as i64 {
+            break;
+        }
+        assert!(
+            done < N as i64,
+            "the job ended before a host could be killed: {j}"
+        );
+        assert!(std::time::Instant::now() < deadline, "no progress: {j}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let j = loop {
+        let j = progress(base_b.clone()).await;
+        if j["status"] != "running" {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not finish: {j}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (
+            j["status"].as_str(),
+            j["done"].as_i64(),
+            j["total"].as_i64()
+        ),
+        (Some("done"), Some(N as i64), Some(N as i64)),
+        "each chunk counted once: {j}"
+    );
+    let mut conn = s.crm.store.conn().await.unwrap();
+    let scored: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM scores WHERE tenant_id = 'acme' AND plugin = 'hostile'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let chunks: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, CAST(COUNT(*) AS BIGINT) FROM job_chunks WHERE job_id = $1 GROUP BY status",
+    )
+    .bind(&job)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(scored, N as i64);
+    assert_eq!(chunks, vec![("done".to_string(), 3)]);
+    s.finish().await;
+}

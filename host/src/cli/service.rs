@@ -82,7 +82,16 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Crm> {
     let runtime = Runtime::new(Limits::default(), Some(settings.data_dir.join("cache")))?;
     let packs = Packs::new(runtime);
     packs.reload(&store, None).await?;
-    Ok(Crm::new(store, packs))
+    let mut crm = Crm::new(store, packs);
+    // How long a bulk job's chunk claim lasts without its heartbeat before
+    // another host takes the chunk over (default 60 s).
+    if let Ok(ms) = std::env::var("STAGECRAFT_CHUNK_LEASE_MS") {
+        let ms: u64 = ms.parse().map_err(|_| {
+            anyhow::anyhow!("STAGECRAFT_CHUNK_LEASE_MS must be milliseconds: {ms:?}")
+        })?;
+        crm = crm.with_chunk_lease(std::time::Duration::from_millis(ms.max(100)));
+    }
+    Ok(crm)
 }
 
 /// Serves until Ctrl-C.
