@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = stagecraft::import::check_without_storing(data);
+    let _ = stagecraft::services::import::check_without_storing(data);
 });

@@ -10,7 +10,7 @@
 use reqwest::Client;
 use serde_json::json;
 use stagecraft::cli::service::install_plugin;
-use stagecraft::model::Role;
+use stagecraft::domain::Role;
 use stagecraft::packs::Packs;
 use stagecraft::runtime::{Limits, Runtime};
 use stagecraft::store::{Backend, Store};
@@ -38,7 +38,7 @@ impl Server {
     async fn finish(self) {
         self.serving.abort();
         let _ = self.serving.await;
-        self.crm.store.close().await;
+        self.crm.store().close().await;
     }
 }
 
@@ -66,7 +66,8 @@ async fn start_with(database: &Database, packs: &[(&str, bool)], group_commit: b
         crm.with_group_commit(false)
     };
     let token = crm
-        .create_token(TENANT, Role::Admin, "bench")
+        .tokens()
+        .create(TENANT, "test", Role::Admin, "bench")
         .await
         .unwrap()
         .token;
@@ -76,12 +77,13 @@ async fn start_with(database: &Database, packs: &[(&str, bool)], group_commit: b
             .unwrap();
     }
     for i in 0..CUSTOMERS {
-        crm.create_customer(
-            TENANT,
-            serde_json::from_value(json!({"id": format!("c{i:05}"), "source": "web"})).unwrap(),
-        )
-        .await
-        .unwrap();
+        crm.customers()
+            .create_customer(
+                TENANT,
+                serde_json::from_value(json!({"id": format!("c{i:05}"), "source": "web"})).unwrap(),
+            )
+            .await
+            .unwrap();
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -314,17 +316,17 @@ fn verdict(ok: bool) -> &'static str {
 async fn measure(s: Server, duration: Duration) -> Load {
     let warm_up = duration.min(Duration::from_secs(2));
     let stop = || Arc::new(AtomicBool::new(false));
-    load(&s.crm.store, &s.base, &s.token, warm_up, stop()).await;
-    if s.crm.store.backend() == Backend::Postgres {
+    load(s.crm.store(), &s.base, &s.token, warm_up, stop()).await;
+    if s.crm.store().backend() == Backend::Postgres {
         // A database in use has statistics: autovacuum analyzes a table once a
         // tenth of it changed, but looks at most once a minute. Without them,
         // on a fresh database, the plans cached for the first statements took
         // the wrong index (an idempotency key looked up by scanning all the
         // tenant's events) for the whole run.
-        let mut conn = s.crm.store.conn().await.unwrap();
+        let mut conn = s.crm.store().conn().await.unwrap();
         sqlx::query("ANALYZE").execute(&mut *conn).await.unwrap();
     }
-    let l = load(&s.crm.store, &s.base, &s.token, duration, stop()).await;
+    let l = load(s.crm.store(), &s.base, &s.token, duration, stop()).await;
     s.finish().await;
     l
 }
@@ -415,7 +417,7 @@ async fn swaps_under_load(swaps: usize) {
     let stop = Arc::new(AtomicBool::new(false));
     let load_task = {
         let (stop, base, token) = (stop.clone(), s.base.clone(), s.token.clone());
-        let store = s.crm.store.clone();
+        let store = s.crm.store().clone();
         tokio::spawn(
             async move { load(&store, &base, &token, Duration::from_secs(3600), stop).await },
         )
@@ -507,6 +509,7 @@ async fn import(generated_orders: usize) {
     let t = Instant::now();
     let r = s
         .crm
+        .imports()
         .import_cdnow(TENANT, file, Some(899_251_200_000), &|_| {})
         .await
         .unwrap();
@@ -533,6 +536,7 @@ async fn import(generated_orders: usize) {
     let t = Instant::now();
     let g = s2
         .crm
+        .imports()
         .import_cdnow(TENANT, text.as_bytes(), Some(899_251_200_000), &|_| {})
         .await
         .unwrap();
@@ -568,7 +572,7 @@ fn peak_mib() -> f64 {
 /// writes the same score rows.
 async fn rescore(n: usize) {
     let s = start(&Database::Sqlite, &[("value_tiers", false), ("clv", false)]).await;
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let t = Instant::now();
     // Generated in SQL (a recursive counter), realistic spreads of orders and spend.
     sqlx::query(
@@ -601,15 +605,20 @@ async fn rescore(n: usize) {
 
     reset_peak();
     let t = Instant::now();
-    let job = s.crm.start_rescore(TENANT, "bench").await.unwrap();
-    let done = s.crm.work_on_rescore(TENANT, &job, "bench").await.unwrap();
+    let job = s.crm.jobs().start_rescore(TENANT, "bench").await.unwrap();
+    let done = s
+        .crm
+        .jobs()
+        .work_on_rescore(TENANT, &job, "bench")
+        .await
+        .unwrap();
     let secs = t.elapsed().as_secs_f64();
     let peak = peak_mib();
 
     // The floor: the rows the rescore wrote (every score, history row and
     // membership, byte for byte), written again by plain SQL under another
     // tenant in one transaction: what storing them costs with nothing computed.
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let t = Instant::now();
     let mut written = 0;
     sqlx::query("BEGIN IMMEDIATE")

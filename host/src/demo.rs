@@ -3,9 +3,9 @@
 //! the volume (and the value tiers, lifetime values and dormant buyers); these
 //! bring the B2B formation, the gym and the O2O stories. Times are relative to now.
 
-use crate::crm::{Crm, CrmError, CustomerInput};
-use crate::model::now_ms;
+use crate::domain::now_ms;
 use crate::pipeline::EventInput;
+use crate::services::{Crm, CrmError, CustomerInput};
 use serde_json::{json, Value};
 use stagecraft_plugin::snapshot::DAY_MS;
 
@@ -223,7 +223,7 @@ pub async fn load_stories(crm: &Crm, tenant: &str) -> Result<usize, CrmError> {
             fields: serde_json::from_value(s.fields).expect("story fields are a JSON object"),
             ..Default::default()
         };
-        match crm.create_customer(tenant, input).await {
+        match crm.customers().create_customer(tenant, input).await {
             Ok(_) => {}
             Err(CrmError::Store(crate::store::StoreError::Conflict(_))) => continue,
             Err(e) => return Err(e),
@@ -232,7 +232,8 @@ pub async fn load_stories(crm: &Crm, tenant: &str) -> Result<usize, CrmError> {
             body["at"] = json!(now - days_ago * DAY_MS);
             let input: EventInput = serde_json::from_value(body).expect("story events are valid");
             let key = format!("demo:{}:{events}", s.id);
-            crm.record_event(tenant, s.id, &input, Some(&key), None)
+            crm.events()
+                .record_event(tenant, s.id, &input, Some(&key), None)
                 .await?;
             events += 1;
         }

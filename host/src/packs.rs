@@ -103,9 +103,6 @@ impl std::fmt::Debug for Packs {
 /// The default for [`Packs::breaker_threshold`].
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 
-/// The PostgreSQL channel that carries "tenant X changed".
-pub const CHANGES_CHANNEL: &str = "stagecraft_changes";
-
 impl Packs {
     pub fn new(runtime: Runtime) -> Packs {
         Packs {
@@ -316,22 +313,13 @@ impl Packs {
 
     /// Keeps this host in step with changes made by any host (see the module doc).
     /// Runs until the returned task is aborted.
-    pub fn watch(&self, store: Store) -> tokio::task::JoinHandle<()> {
+    /// `every`: how often the generations are re-read besides the notifications.
+    pub fn watch(&self, store: Store, every: Duration) -> tokio::task::JoinHandle<()> {
         let packs = self.clone();
         tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
-            if store.backend() == store::Backend::Postgres {
-                let url = store.url().to_string();
-                tokio::spawn(listen(url, tx));
-            }
-            // STAGECRAFT_SYNC_INTERVAL_MS: how often the generations are re-read
-            // (default 250 ms); the tests stretch it to prove NOTIFY alone suffices.
-            let every = std::env::var("STAGECRAFT_SYNC_INTERVAL_MS")
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(250)
-                .max(10);
-            let mut tick = tokio::time::interval(Duration::from_millis(every));
+            // Empty and never ready on SQLite, where the generation poll alone carries changes.
+            let mut rx = store.changes();
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -348,26 +336,5 @@ impl Packs {
                 }
             }
         })
-    }
-}
-
-/// Forwards `NOTIFY stagecraft_changes, '<tenant>'` to `tx`, reconnecting after errors.
-async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>) {
-    loop {
-        match sqlx::postgres::PgListener::connect(&url).await {
-            Ok(mut l) => {
-                if let Err(e) = l.listen(CHANGES_CHANNEL).await {
-                    tracing::warn!("LISTEN failed: {e}");
-                } else {
-                    while let Ok(n) = l.recv().await {
-                        if tx.send(n.payload().to_string()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::debug!("cannot connect to listen for changes: {e}"),
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! [`record_events`] is the whole path for events of different customers inside
 //! a transaction the caller owns ([`record_one`] for one): the HTTP route's
-//! events go through `crate::group_commit`, which on SQLite records the events
+//! events go through `crate::services::group_commit`, which on SQLite records the events
 //! that arrive together in one transaction; the importer a chunk of rows. Each
 //! plugin runs in a fresh instance and its output is taken whole or not at all:
 //! if any of its calls fails, none of its actions apply and the failure goes on
@@ -18,7 +18,7 @@
 //! writer are the same; if not, they run again, in one trip to the blocking pool
 //! for the group. `host/tests/statements.rs` holds it to that.
 
-use crate::model::{
+use crate::domain::{
     self, apply_event, customer_snapshot_granted, CustomerRecord, EventRecord, FieldEntry,
     ALWAYS_SENSITIVE,
 };
@@ -60,7 +60,7 @@ pub struct EventInput {
     pub channel: Option<String>,
     /// When it happened: ms since the epoch or an RFC 3339 time
     /// (`2026-01-10T10:00:00Z`); defaults to now.
-    #[serde(default, deserialize_with = "crate::import::de_time")]
+    #[serde(default, deserialize_with = "crate::domain::time::de_time")]
     pub at: Option<i64>,
     #[serde(default)]
     pub amount_cents: Option<i64>,
@@ -72,14 +72,14 @@ impl EventInput {
     /// Checks the input and turns it into a record with a fresh id.
     pub fn validate(&self, now: i64) -> Result<EventRecord, PipelineError> {
         let bad = |m: String| Err(PipelineError::Invalid(m));
-        if !model::is_slug(&self.kind) {
+        if !domain::is_slug(&self.kind) {
             return bad(format!(
                 "kind {:?} must be 1-64 characters of a-z, 0-9, _ and -",
                 trunc(&self.kind)
             ));
         }
         if let Some(c) = &self.channel {
-            if !model::is_slug(c) {
+            if !domain::is_slug(c) {
                 return bad(format!(
                     "channel {:?} must be 1-64 characters of a-z, 0-9, _ and -",
                     trunc(c)
@@ -102,12 +102,12 @@ impl EventInput {
             }
             _ => {}
         }
-        if self.fields.len() > model::MAX_FIELDS {
-            return bad(format!("at most {} fields", model::MAX_FIELDS));
+        if self.fields.len() > domain::MAX_FIELDS {
+            return bad(format!("at most {} fields", domain::MAX_FIELDS));
         }
         let mut fields = Vec::with_capacity(self.fields.len());
         for (k, v) in &self.fields {
-            if !model::is_slug(k) {
+            if !domain::is_slug(k) {
                 return bad(format!(
                     "field key {:?} must be 1-64 characters of a-z, 0-9, _ and -",
                     trunc(k)
@@ -115,7 +115,7 @@ impl EventInput {
             }
             fields.push((
                 k.clone(),
-                model::field_value_from_json(k, v).map_err(PipelineError::Invalid)?,
+                domain::field_value_from_json(k, v).map_err(PipelineError::Invalid)?,
             ));
         }
         Ok(EventRecord {
@@ -248,7 +248,7 @@ fn run_plugin<'p>(
             .session(ctx, pack.rules.as_deref())
             .map_err(from_runtime)?,
     };
-    session.withhold(model::granted_secrets(customer, &pack.granted_fields));
+    session.withhold(domain::granted_secrets(customer, &pack.granted_fields));
     let out = run_in_session(
         pack,
         ctx,
@@ -327,13 +327,13 @@ fn run_in_session(
             "tags",
             customer.tags.len(),
             after.tags.len(),
-            model::MAX_CUSTOMER_TAGS,
+            domain::MAX_CUSTOMER_TAGS,
         ),
         (
             "fields",
             customer.fields.len(),
             after.fields.len(),
-            model::MAX_CUSTOMER_FIELDS,
+            domain::MAX_CUSTOMER_FIELDS,
         ),
     ] {
         if now > cap && now > before {
@@ -344,13 +344,13 @@ fn run_in_session(
         }
     }
     let scheduled = follow_ups_in(&out.actions);
-    if scheduled > 0 && open_follow_ups + scheduled > model::MAX_OPEN_FOLLOW_UPS {
+    if scheduled > 0 && open_follow_ups + scheduled > domain::MAX_OPEN_FOLLOW_UPS {
         return Err(fail(
             "bad_output",
             format!(
                 "would give the customer {} open follow-ups, at most {}",
                 open_follow_ups + scheduled,
-                model::MAX_OPEN_FOLLOW_UPS
+                domain::MAX_OPEN_FOLLOW_UPS
             ),
         ));
     }
@@ -1027,7 +1027,7 @@ fn queue_writes(
         store::queue_field(writes, tenant, customer_id, f);
         outcome
             .fields_set
-            .insert(f.key.clone(), model::field_value_to_json(&f.value));
+            .insert(f.key.clone(), domain::field_value_to_json(&f.value));
     }
     for f in fx.follow_ups {
         store::queue_follow_up(

@@ -11,7 +11,7 @@ use common::server::{pack, send, Db, TestServer};
 use common::wasm;
 use reqwest::Method;
 use serde_json::{json, Value};
-use stagecraft::model::Role;
+use stagecraft::domain::Role;
 
 on_both_databases!(every_route_checks_the_role_and_the_tenant);
 
@@ -256,7 +256,7 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
         (status, e["error"]["code"].as_str()),
         (401, Some("unauthorized"))
     );
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let stored: Vec<String> = sqlx::query_scalar("SELECT hash FROM tokens")
         .fetch_all(&mut *conn)
         .await

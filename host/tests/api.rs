@@ -7,7 +7,7 @@ mod common;
 use common::server::{pack, send, Db, Pack, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
-use stagecraft::model::{now_ms, Role};
+use stagecraft::domain::{now_ms, Role};
 use stagecraft::store;
 
 const DAY: i64 = 86_400_000;
@@ -195,7 +195,7 @@ async fn stored_metrics_always_equal_a_recomputation_from_events(db: Db) {
             body["amount_cents"] = json!((seed >> 20) % 50_000);
         }
         event(&s, "m", body).await;
-        let mut conn = s.crm.store.conn().await.unwrap();
+        let mut conn = s.crm.store().conn().await.unwrap();
         let recomputed = store::recompute_metrics(&mut conn, "acme", "m", now_ms())
             .await
             .unwrap();
@@ -557,7 +557,7 @@ async fn cdnow_import_matches_the_file_and_feeds_analytics(db: Db) {
         "{r}"
     );
 
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let (n_customers, spend): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COUNT(*) AS BIGINT), CAST(SUM(spend_cents) AS BIGINT) FROM customers WHERE tenant_id = 'acme'",
     )

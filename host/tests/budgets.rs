@@ -221,7 +221,7 @@ async fn methods_are_a_fixed_set_of_labels_and_405_is_json() {
 /// reported by its line, and the import stops there.
 async fn an_enormous_csv_row_is_reported_not_buffered(db: Db) {
     let s = TestServer::start(db, &[]).await;
-    let max = stagecraft::import::MAX_ROW;
+    let max = stagecraft::services::import::MAX_ROW;
     let mut csv = String::from("id,name\nc1,Ann\nc2,Bob\n");
     csv.push_str(&format!("c3,{}\n", "x".repeat(max + 10)));
     csv.push_str("c4,Di\n");
@@ -591,10 +591,10 @@ async fn a_slow_rescore_chunk_is_not_taken_over_while_it_is_worked_on() {
         .crm
         .clone()
         .with_chunk_lease(std::time::Duration::from_millis(800));
-    let job = crm.start_rescore(&s.tenant, "test").await.unwrap();
+    let job = crm.jobs().start_rescore(&s.tenant, "test").await.unwrap();
     let first = {
         let (crm, tenant, job) = (crm.clone(), s.tenant.clone(), job.clone());
-        tokio::spawn(async move { crm.work_on_rescore(&tenant, &job, "host-a").await })
+        tokio::spawn(async move { crm.jobs().work_on_rescore(&tenant, &job, "host-a").await })
     };
     // Another host looks for work again and again while the chunk is worked on.
     let mut taken = 0;
@@ -602,6 +602,7 @@ async fn a_slow_rescore_chunk_is_not_taken_over_while_it_is_worked_on() {
     while !first.is_finished() {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         taken += crm
+            .jobs()
             .work_on_rescore(&s.tenant, &job, "host-b")
             .await
             .unwrap();
@@ -631,7 +632,7 @@ async fn a_slow_rescore_chunk_is_not_taken_over_while_it_is_worked_on() {
 /// that adds a little on every event fails once it would pass one (its other
 /// output not applied, the event stored). 20,032 tags via PATCH used to be taken.
 async fn a_customer_grows_only_so_far_by_patches_or_plugins(db: Db) {
-    use stagecraft::model::{MAX_CUSTOMER_FIELDS, MAX_CUSTOMER_TAGS, MAX_OPEN_FOLLOW_UPS};
+    use stagecraft::domain::{MAX_CUSTOMER_FIELDS, MAX_CUSTOMER_TAGS, MAX_OPEN_FOLLOW_UPS};
     let s = TestServer::start(db.clone(), &[]).await;
     s.post("/v1/customers", json!({"id": "p"})).await;
     for round in 0..4 {
@@ -704,7 +705,7 @@ async fn a_customer_grows_only_so_far_by_patches_or_plugins(db: Db) {
         )
         .await;
         s.post("/v1/customers", json!({"id": "g"})).await;
-        let base = stagecraft::model::now_ms() - 3_600_000;
+        let base = stagecraft::domain::now_ms() - 3_600_000;
         for n in 0..=events_ok {
             let (status, o) = s
                 .post(

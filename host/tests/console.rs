@@ -8,7 +8,7 @@ mod common;
 
 use common::server::{pack, Db, TestServer};
 use serde_json::json;
-use stagecraft::model::{now_ms, Role};
+use stagecraft::domain::{now_ms, Role};
 use std::path::PathBuf;
 
 const DAY: i64 = 86_400_000;

@@ -91,7 +91,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_event(db: Db) {
         assert!(status == 201 || status == 200, "retry {i}: {status} {o}");
     }
 
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let keys: Vec<String> = sqlx::query_scalar(
         "SELECT idempotency_key FROM events WHERE tenant_id = 'acme' AND customer_id = 'k'",
     )
@@ -103,7 +103,7 @@ async fn a_server_killed_mid_stream_loses_no_acknowledged_event(db: Db) {
     assert_eq!(distinct.len(), EVENTS);
     let (_, c) = s.get("/v1/customers/k").await;
     let recomputed =
-        stagecraft::store::recompute_metrics(&mut conn, "acme", "k", stagecraft::model::now_ms())
+        stagecraft::store::recompute_metrics(&mut conn, "acme", "k", stagecraft::domain::now_ms())
             .await
             .unwrap();
     assert_eq!(c["metrics"], json!(recomputed), "nothing half-applied");
@@ -190,7 +190,7 @@ async fn a_lost_database_gives_503_and_the_server_recovers() {
     let store = stagecraft::store::Store::connect(&relayed).await.unwrap();
     let runtime = stagecraft::runtime::Runtime::new(common::test_limits(), None).unwrap();
     let crm = stagecraft::Crm::new(store, stagecraft::packs::Packs::new(runtime));
-    crm.packs.reload(&crm.store, None).await.unwrap();
+    crm.packs().reload(crm.store(), None).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(stagecraft::http::serve(
@@ -246,7 +246,7 @@ async fn a_lost_database_gives_503_and_the_server_recovers() {
         c["metrics"]["orders"], 0,
         "the failed event left nothing behind: {c}"
     );
-    crm.store.close().await;
+    crm.store().close().await;
     s.finish().await;
 }
 
@@ -275,7 +275,7 @@ async fn two_hosts_writing_one_customer_lose_no_update() {
         wait_healthy(&base).await;
         hosts.push((base, child));
     }
-    let now = stagecraft::model::now_ms();
+    let now = stagecraft::domain::now_ms();
     let mut tasks = Vec::new();
     for (n, (base, _)) in hosts.iter().enumerate() {
         for lane in 0..2 {
@@ -297,12 +297,12 @@ async fn two_hosts_writing_one_customer_lose_no_update() {
     assert_eq!(c["metrics"]["orders"], 100);
     assert_eq!(c["metrics"]["purchase_days"], 40);
     assert_eq!(c["metrics"]["total_spend_cents"], 100_000);
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let recomputed = stagecraft::store::recompute_metrics(
         &mut conn,
         "acme",
         "shared",
-        stagecraft::model::now_ms(),
+        stagecraft::domain::now_ms(),
     )
     .await
     .unwrap();
@@ -347,9 +347,10 @@ async fn a_host_killed_mid_rescore_leaves_its_chunk_to_another_done_once() {
     const N: usize = 1500;
     for i in 0..N {
         s.crm
+            .customers()
             .create_customer(
                 "acme",
-                stagecraft::crm::CustomerInput {
+                stagecraft::services::CustomerInput {
                     id: Some(format!("r{i:04}")),
                     ..Default::default()
                 },
@@ -426,7 +427,7 @@ async fn a_host_killed_mid_rescore_leaves_its_chunk_to_another_done_once() {
         (Some("done"), Some(N as i64), Some(N as i64)),
         "each chunk counted once: {j}"
     );
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let scored: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM scores WHERE tenant_id = 'acme' AND plugin = 'hostile'",
     )

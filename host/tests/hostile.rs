@@ -9,7 +9,7 @@ mod common;
 use common::server::{pack, send, Db, Pack, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
-use stagecraft::model::Role;
+use stagecraft::domain::Role;
 
 on_both_databases!(every_kind_of_misbehaviour_is_contained_and_recorded);
 
@@ -184,7 +184,7 @@ async fn a_snooping_plugin_sees_no_files_env_clock_or_randomness() {
         assert_eq!(args[0], 0.0, "no environment variables: {o}");
         assert_eq!(args[1], 0.0, "no files: {o}");
         randoms.push(args[3].clone());
-        let now = stagecraft::model::now_ms() as f64;
+        let now = stagecraft::domain::now_ms() as f64;
         let clock = args[2].as_f64().unwrap();
         assert!(
             (now - clock).abs() < 60_000.0,

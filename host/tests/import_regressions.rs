@@ -27,7 +27,7 @@ fn the_seed_corpus_imports_its_good_rows() {
     let seeds = inputs("corpus/import");
     assert!(seeds.len() >= 3);
     for (path, bytes) in seeds {
-        let accepted = stagecraft::import::check_without_storing(&bytes);
+        let accepted = stagecraft::services::import::check_without_storing(&bytes);
         assert!(
             accepted >= 2,
             "{}: {accepted} rows accepted",
@@ -43,7 +43,9 @@ fn inputs_that_once_crashed_the_importer_do_not() {
     assert!(!found.is_empty(), "fuzz/regressions holds no input");
     for (path, bytes) in found {
         // A panic here fails the test with the file's name in the message.
-        let r = std::panic::catch_unwind(|| stagecraft::import::check_without_storing(&bytes));
+        let r = std::panic::catch_unwind(|| {
+            stagecraft::services::import::check_without_storing(&bytes)
+        });
         assert!(r.is_ok(), "{} panics the importer again", path.display());
     }
 }

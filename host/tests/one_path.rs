@@ -121,7 +121,7 @@ async fn dry_run_equals_rescore_equals_live(shapes: Vec<Shape>, before: Value, a
         }],
     )
     .await;
-    let now = stagecraft::model::now_ms();
+    let now = stagecraft::domain::now_ms();
     for (i, shape) in shapes.iter().enumerate() {
         let id = format!("c{i:02}");
         let (status, o) = s.post("/v1/customers", json!({"id": id})).await;

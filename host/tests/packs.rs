@@ -5,7 +5,7 @@ mod common;
 
 use common::server::{pack, Db, TestServer};
 use serde_json::{json, Value};
-use stagecraft::model::now_ms;
+use stagecraft::domain::now_ms;
 use stagecraft_plugin::Plugin;
 
 const DAY: i64 = 86_400_000;
@@ -145,7 +145,7 @@ fn clv_runs_over_the_full_cdnow_data_set_as_it_does_natively() {
     let mut orders: BTreeMap<&str, u32> = BTreeMap::new();
     for line in text.lines().skip(1) {
         let c: Vec<&str> = line.split_whitespace().collect();
-        let at = stagecraft::import::parse_time(c[1]).unwrap();
+        let at = stagecraft::domain::time::parse_time(c[1]).unwrap();
         let cents = (c[3].parse::<f64>().unwrap() * 100.0).round() as i64;
         *days.entry(c[0]).or_default().entry(at).or_default() += cents;
         *orders.entry(c[0]).or_default() += 1;
@@ -455,7 +455,7 @@ async fn the_demo_data_makes_every_stage_and_segment_appear(db: Db) {
             )
         })
         .collect();
-    for p in s.crm.packs.for_tenant(&s.tenant).packs.iter() {
+    for p in s.crm.tenant_packs(&s.tenant).packs.iter() {
         for seg in &p.plugin.manifest().segments {
             assert!(
                 present.contains(&(p.name().to_string(), seg.id.clone())),
@@ -493,7 +493,7 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
     let s = TestServer::start(Db::Sqlite, &[pack("value_tiers")]).await;
     s.post("/v1/customers", json!({"id": "c1"})).await;
     post_event(&s, "c1", json!({"kind": "order", "amount_cents": 5000})).await;
-    let packs = s.crm.packs.for_tenant("acme");
+    let packs = s.crm.tenant_packs("acme");
     let calls = || {
         packs
             .metrics
@@ -514,7 +514,7 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
             };
             let event = event.validate(now).unwrap();
             let mut job = EventJob::new(packs, "acme", "c1", event, None, now);
-            let ahead = evaluate_ahead(&s.crm.store, &job)
+            let ahead = evaluate_ahead(s.crm.store(), &job)
                 .await
                 .expect("evaluated ahead on SQLite");
             job.ahead = Some(Arc::new(ahead));
@@ -535,7 +535,7 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
                 }
             };
             let before = calls();
-            let mut tx = s.crm.store.begin().await.unwrap();
+            let mut tx = s.crm.store().begin().await.unwrap();
             let o = record_events(&mut tx, &[job])
                 .await
                 .unwrap()

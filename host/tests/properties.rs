@@ -45,13 +45,13 @@ proptest! {
             && channel.as_deref().is_none_or(slug)
             && at.is_none_or(|t| (0..=NOW + 86_400_000).contains(&t))
             && amount_ok
-            && fields.len() <= stagecraft::model::MAX_FIELDS
-            && fields.iter().all(|(k, v)| slug(k) && stagecraft::model::field_value_from_json(k, v).is_ok());
+            && fields.len() <= stagecraft::domain::MAX_FIELDS
+            && fields.iter().all(|(k, v)| slug(k) && stagecraft::domain::field_value_from_json(k, v).is_ok());
         prop_assert_eq!(input.validate(NOW).is_ok(), well_formed, "{:?}", input.validate(NOW).err());
         match input.validate(NOW) {
             Ok(e) => {
-                prop_assert!(stagecraft::model::is_slug(&e.kind));
-                prop_assert!(channel.as_deref().is_none_or(stagecraft::model::is_slug));
+                prop_assert!(stagecraft::domain::is_slug(&e.kind));
+                prop_assert!(channel.as_deref().is_none_or(stagecraft::domain::is_slug));
                 prop_assert!(e.at >= 0 && e.at <= NOW + 86_400_000);
                 if e.kind == "order" {
                     prop_assert!(e.amount_cents.is_some_and(|a| a >= 0));
@@ -83,13 +83,13 @@ proptest! {
             let store = stagecraft::store::Store::connect(&format!("sqlite:{}", dir.path().join("p.db").display())).await.unwrap();
             let runtime = stagecraft::runtime::Runtime::new(common::test_limits(), None).unwrap();
             let crm = stagecraft::Crm::new(store, stagecraft::packs::Packs::new(runtime));
-            crm.create_token("t", stagecraft::model::Role::Admin, "p").await.unwrap();
+            crm.tokens().create("t", "test", stagecraft::domain::Role::Admin, "p").await.unwrap();
             let mut text = String::from("id,name,tags,industry\n");
             for r in &rows {
                 text.push_str(&r.join(","));
                 text.push('\n');
             }
-            let report = crm.import_customers("t", text.as_bytes(), &|_| {}).await.unwrap();
+            let report = crm.imports().import_customers("t", text.as_bytes(), &|_| {}).await.unwrap();
             // Every row the CSV reader finds (quoted cells may span lines, blank lines
             // are none) is imported, already there, or an error; none is lost.
             let simple = rows.iter().flatten().all(|c| !c.contains('"'));
@@ -98,7 +98,7 @@ proptest! {
                 assert_eq!(report.rows, lines, "{text:?}");
             }
             assert_eq!(report.imported + report.already_present + report.error_count, report.rows, "{report:?}");
-            let mut conn = crm.store.conn().await.unwrap();
+            let mut conn = crm.store().conn().await.unwrap();
             let stored = stagecraft::store::customer_ids(&mut conn, "t", None).await.unwrap();
             assert_eq!(stored.len() as u64, report.imported, "good rows kept, bad rows left out");
         });

@@ -13,7 +13,7 @@ use common::server::{pack, send, Db, Pack, TestServer};
 use common::wasm;
 use reqwest::Method;
 use serde_json::{json, Value};
-use stagecraft::model::{now_ms, Role};
+use stagecraft::domain::{now_ms, Role};
 use stagecraft_plugin::Plugin;
 use std::time::{Duration, Instant};
 
@@ -379,20 +379,25 @@ async fn native_bands(
     let plugin = value_tiers::ValueTiers::configure(rules).unwrap();
     let ctx = stagecraft_plugin::testing::context(now);
     let mut out = std::collections::BTreeMap::new();
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let ids = stagecraft::store::customer_ids(&mut conn, "acme", None)
         .await
         .unwrap();
     for id in ids {
-        let mut c =
-            stagecraft::store::load_customer(&mut conn, s.crm.store.backend(), "acme", &id, false)
-                .await
-                .unwrap()
-                .unwrap();
+        let mut c = stagecraft::store::load_customer(
+            &mut conn,
+            s.crm.store().backend(),
+            "acme",
+            &id,
+            false,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         c.metrics.touchpoints_90d = stagecraft::store::touchpoints_90d(&mut conn, "acme", &id, now)
             .await
             .unwrap();
-        let snap = stagecraft::model::customer_snapshot(&c, &[]);
+        let snap = stagecraft::domain::customer_snapshot(&c, &[]);
         let band = plugin.score(&ctx, &snap).unwrap().band.unwrap().to_string();
         out.insert(id, band);
     }
@@ -489,7 +494,7 @@ async fn dry_run_counts_exactly_the_customers_whose_band_changes(db: Db) {
         .iter()
         .any(|r| r.as_str().unwrap().contains("net value")));
     // Nothing was written: the stored bands are the active rules' bands.
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let stored: Vec<(String, String)> = sqlx::query_as(
         "SELECT customer_id, band FROM scores WHERE tenant_id = 'acme' ORDER BY customer_id",
     )
@@ -530,7 +535,7 @@ async fn bulk_rescore_applies_the_active_rules_to_every_customer(db: Db) {
     let done = s.wait_for_job(j["job"].as_str().unwrap()).await;
     let expected = native_bands(&s, STRICT, now_ms()).await;
     assert_eq!(done["done"].as_i64(), Some(expected.len() as i64));
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let stored: Vec<(String, String)> = sqlx::query_as(
         "SELECT customer_id, band FROM scores WHERE tenant_id = 'acme' ORDER BY customer_id",
     )
@@ -587,7 +592,7 @@ async fn a_new_lifecycle_owner_restages_customers_as_its_dry_run_said(db: Db) {
         .map(|x| x["customers"].as_i64().unwrap())
         .sum();
     assert_eq!(staged, previewed, "{funnel}");
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let moves: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM stage_moves WHERE tenant_id = 'acme' AND plugin = 'b2b-trade' AND event_id IS NULL",
     )
@@ -608,7 +613,7 @@ async fn a_new_lifecycle_owner_restages_customers_as_its_dry_run_said(db: Db) {
     // A second rescore moves nobody: the stages already are what the owner says.
     let (_, j) = s.post("/v1/rescore", json!({})).await;
     s.wait_for_job(j["job"].as_str().unwrap()).await;
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let again: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM stage_moves WHERE tenant_id = 'acme'",
     )
@@ -662,7 +667,7 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
     .await;
     s.post("/v1/customers/zz-fields/events", json!({"kind": "visit"}))
         .await;
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let mut ids: Vec<String> =
         sqlx::query_scalar("SELECT id FROM customers WHERE tenant_id = 'acme' ORDER BY id")
             .fetch_all(&mut *conn)
@@ -675,10 +680,11 @@ async fn bulk_reads_and_writes_match_the_one_customer_functions(db: Db) {
         .unwrap();
     assert_eq!(bulk.len(), ids.len() - 1);
     for (c, events) in &bulk {
-        let mut one = store::load_customer(&mut conn, s.crm.store.backend(), "acme", &c.id, false)
-            .await
-            .unwrap()
-            .unwrap();
+        let mut one =
+            store::load_customer(&mut conn, s.crm.store().backend(), "acme", &c.id, false)
+                .await
+                .unwrap()
+                .unwrap();
         one.metrics.touchpoints_90d = store::touchpoints_90d(&mut conn, "acme", &c.id, now)
             .await
             .unwrap();
@@ -824,7 +830,7 @@ async fn a_failing_version_is_suspended_and_the_previous_one_restored(db: Db) {
         .await;
     assert_eq!(status, 200, "{a}");
     s.post("/v1/customers", json!({"id": "f"})).await;
-    let threshold = s.crm.packs.breaker_threshold;
+    let threshold = s.crm.packs().breaker_threshold;
     for i in 0..threshold {
         let o = event(&s, "f").await;
         assert_eq!(o["failures"][0]["plugin"], "scorer", "event {i}: {o}");
@@ -976,9 +982,10 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
     let s = TestServer::start(db, &[pack("value_tiers")]).await;
     for i in 0..1200 {
         s.crm
+            .customers()
             .create_customer(
                 "acme",
-                stagecraft::crm::CustomerInput {
+                stagecraft::services::CustomerInput {
                     id: Some(format!("r{i:04}")),
                     ..Default::default()
                 },
@@ -986,9 +993,9 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
             .await
             .unwrap();
     }
-    let job = s.crm.start_rescore("acme", "test").await.unwrap();
+    let job = s.crm.jobs().start_rescore("acme", "test").await.unwrap();
     // A host claims the first chunk and dies before finishing it.
-    let mut tx = s.crm.store.begin().await.unwrap();
+    let mut tx = s.crm.store().begin().await.unwrap();
     let backend = tx.backend();
     let long_ago = now_ms() - 10 * 60_000;
     let claimed =
@@ -1001,6 +1008,7 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
     // Another host takes over: the stale claim is re-claimed and the job completes.
     let done = s
         .crm
+        .jobs()
         .work_on_rescore("acme", &job, "live-host")
         .await
         .unwrap();
@@ -1010,7 +1018,7 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
         (j["done"].as_i64(), j["total"].as_i64()),
         (Some(1200), Some(1200))
     );
-    let mut conn = s.crm.store.conn().await.unwrap();
+    let mut conn = s.crm.store().conn().await.unwrap();
     let scored: i64 =
         sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM scores WHERE tenant_id = 'acme'")
             .fetch_one(&mut *conn)

@@ -73,7 +73,7 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements_and_events
     assert_eq!(status, 201);
 
     let mark = STATEMENTS.lock().unwrap().len();
-    let (committed_before, held_before) = s.crm.store.write_stats().totals();
+    let (committed_before, held_before) = s.crm.store().write_stats().totals();
     let started = std::time::Instant::now();
     let events = [
         json!({"kind": "visit"}),
@@ -142,7 +142,7 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements_and_events
         .post("/v1/customers/nobody/events", json!({"kind": "visit"}))
         .await;
     assert_eq!(status, 404);
-    let (committed, held) = s.crm.store.write_stats().totals();
+    let (committed, held) = s.crm.store().write_stats().totals();
     assert_eq!(committed - committed_before, events.len() as u64);
     let held = held - held_before;
     assert!(
@@ -159,7 +159,7 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements_and_events
             .await;
     }
     let mark = STATEMENTS.lock().unwrap().len();
-    let (committed_before, _) = s.crm.store.write_stats().totals();
+    let (committed_before, _) = s.crm.store().write_stats().totals();
     let mut posts = Vec::new();
     for i in 0..TOGETHER {
         let req = s
@@ -177,7 +177,7 @@ async fn an_event_with_two_packs_costs_a_bounded_number_of_statements_and_events
         .iter()
         .filter(|q| q.contains("INSERT INTO events"))
         .count();
-    let (committed, _) = s.crm.store.write_stats().totals();
+    let (committed, _) = s.crm.store().write_stats().totals();
     let transactions = (committed - committed_before) as usize;
     assert!(
         writes < TOGETHER && transactions < TOGETHER,

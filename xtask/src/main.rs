@@ -2,9 +2,12 @@
 //! needs nothing but cargo.
 //!
 //! - `plugins`  add the wasm32-wasip2 target if missing; build every plugin (release)
-//! - `test`     plugins, then every test of the workspace
+//! - `test`     the layering lint, plugins, then every test of the workspace
+//! - `lint`     the host's module layering (see `lint.rs`)
 //! - `demo`     plugins, then `stagecraft demo`: fresh SQLite, packs enabled, CDNOW imported, serving
 //! - `bench [--quick]`  plugins, then the benchmarks (release build)
+
+mod lint;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -19,13 +22,14 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("plugins") => plugins(&root).map(|_| ()),
         Some("test") => test(&root, &args[1..]),
+        Some("lint") => lint(&root),
         Some("demo") => demo(&root),
         Some("bench") => bench(&root, &args[1..]),
         Some("fuzz") => fuzz(&root, &args[1..]),
         Some("api-fuzz") => run(Command::new(root.join("scripts/api-fuzz.sh")).args(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <plugins | test | demo | bench [--quick] | fuzz [SECONDS] | api-fuzz [EXAMPLES]>"
+                "usage: cargo xtask <plugins | test | lint | demo | bench [--quick] | fuzz [SECONDS] | api-fuzz [EXAMPLES]>"
             );
             std::process::exit(2);
         }
@@ -263,7 +267,20 @@ fn python_plugins(root: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+fn lint(root: &Path) -> Result<()> {
+    let problems = lint::check(&root.join("host/src"))?;
+    if problems.is_empty() {
+        println!("lint: the host's module layering holds");
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("lint: {p}");
+    }
+    bail!("{} layering problem(s) in host/src", problems.len())
+}
+
 fn test(root: &Path, extra: &[String]) -> Result<()> {
+    lint(root)?;
     plugins(root)?;
     ensure_browser(root)?;
     // Default members: the host, the SDK, the packs (natively) and xtask. The test

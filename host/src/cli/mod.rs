@@ -112,7 +112,7 @@ pub enum RoleArg {
     Admin,
 }
 
-impl From<RoleArg> for crate::model::Role {
+impl From<RoleArg> for crate::domain::Role {
     fn from(r: RoleArg) -> Self {
         match r {
             RoleArg::Viewer => Self::Viewer,
@@ -204,9 +204,9 @@ async fn run_service(cli: Cli) -> anyhow::Result<Value> {
             listen,
             breaker_failures,
         } => {
-            let s = settings(&db, listen)?;
-            let mut crm = service::open(&s).await?;
-            crm.packs.breaker_threshold = breaker_failures.max(1);
+            let mut s = settings(&db, listen)?;
+            s.breaker_failures = breaker_failures;
+            let crm = service::open(&s).await?;
             service::serve(crm, &s.listen, None).await?;
             Ok(Value::Null)
         }
@@ -227,9 +227,7 @@ async fn run_service(cli: Cli) -> anyhow::Result<Value> {
             db,
         } => {
             let crm = service::open(&settings(&db, None)?).await?;
-            let mut tx = crm.store.begin().await?;
-            crate::store::ensure_tenant(tx.conn(), &tenant, &tenant).await?;
-            tx.commit().await?;
+            crm.tokens().ensure_tenant(&tenant).await?;
             let report = service::import_file(&crm, &tenant, kind, &file, now).await?;
             Ok(json!(report))
         }
@@ -247,7 +245,11 @@ async fn run_service(cli: Cli) -> anyhow::Result<Value> {
                 },
         } => {
             let crm = service::open(&settings(&db, None)?).await?;
-            Ok(json!(crm.create_token(&tenant, role.into(), &label).await?))
+            Ok(json!(
+                crm.tokens()
+                    .create(&tenant, "cli", role.into(), &label)
+                    .await?
+            ))
         }
         Command::Plugin {
             command:

@@ -1,12 +1,11 @@
 //! The commands that work on a database: `serve`, `demo`, `import`, `token`,
 //! `plugin install`.
 
-use crate::crm::Crm;
-use crate::import::ImportReport;
-use crate::model::{now_ms, Role};
+use crate::domain::Role;
 use crate::packs::Packs;
 use crate::runtime::{Limits, Runtime};
-use crate::store::{self, Store};
+use crate::services::import::ImportReport;
+use crate::services::Crm;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -32,12 +31,59 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
 }
 
-/// The settings after flags, environment, the config file and defaults are merged.
+/// The settings after flags, environment, the config file and defaults are
+/// merged: the one place a command's configuration is read.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: String,
     pub database_url: String,
     pub data_dir: PathBuf,
+    /// Failures in a row after which a plugin version is suspended (`serve --breaker-failures`).
+    pub breaker_failures: u32,
+    /// How long a bulk job's chunk claim lasts without its heartbeat before
+    /// another host takes the chunk over (`STAGECRAFT_CHUNK_LEASE_MS`, default 60 s).
+    pub chunk_lease: std::time::Duration,
+    /// How often a host re-reads what every tenant runs besides PostgreSQL's
+    /// notifications (`STAGECRAFT_SYNC_INTERVAL_MS`, default 250 ms; the tests
+    /// stretch it to prove the notifications alone suffice).
+    pub sync_interval: std::time::Duration,
+}
+
+/// Milliseconds from the environment variable `name`, if set; an unreadable
+/// value is an error that names the variable.
+fn env_ms(name: &str) -> anyhow::Result<Option<std::time::Duration>> {
+    match std::env::var(name) {
+        Ok(v) => {
+            let ms: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{name} must be milliseconds: {v:?}"))?;
+            Ok(Some(std::time::Duration::from_millis(ms)))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+impl Settings {
+    /// Settings for a data directory and database URL, every other value at
+    /// its default or from the environment.
+    pub fn for_database(
+        listen: String,
+        database_url: String,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<Settings> {
+        Ok(Settings {
+            listen,
+            database_url,
+            data_dir,
+            breaker_failures: crate::packs::DEFAULT_BREAKER_THRESHOLD,
+            chunk_lease: env_ms("STAGECRAFT_CHUNK_LEASE_MS")?
+                .unwrap_or(crate::services::jobs::CHUNK_LEASE)
+                .max(std::time::Duration::from_millis(100)),
+            sync_interval: env_ms("STAGECRAFT_SYNC_INTERVAL_MS")?
+                .unwrap_or(crate::services::SYNC_INTERVAL),
+        })
+    }
 }
 
 impl Settings {
@@ -65,32 +111,27 @@ impl Settings {
             .clone()
             .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("stagecraft.db").display()));
-        Ok(Settings {
-            listen: listen
+        Settings::for_database(
+            listen
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
             database_url,
             data_dir,
-        })
+        )
     }
 }
 
 /// Opens the store and loads every tenant's enabled plugins.
 pub async fn open(settings: &Settings) -> anyhow::Result<Crm> {
     std::fs::create_dir_all(&settings.data_dir)?;
-    let store = Store::connect(&settings.database_url).await?;
     let runtime = Runtime::new(Limits::default(), Some(settings.data_dir.join("cache")))?;
-    let packs = Packs::new(runtime);
-    packs.reload(&store, None).await?;
-    let mut crm = Crm::new(store, packs);
-    // How long a bulk job's chunk claim lasts without its heartbeat before
-    // another host takes the chunk over (default 60 s).
-    if let Ok(ms) = std::env::var("STAGECRAFT_CHUNK_LEASE_MS") {
-        let ms: u64 = ms.parse().map_err(|_| {
-            anyhow::anyhow!("STAGECRAFT_CHUNK_LEASE_MS must be milliseconds: {ms:?}")
-        })?;
-        crm = crm.with_chunk_lease(std::time::Duration::from_millis(ms.max(100)));
-    }
+    let mut packs = Packs::new(runtime);
+    packs.breaker_threshold = settings.breaker_failures.max(1);
+    let crm = Crm::connect(&settings.database_url, packs)
+        .await?
+        .with_chunk_lease(settings.chunk_lease)
+        .with_sync_interval(settings.sync_interval);
+    crm.load_all().await?;
     Ok(crm)
 }
 
@@ -107,8 +148,8 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
         let _ = writeln!(std::io::stdout(), "{b}").and_then(|_| std::io::stdout().flush());
     }
     // Follow changes made by other hosts, and share bulk work with them.
-    let watcher = crm.packs.watch(crm.store.clone());
-    let helper = crm.help_with_jobs();
+    let watcher = crm.watch();
+    let helper = crm.jobs().help_with_jobs();
     let _stop = AbortOnDrop(vec![watcher, helper]);
     crate::http::serve(listener, crm, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -128,65 +169,21 @@ pub async fn install_plugin(
 ) -> anyhow::Result<Value> {
     let wasm =
         std::fs::read(file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let packs = crm.packs.clone();
-    let plugin = {
-        let wasm = wasm.clone();
-        crate::spawn_blocking(move || packs.runtime().load(&wasm)).await??
-    };
-    if let Some(r) = &rules {
-        let value: Value = serde_json::from_str(r)
-            .map_err(|e| anyhow::anyhow!("the rule set is not JSON: {e}"))?;
-        plugin
-            .check_rules_schema(&value)
-            .map_err(|e| anyhow::anyhow!("the rule set does not fit the plugin's schema: {e}"))?;
-        plugin.check_rules(r)?;
-    }
-    let m = plugin.manifest().clone();
-    let at = now_ms();
-    let mut tx = crm.store.begin().await?;
-    store::ensure_tenant(tx.conn(), tenant, tenant).await?;
-    let new = store::save_plugin_version(tx.conn(), tenant, &m, plugin.digest(), &wasm, at).await?;
-    let rules_version = match &rules {
-        Some(r) => Some(store::save_rule_set(tx.conn(), tenant, &m.name, r, at).await?),
+    let rules: Option<Value> = match &rules {
+        Some(r) => Some(
+            serde_json::from_str(r)
+                .map_err(|e| anyhow::anyhow!("the rule set is not JSON: {e}"))?,
+        ),
         None => None,
     };
-    if enable {
-        let pair = store::Pair {
-            version: m.version.clone(),
-            rules_version,
-        };
-        let owns = owns_lifecycle && m.lifecycle;
-        store::activate(
-            tx.conn(),
-            tenant,
-            &m.name,
-            &pair,
-            Some(owns),
-            "cli",
-            "install",
-            at,
-        )
+    let done = crm
+        .registry()
+        .install(tenant, "cli", wasm, rules.as_ref(), enable, owns_lifecycle)
         .await?;
-        store::notify_change(&mut tx, tenant).await?;
-    }
-    store::audit(
-        tx.conn(),
-        tenant,
-        "cli",
-        if enable {
-            "plugin.install+enable"
-        } else {
-            "plugin.install"
-        },
-        &format!("{}@{}", m.name, m.version),
-        &json!({ "digest": plugin.digest(), "rules_version": rules_version }),
-    )
-    .await?;
-    tx.commit().await?;
-    crm.packs.reload(&crm.store, Some(tenant)).await?;
+    let u = &done.uploaded;
     Ok(json!({
-        "name": m.name, "version": m.version, "digest": plugin.digest(),
-        "stored": new, "enabled": enable, "rules_version": rules_version,
+        "name": u.name, "version": u.version, "digest": u.digest,
+        "stored": u.stored, "enabled": done.enabled, "rules_version": done.rules_version,
     }))
 }
 
@@ -221,9 +218,21 @@ pub async fn import_file(
     let reader = bar.wrap_async_read(f);
     let quiet = |_| {};
     let report = match kind {
-        ImportKind::Customers => crm.import_customers(tenant, reader, &quiet).await?,
-        ImportKind::Events => crm.import_events(tenant, reader, now, &quiet).await?,
-        ImportKind::Cdnow => crm.import_cdnow(tenant, reader, now, &quiet).await?,
+        ImportKind::Customers => {
+            crm.imports()
+                .import_customers(tenant, reader, &quiet)
+                .await?
+        }
+        ImportKind::Events => {
+            crm.imports()
+                .import_events(tenant, reader, now, &quiet)
+                .await?
+        }
+        ImportKind::Cdnow => {
+            crm.imports()
+                .import_cdnow(tenant, reader, now, &quiet)
+                .await?
+        }
     };
     bar.finish_and_clear();
     Ok(report)
@@ -243,20 +252,22 @@ pub async fn demo(
     for f in ["stagecraft.db", "stagecraft.db-wal", "stagecraft.db-shm"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
-    let settings = Settings {
-        listen: listen.to_string(),
-        database_url: format!("sqlite:{}", dir.join("stagecraft.db").display()),
-        data_dir: dir,
-    };
+    let settings = Settings::for_database(
+        listen.to_string(),
+        format!("sqlite:{}", dir.join("stagecraft.db").display()),
+        dir,
+    )?;
     let crm = open(&settings).await?;
     let tenant = "demo";
-    let token = crm.create_token(tenant, Role::Admin, "demo admin").await?;
+    let token = crm
+        .tokens()
+        .create(tenant, "cli", Role::Admin, "demo admin")
+        .await?;
     let mut lifecycle_taken = false;
     for p in packs {
         let out = install_plugin(&crm, tenant, p, None, true, !lifecycle_taken).await?;
         let owns = crm
-            .packs
-            .for_tenant(tenant)
+            .tenant_packs(tenant)
             .lifecycle_owner()
             .is_some_and(|o| o.name() == out["name"]);
         lifecycle_taken |= owns;
@@ -311,13 +322,8 @@ impl Drop for AbortOnDrop {
 
 /// Runs a bulk rescore of `tenant` here, with a progress bar; returns the job.
 pub async fn rescore(crm: &Crm, tenant: &str) -> anyhow::Result<Value> {
-    let job = crm.start_rescore(tenant, "cli").await?;
-    let total = {
-        let mut conn = crm.store.conn().await?;
-        store::job(&mut conn, tenant, &job)
-            .await?
-            .map_or(0, |j| j.total)
-    };
+    let job = crm.jobs().start_rescore(tenant, "cli").await?;
+    let total = { crm.jobs().job(tenant, &job).await?.map_or(0, |j| j.total) };
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "rescoring [{bar:40}] {pos}/{len} customers {per_sec} eta {eta}",
@@ -328,16 +334,14 @@ pub async fn rescore(crm: &Crm, tenant: &str) -> anyhow::Result<Value> {
     let work = {
         let (crm, tenant, job) = (crm.clone(), tenant.to_string(), job.clone());
         tokio::spawn(async move {
-            crm.work_on_rescore(&tenant, &job, &crate::registry::host_id())
+            crm.jobs()
+                .work_on_rescore(&tenant, &job, &crate::services::jobs::host_id())
                 .await
         })
     };
     // Progress comes from the job row: other hosts may be doing part of the work.
     loop {
-        let j = {
-            let mut conn = crm.store.conn().await?;
-            store::job(&mut conn, tenant, &job).await?
-        };
+        let j = { crm.jobs().job(tenant, &job).await? };
         if let Some(j) = &j {
             bar.set_position(j.done as u64);
             if j.status != "running" {
@@ -355,6 +359,5 @@ pub async fn rescore(crm: &Crm, tenant: &str) -> anyhow::Result<Value> {
     }
     work.await??;
     bar.finish_and_clear();
-    let mut conn = crm.store.conn().await?;
-    Ok(json!(store::job(&mut conn, tenant, &job).await?))
+    Ok(json!(crm.jobs().job(tenant, &job).await?))
 }

@@ -2,10 +2,10 @@
 
 use super::openapi::{Errors, CUSTOMERS};
 use super::{translate, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Auth, LangQuery};
-use crate::crm::{CustomerInput, CustomerPatch};
-use crate::model::Role;
+use crate::domain::Role;
 use crate::pipeline::EventInput;
-use crate::store::{self, CustomerFilter};
+use crate::services::CustomerFilter;
+use crate::services::{CustomerInput, CustomerPatch};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -33,8 +33,12 @@ async fn create(
     ApiJson(input): ApiJson<CustomerInput>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth.require(Role::Agent)?;
-    let id = s.crm.create_customer(auth.tenant(), input).await?;
-    let view = s.crm.customer_view(auth.tenant(), &id).await?;
+    let id = s
+        .crm
+        .customers()
+        .create_customer(auth.tenant(), input)
+        .await?;
+    let view = s.crm.customers().customer_view(auth.tenant(), &id).await?;
     Ok((StatusCode::CREATED, Json(json!(view))))
 }
 
@@ -50,8 +54,8 @@ async fn read(
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     let lang = q.lang()?;
-    let mut v = json!(s.crm.customer_view(auth.tenant(), &id).await?);
-    translate(&mut v, &s.crm.packs.for_tenant(auth.tenant()), lang);
+    let mut v = json!(s.crm.customers().customer_view(auth.tenant(), &id).await?);
+    translate(&mut v, &s.crm.tenant_packs(auth.tenant()), lang);
     Ok(Json(v))
 }
 
@@ -67,8 +71,13 @@ async fn update(
     ApiJson(patch): ApiJson<CustomerPatch>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Agent)?;
-    s.crm.update_customer(auth.tenant(), &id, patch).await?;
-    Ok(Json(json!(s.crm.customer_view(auth.tenant(), &id).await?)))
+    s.crm
+        .customers()
+        .update_customer(auth.tenant(), &id, patch)
+        .await?;
+    Ok(Json(json!(
+        s.crm.customers().customer_view(auth.tenant(), &id).await?
+    )))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -137,8 +146,7 @@ async fn list(
         after: q.after,
         limit,
     };
-    let mut conn = s.crm.store.conn().await?;
-    let rows = store::list_customers(&mut conn, auth.tenant(), &f).await?;
+    let rows = s.crm.customers().list(auth.tenant(), &f).await?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone()));
     Ok(Json(json!({ "customers": rows, "next": next.flatten() })))
 }
@@ -169,6 +177,7 @@ async fn record_event(
     };
     let outcome = s
         .crm
+        .events()
         .record_event(auth.tenant(), &id, &input, key.as_deref(), None)
         .await?;
     let status = if outcome.replayed {
@@ -201,14 +210,15 @@ async fn timeline(
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let mut conn = s.crm.store.conn().await?;
-    if !store::customer_exists(&mut conn, auth.tenant(), &id).await? {
-        return Err(ApiError::NotFound(format!("customer {id} not found")));
-    }
     let lang = LangQuery { lang: q.lang }.lang()?;
-    let entries = store::timeline(&mut conn, auth.tenant(), &id, limit).await?;
+    let entries = s
+        .crm
+        .customers()
+        .timeline(auth.tenant(), &id, limit)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("customer {id} not found")))?;
     let mut v = json!({ "customer_id": id, "entries": entries });
-    translate(&mut v, &s.crm.packs.for_tenant(auth.tenant()), lang);
+    translate(&mut v, &s.crm.tenant_packs(auth.tenant()), lang);
     Ok(Json(v))
 }
 
@@ -222,20 +232,17 @@ async fn follow_up_done(
     ApiPath((id, follow_up)): ApiPath<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Agent)?;
-    let mut tx = s.crm.store.begin().await?;
-    if !store::complete_follow_up(
-        tx.conn(),
-        auth.tenant(),
-        &id,
-        follow_up,
-        crate::model::now_ms(),
-    )
-    .await?
+    if !s
+        .crm
+        .customers()
+        .complete_follow_up(auth.tenant(), &id, follow_up)
+        .await?
     {
         return Err(ApiError::NotFound(format!(
             "open follow-up {follow_up} of customer {id} not found"
         )));
     }
-    tx.commit().await?;
-    Ok(Json(json!(s.crm.customer_view(auth.tenant(), &id).await?)))
+    Ok(Json(json!(
+        s.crm.customers().customer_view(auth.tenant(), &id).await?
+    )))
 }

@@ -2,11 +2,11 @@
 //! `{"error": {"code": "snake_case_code", "message": "human sentence"}}`.
 //! Details of server-side failures are logged, never returned.
 
-use crate::crm::CrmError;
-use crate::import::ImportError;
 use crate::pipeline::PipelineError;
-use crate::registry::RegistryError;
-use crate::store::StoreError;
+use crate::services::import::ImportError;
+use crate::services::registry::RegistryError;
+use crate::services::CrmError;
+use crate::services::StoreError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -2,7 +2,7 @@
 
 use super::openapi::{Errors, CUSTOMERS};
 use super::{ApiError, ApiPath, ApiQuery, AppState, Auth};
-use crate::model::Role;
+use crate::domain::Role;
 use axum::body::Body;
 use axum::extract::State;
 use axum::Json;
@@ -42,9 +42,24 @@ async fn import(
     let tenant = auth.tenant();
     let quiet = |_| {};
     let report = match what.as_str() {
-        "customers" => s.crm.import_customers(tenant, reader, &quiet).await?,
-        "events" => s.crm.import_events(tenant, reader, q.now, &quiet).await?,
-        "cdnow" => s.crm.import_cdnow(tenant, reader, q.now, &quiet).await?,
+        "customers" => {
+            s.crm
+                .imports()
+                .import_customers(tenant, reader, &quiet)
+                .await?
+        }
+        "events" => {
+            s.crm
+                .imports()
+                .import_events(tenant, reader, q.now, &quiet)
+                .await?
+        }
+        "cdnow" => {
+            s.crm
+                .imports()
+                .import_cdnow(tenant, reader, q.now, &quiet)
+                .await?
+        }
         other => {
             return Err(ApiError::NotFound(format!(
                 "no importer {other:?}; use customers, events or cdnow"

@@ -1,6 +1,6 @@
 //! The HTTP API (axum). [`app`] builds the whole service; each resource has its
 //! module; `error` maps every error to a status and a JSON body. This layer only
-//! translates: the work happens in [`crate::crm`], [`crate::pipeline`] and [`crate::store`].
+//! translates: the work happens in [`crate::services`].
 
 mod analytics;
 mod console;
@@ -13,8 +13,8 @@ pub mod wire;
 
 pub use error::ApiError;
 
-use crate::model::{Principal, Role};
-use crate::{store, Crm};
+use crate::domain::{Principal, Role};
+use crate::Crm;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
@@ -96,7 +96,7 @@ async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.crm.packs.metrics().render(),
+        s.crm.packs().metrics().render(),
     )
 }
 
@@ -165,7 +165,7 @@ async fn observe_request(
         resp = json;
     }
     let elapsed = started.elapsed();
-    let m = s.crm.packs.metrics();
+    let m = s.crm.packs().metrics();
     m.http_seconds
         .with_label_values(&[&route])
         .observe(elapsed.as_secs_f64());
@@ -194,7 +194,6 @@ async fn observe_request(
               (status = 503, description = "The database is unavailable", body = openapi::ErrorBody)))]
 async fn health(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     s.crm
-        .store
         .ping()
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
@@ -230,13 +229,11 @@ async fn audit(
     ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.require(Role::Admin)?;
-    let mut conn = s.crm.store.conn().await?;
-    let entries = store::audit_log(
-        &mut conn,
-        &auth.0.tenant,
-        q.limit.unwrap_or(100).clamp(1, 1000),
-    )
-    .await?;
+    let entries = s
+        .crm
+        .reports()
+        .audit_log(&auth.0.tenant, q.limit.unwrap_or(100).clamp(1, 1000))
+        .await?;
     Ok(Json(json!({ "entries": entries })))
 }
 
@@ -259,21 +256,11 @@ async fn create_token(
 ) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
     auth.require(Role::Admin)?;
     let label = b.label.unwrap_or_else(|| "api".into());
-    if let Some(p) = crate::runtime::budget::text_problem(&label, 200) {
-        return Err(ApiError::Unprocessable(format!("label {p}")));
-    }
-    let mut tx = s.crm.store.begin().await?;
-    let t = store::create_token(tx.conn(), auth.tenant(), b.role, &label).await?;
-    store::audit(
-        tx.conn(),
-        auth.tenant(),
-        &auth.0.token_id,
-        "token.create",
-        &t.id,
-        &json!({ "role": b.role, "label": label }),
-    )
-    .await?;
-    tx.commit().await?;
+    let t = s
+        .crm
+        .tokens()
+        .create(auth.tenant(), &auth.0.token_id, b.role, &label)
+        .await?;
     Ok((axum::http::StatusCode::CREATED, Json(json!(t))))
 }
 
@@ -287,18 +274,10 @@ async fn revoke_token(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     auth.require(Role::Admin)?;
-    let mut tx = s.crm.store.begin().await?;
-    store::revoke_token(tx.conn(), auth.tenant(), &id).await?;
-    store::audit(
-        tx.conn(),
-        auth.tenant(),
-        &auth.0.token_id,
-        "token.revoke",
-        &id,
-        &json!({}),
-    )
-    .await?;
-    tx.commit().await?;
+    s.crm
+        .tokens()
+        .revoke(auth.tenant(), &auth.0.token_id, &id)
+        .await?;
     Ok(Json(json!({ "revoked": id })))
 }
 
@@ -336,8 +315,9 @@ impl FromRequestParts<AppState> for Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
-        let mut conn = s.crm.store.short_read_conn().await?;
-        store::principal(&mut conn, token)
+        s.crm
+            .tokens()
+            .principal(token)
             .await?
             .map(Auth)
             .ok_or(ApiError::Unauthorized)

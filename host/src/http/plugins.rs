@@ -3,9 +3,10 @@
 
 use super::openapi::{Errors, PLUGINS};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Auth};
-use crate::model::Role;
-use crate::registry::{Candidate, DryRunOutcome, MAX_COMPONENT_BYTES};
-use crate::store::{self, Pair};
+use crate::domain::Role;
+use crate::services::registry::PluginRecord;
+use crate::services::registry::{Candidate, DryRunOutcome, MAX_COMPONENT_BYTES};
+use crate::services::Pair;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -62,6 +63,7 @@ async fn upload(
     }
     let up = s
         .crm
+        .registry()
         .upload_plugin(auth.tenant(), &auth.0.token_id, body.to_vec())
         .await?;
     let status = if up.stored {
@@ -85,19 +87,22 @@ async fn read_component(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
 
 /// Everything the registry knows about one plugin of the tenant.
 async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value>, ApiError> {
-    let mut conn = s.crm.store.conn().await?;
-    let versions = store::plugin_versions(&mut conn, tenant, Some(name)).await?;
-    if versions.is_empty() {
+    let Some(PluginRecord {
+        versions,
+        health,
+        active,
+        suspended,
+        rule_sets,
+        activations: history,
+        granted_fields: grants,
+    }) = s.crm.registry().plugin(tenant, name).await?
+    else {
         return Ok(None);
-    }
-    let active = store::active_pair(&mut conn, tenant, name).await?;
-    let suspended = store::suspensions(&mut conn, tenant, name).await?;
-    let rule_sets = store::rule_sets(&mut conn, tenant, name).await?;
-    let history = store::activations(&mut conn, tenant, name).await?;
-    let grants = store::field_grants(&mut conn, tenant, name).await?;
+    };
     let list: Vec<Value> = versions
         .iter()
-        .map(|v| {
+        .zip(health)
+        .map(|(v, health)| {
             let status = match (&active, suspended.iter().find(|x| x.0 == v.version)) {
                 (Some((p, _)), _) if p.version == v.version => "active",
                 (_, Some(_)) => "suspended",
@@ -107,7 +112,7 @@ async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value
                 "version": v.version, "digest": v.digest, "size": v.size, "created_at": v.created_at,
                 "status": status,
                 "suspended_because": suspended.iter().find(|x| x.0 == v.version).map(|x| &x.1),
-                "health": s.crm.packs.health(tenant, name, &v.version),
+                "health": health,
                 "description": v.manifest.description,
                 "capabilities": { "scoring": v.manifest.scoring, "segmentation": v.manifest.segmentation, "lifecycle": v.manifest.lifecycle },
             })
@@ -135,14 +140,7 @@ async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value
     responses((status = 200, description = "`{plugins: [...]}`", body = Object), Errors))]
 async fn list(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
-    let mut conn = s.crm.store.conn().await?;
-    let mut names: Vec<String> = store::plugin_versions(&mut conn, auth.tenant(), None)
-        .await?
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
-    drop(conn);
-    names.dedup();
+    let names = s.crm.registry().plugin_names(auth.tenant()).await?;
     let mut out = Vec::new();
     for n in names {
         if let Some(mut d) = describe(&s, auth.tenant(), &n).await? {
@@ -195,6 +193,7 @@ async fn put_rules(
     auth.require(Role::Integrator)?;
     let (n, checked_with) = s
         .crm
+        .registry()
         .put_rules(
             auth.tenant(),
             &auth.0.token_id,
@@ -241,6 +240,7 @@ async fn activate(
     };
     let (from, to) = s
         .crm
+        .registry()
         .activate(
             auth.tenant(),
             &auth.0.token_id,
@@ -282,6 +282,7 @@ async fn rollback(
     let reason = body.reason.unwrap_or_else(|| "rollback".into());
     let (from, to) = s
         .crm
+        .registry()
         .rollback(auth.tenant(), &auth.0.token_id, &name, &reason)
         .await?;
     Ok(Json(json!({ "plugin": name, "from": from, "to": to })))
@@ -299,7 +300,7 @@ async fn dry_run(
     ApiJson(c): ApiJson<Candidate>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth.require(Role::Integrator)?;
-    match s.crm.dry_run(auth.tenant(), &name, c).await? {
+    match s.crm.registry().dry_run(auth.tenant(), &name, c).await? {
         DryRunOutcome::Done(r) => Ok((StatusCode::OK, Json(json!(r)))),
         DryRunOutcome::Job(id) => Ok((
             StatusCode::ACCEPTED,
@@ -316,12 +317,17 @@ async fn rescore(
     auth: Auth,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     auth.require(Role::Integrator)?;
-    let job = s.crm.start_rescore(auth.tenant(), &auth.0.token_id).await?;
+    let job = s
+        .crm
+        .jobs()
+        .start_rescore(auth.tenant(), &auth.0.token_id)
+        .await?;
     let (crm, tenant, id) = (s.crm.clone(), auth.tenant().to_string(), job.clone());
     // The job's log lines keep the request id of the request that started it.
     tokio::spawn(tracing::Instrument::in_current_span(async move {
         if let Err(e) = crm
-            .work_on_rescore(&tenant, &id, &crate::registry::host_id())
+            .jobs()
+            .work_on_rescore(&tenant, &id, &crate::services::jobs::host_id())
             .await
         {
             tracing::error!("rescore job {id}: {e}");
@@ -342,8 +348,9 @@ async fn job(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Viewer)?;
-    let mut conn = s.crm.store.conn().await?;
-    store::job(&mut conn, auth.tenant(), &id)
+    s.crm
+        .jobs()
+        .job(auth.tenant(), &id)
         .await?
         .map(|j| Json(json!(j)))
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
@@ -368,6 +375,7 @@ async fn grant_fields(
 ) -> Result<Json<Value>, ApiError> {
     auth.require(Role::Admin)?;
     s.crm
+        .registry()
         .grant_fields(auth.tenant(), &auth.0.token_id, &name, b.fields.clone())
         .await?;
     Ok(Json(json!({ "plugin": name, "granted_fields": b.fields })))

@@ -1,7 +1,7 @@
 //! The one `bindgen!` site. Everything else in the host uses the domain types of
 //! [`super::types`]; the generated types do not leave this module.
 
-use super::types::{
+use crate::domain::plugin::{
     Action, FieldValue, Level, Manifest, Membership, PluginError, Reads, Reason, ReasonText, Score,
     SegmentDef, Stage,
 };

@@ -55,10 +55,10 @@ pub mod budget;
 pub mod cache;
 pub mod sandbox;
 pub mod schema;
-pub mod types;
 
+pub use crate::domain::plugin::*;
+pub use crate::domain::text::{is_reason_code, is_slug, is_valid_tag};
 pub use bindings::{HOST_IMPORT, PACK_EXPORT};
-pub use types::*;
 
 use bindings::{Plugin as WitPlugin, PluginPre, WitContext};
 use sandbox::PluginState;
@@ -77,8 +77,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub const MAX_REASONS: usize = 32;
 pub const MAX_MEMBERSHIPS: usize = 64;
 pub const MAX_ACTIONS: usize = 64;
-pub const MAX_TEXT: usize = 1024;
-pub const MAX_TAG: usize = 64;
+pub use crate::domain::text::MAX_TAG;
+pub use crate::domain::MAX_TEXT;
 
 /// Limits applied to every plugin call.
 #[derive(Debug, Clone)]
@@ -143,6 +143,7 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// Whether the plugin misbehaved (as opposed to being rejected at load).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn is_fault(&self) -> bool {
         matches!(
             self,
@@ -421,24 +422,8 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), RuntimeErro
     Ok(())
 }
 
-/// Whether `s` is 1..=`max` bytes of `[a-z0-9_-]` (keys, kinds, channels, ids in manifests).
-pub fn is_slug(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
-/// Whether `tag` is a well-formed tag: lower-case `[a-z0-9:_-]`, 1..=64 bytes.
-pub fn is_valid_tag(tag: &str) -> bool {
-    !tag.is_empty()
-        && tag.len() <= MAX_TAG
-        && tag.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b':')
-        })
-}
-
 fn validate_manifest(m: &Manifest) -> Result<(), RuntimeError> {
+    use crate::domain::text::{label_problem, text_problem};
     use budget::*;
     let bad = |msg: String| Err(RuntimeError::BadManifest(msg));
     if !is_slug(&m.name, 64) {
@@ -529,15 +514,6 @@ fn validate_manifest(m: &Manifest) -> Result<(), RuntimeError> {
         return bad("default rules are not valid JSON".into());
     }
     Ok(())
-}
-
-/// Whether `code` is a well-formed reason code: 1-64 bytes of `[a-z0-9_.:-]`.
-pub fn is_reason_code(code: &str) -> bool {
-    !code.is_empty()
-        && code.len() <= 64
-        && code.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.' | b':')
-        })
 }
 
 /// A checked, compiled plugin, ready to instantiate.
@@ -746,12 +722,12 @@ impl Session<'_> {
                     }
                     RuntimeError::Trap {
                         plugin,
-                        message: budget::clean_message(&message),
+                        message: crate::domain::text::clean_message(&message),
                     }
                 }
                 None => RuntimeError::Trap {
                     plugin,
-                    message: budget::clean_message(
+                    message: crate::domain::text::clean_message(
                         &self.store.data().redact(&format!("{:#}", e.root_cause())),
                     ),
                 },
@@ -769,7 +745,7 @@ impl Session<'_> {
     fn bad_output(&self, message: String) -> RuntimeError {
         RuntimeError::BadOutput {
             plugin: self.plugin.label.to_string(),
-            message: budget::clean_message(&self.store.data().redact(&message)),
+            message: crate::domain::text::clean_message(&self.store.data().redact(&message)),
         }
     }
 
@@ -783,7 +759,7 @@ impl Session<'_> {
     /// A plugin's error as the host keeps it: withheld values replaced, control
     /// characters cleaned and cut to [`budget::MAX_MESSAGE`] bytes, like a trap's.
     fn redact_error(&self, e: PluginError) -> PluginError {
-        e.map_message(|m| budget::clean_message(&self.store.data().redact(m)))
+        e.map_message(|m| crate::domain::text::clean_message(&self.store.data().redact(m)))
     }
 
     /// Scores a batch: one result per customer, in order. A customer the plugin
@@ -909,7 +885,7 @@ fn check_score(m: &Manifest, s: Score) -> Result<Score, PluginError> {
         )));
     }
     if let Some(b) = &s.band {
-        if let Some(p) = budget::label_problem(b, MAX_TAG) {
+        if let Some(p) = crate::domain::text::label_problem(b, MAX_TAG) {
             return Err(PluginError::Failed(format!(
                 "band {:?} {p}",
                 truncate_for_message(b)
@@ -979,7 +955,7 @@ fn check_actions(m: &Manifest, actions: &[Action]) -> Result<(), String> {
                     ));
                 }
                 if let FieldValue::Text(t) = value {
-                    if let Some(p) = budget::text_problem(t, MAX_TEXT) {
+                    if let Some(p) = crate::domain::text::text_problem(t, MAX_TEXT) {
                         return Err(format!("field {key} {p}"));
                     }
                 }
@@ -995,7 +971,7 @@ fn check_actions(m: &Manifest, actions: &[Action]) -> Result<(), String> {
                         "follow-up note over 1024 bytes or due more than two years ahead".into(),
                     );
                 }
-                if let Some(p) = budget::text_problem(note, MAX_TEXT) {
+                if let Some(p) = crate::domain::text::text_problem(note, MAX_TEXT) {
                     return Err(format!("the follow-up note {p}"));
                 }
             }

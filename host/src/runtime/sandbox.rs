@@ -1,7 +1,7 @@
 //! What a plugin instance sees: an empty, deterministic WASI, a log, a memory cap.
 
 use super::bindings::{self, WitLevel};
-use super::types::Level;
+use crate::domain::plugin::Level;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;

@@ -1,7 +1,7 @@
 //! Tenants, bearer tokens (stored as sha256 hashes) and the audit log.
 
 use super::{to_json, Result, StoreError};
-use crate::model::{now_ms, Principal, Role};
+use crate::domain::{now_ms, Principal, Role};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};

@@ -297,8 +297,8 @@ mod tests {
     /// searches the key).
     #[tokio::test]
     async fn batched_writes_search_their_tables_by_key() {
-        use crate::model::EventRecord;
-        use crate::runtime::Reason;
+        use crate::domain::EventRecord;
+        use crate::domain::Reason;
         use crate::store::*;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&format!("sqlite:{}", dir.path().join("t.db").display()))

@@ -21,7 +21,7 @@ use super::batch::{question_rows, Batch, Bind};
 use super::customers::{customer_from_row, field_from_row};
 use super::events::event_from_row;
 use super::{to_json, RenderedReason, Result, StageMove, StoredScore};
-use crate::model::{CustomerRecord, EventRecord};
+use crate::domain::{CustomerRecord, EventRecord};
 use sqlx::{AnyConnection, Row};
 use stagecraft_plugin::snapshot::DAY_MS;
 use std::collections::{HashMap, HashSet};

@@ -2,8 +2,8 @@
 
 use super::batch::part;
 use super::{from_json, to_json, Backend, Batch, Result, SegmentsBefore, StoreError};
-use crate::model::{CustomerRecord, FieldEntry};
-use crate::runtime::Reason;
+use crate::domain::Reason;
+use crate::domain::{CustomerRecord, FieldEntry};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -189,7 +189,7 @@ pub(super) fn field_from_row(r: &sqlx::any::AnyRow) -> Result<FieldEntry> {
     let value: serde_json::Value = from_json(&r.try_get::<String, _>("value")?)?;
     Ok(FieldEntry {
         key: r.try_get("key")?,
-        value: crate::model::field_value_from_json("stored", &value)
+        value: crate::domain::field_value_from_json("stored", &value)
             .map_err(StoreError::Corrupt)?,
         sensitive: r.try_get::<i64, _>("sensitive")? != 0,
     })
@@ -272,7 +272,7 @@ pub fn queue_field(batch: &mut Batch, tenant: &str, id: &str, f: &FieldEntry) {
             tenant.into(),
             id.into(),
             (&f.key).into(),
-            to_json(&crate::model::field_value_to_json(&f.value)).into(),
+            to_json(&crate::domain::field_value_to_json(&f.value)).into(),
             (f.sensitive as i64).into(),
         ],
     );

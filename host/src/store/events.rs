@@ -4,13 +4,13 @@
 use super::batch::part;
 use super::customers::{customer_from_parts, queue_customer_reads, PART_CUSTOMER};
 use super::{from_json, to_json, Backend, Batch, Result, ScoresBefore, SegmentsBefore, StoreError};
-use crate::model::{
+use crate::domain::{
     day_of, field_value_from_json, field_value_to_json, CustomerRecord, EventRecord,
 };
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
-use stagecraft_plugin::snapshot::{Metrics, DAY_MS};
+use stagecraft_plugin::snapshot::DAY_MS;
 
 /// An event already recorded under an idempotency key: its id and the response it got.
 pub async fn event_by_key(
@@ -98,7 +98,7 @@ pub async fn event_reads(
 }
 
 /// [`event_reads`] for several events at once, in one query on SQLite: a group
-/// committed in one transaction (`crate::group_commit`). The events must be of
+/// committed in one transaction (`crate::services::group_commit`). The events must be of
 /// different customers, since none sees what another writes. Each event's
 /// statements are preceded by a one-row marker, so the rows split back into
 /// events however many rows each statement gave.
@@ -373,13 +373,14 @@ pub async fn touchpoints_90d(
 }
 
 /// The metrics computed from scratch from the raw events, as of `now`. The stored,
-/// incrementally kept metrics must always equal this.
+/// incrementally kept metrics must always equal this (the tests check it).
+#[cfg(any(test, feature = "test-support"))]
 pub async fn recompute_metrics(
     conn: &mut AnyConnection,
     tenant: &str,
     customer: &str,
     now: i64,
-) -> Result<Metrics> {
+) -> Result<stagecraft_plugin::snapshot::Metrics> {
     let r = sqlx::query(
         "SELECT \
            CAST(COALESCE(SUM(CASE WHEN kind = 'order' THEN 1 ELSE 0 END), 0) AS BIGINT) AS orders, \
@@ -396,7 +397,7 @@ pub async fn recompute_metrics(
     .bind(customer)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Metrics {
+    Ok(stagecraft_plugin::snapshot::Metrics {
         orders: r.try_get::<i64, _>("orders")? as u32,
         purchase_days: r.try_get::<i64, _>("purchase_days")? as u32,
         total_spend_cents: r.try_get("spend")?,

@@ -2,7 +2,7 @@
 //! plugins a tenant has enabled.
 
 use super::{from_json, to_json, Result, StoreError};
-use crate::runtime::Manifest;
+use crate::domain::Manifest;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
@@ -598,12 +598,53 @@ pub async fn unsuspend(
     Ok(())
 }
 
+/// The PostgreSQL channel on which a tenant's changes are announced; the payload
+/// is the tenant.
+pub const CHANGES_CHANNEL: &str = "stagecraft_changes";
+
+impl super::Store {
+    /// The tenants whose plugins changed on any host, as they are announced
+    /// (PostgreSQL `LISTEN`, reconnecting after errors). On SQLite the stream
+    /// stays empty: the generation poll alone carries changes there.
+    pub fn changes(&self) -> tokio::sync::mpsc::Receiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
+        if self.backend() == super::Backend::Postgres {
+            tokio::spawn(listen(self.url().to_string(), tx));
+        } else {
+            // Keep the sender alive so that the stream is pending, not ended.
+            tokio::spawn(async move { tx.closed().await });
+        }
+        rx
+    }
+}
+
+/// Forwards `NOTIFY stagecraft_changes, '<tenant>'` to `tx`, reconnecting after errors.
+async fn listen(url: String, tx: tokio::sync::mpsc::Sender<String>) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut l) => {
+                if let Err(e) = l.listen(CHANGES_CHANNEL).await {
+                    tracing::warn!("LISTEN failed: {e}");
+                } else {
+                    while let Ok(n) = l.recv().await {
+                        if tx.send(n.payload().to_string()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("cannot connect to listen for changes: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 /// Tells the other hosts (PostgreSQL `NOTIFY`, delivered at commit) that what
 /// `tenant` runs has changed. On SQLite the generation poll alone carries it.
 pub async fn notify_change(tx: &mut super::Tx, tenant: &str) -> Result<()> {
     if tx.backend() == super::Backend::Postgres {
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(crate::packs::CHANGES_CHANNEL)
+            .bind(CHANGES_CHANNEL)
             .bind(tenant)
             .execute(tx.conn())
             .await?;

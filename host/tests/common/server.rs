@@ -8,7 +8,7 @@
 use super::{test_limits, wasm_path};
 use serde_json::Value;
 use stagecraft::cli::service;
-use stagecraft::model::Role;
+use stagecraft::domain::Role;
 use stagecraft::packs::Packs;
 use stagecraft::runtime::Runtime;
 use stagecraft::store::Store;
@@ -96,7 +96,8 @@ impl TestServer {
         let crm = Crm::new(store, Packs::new(runtime));
         let tenant = "acme".to_string();
         let token = crm
-            .create_token(&tenant, Role::Admin, "test")
+            .tokens()
+            .create(&tenant, "test", Role::Admin, "test")
             .await
             .unwrap()
             .token;
@@ -193,7 +194,8 @@ impl TestServer {
     /// ask with.
     pub async fn other_tenant_admin(&self) -> String {
         self.crm
-            .create_token("globex", Role::Admin, "other")
+            .tokens()
+            .create("globex", "test", Role::Admin, "other")
             .await
             .unwrap()
             .token
@@ -214,7 +216,8 @@ impl TestServer {
     /// A token of another role for the same tenant.
     pub async fn token_for(&self, role: Role) -> String {
         self.crm
-            .create_token(&self.tenant, role, "test")
+            .tokens()
+            .create(&self.tenant, "test", role, "test")
             .await
             .unwrap()
             .token
@@ -228,7 +231,7 @@ impl TestServer {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
-        self.crm.store.close().await;
+        self.crm.store().close().await;
         if let Some((server, name)) = self.pg.take() {
             let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&server)
                 .await

@@ -27,7 +27,7 @@ pub struct Verdict {
 /// thread each plugin's configured instance serves customer after customer, as
 /// the batch calls of the rescore before did (a plugin keeps nothing between
 /// calls, so the results are those of a fresh instance per customer).
-pub(super) fn reevaluate(
+pub(crate) fn reevaluate(
     packs: &TenantPacks,
     ctx: &CallContext,
     batch: &[(CustomerRecord, Vec<EventRecord>)],
@@ -211,7 +211,7 @@ impl DryRunReport {
     }
 }
 
-impl Crm {
+impl Registry {
     /// The active pair and the candidate as runnable packs.
     async fn dry_run_pair(
         &self,

@@ -1,4 +1,6 @@
-//! The host's own types for what plugins describe and return.
+//! What plugins describe and return, in the host's own types: manifests,
+//! reasons, scores, memberships, actions. The runtime converts each contract
+//! version's WIT types into these.
 
 use serde::{Deserialize, Serialize};
 
@@ -149,7 +151,7 @@ impl Manifest {
     /// whatever the template and arguments (a template of `{0}`s with a huge
     /// argument would otherwise make a response of megabytes).
     pub fn render(&self, reason: &Reason, lang: Lang) -> String {
-        use super::budget::{cut, MAX_RENDERED};
+        use super::text::{cut, MAX_RENDERED};
         let Some(t) = self.reasons.iter().find(|t| t.code == reason.code) else {
             return reason.code.clone();
         };
@@ -283,7 +285,7 @@ mod tests {
         };
         let text = m.render(&r, Lang::En);
         assert!(
-            text.len() <= super::super::budget::MAX_RENDERED,
+            text.len() <= crate::domain::text::MAX_RENDERED,
             "{}",
             text.len()
         );

@@ -25,7 +25,8 @@
 //! of it is kept and its events are recorded again one by one, so one bad event
 //! fails only its own request.
 
-use crate::crm::{Crm, CrmError};
+use super::events::Events;
+use super::CrmError;
 use crate::pipeline::{EventJob, EventOutcome};
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -118,7 +119,7 @@ impl GroupCommit {
     }
 }
 
-impl Crm {
+impl Events {
     /// Records `job` in a group with the events that wait beside it (SQLite).
     pub(crate) async fn record_grouped(&self, g: &GroupCommit, job: EventJob) -> Answer {
         let (id, mut answer) = g.push(job);
@@ -137,10 +138,10 @@ impl Crm {
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
             let group = g.take();
-            let crm = self.clone();
+            let events = self.clone();
             tokio::spawn(async move {
                 let _lead = lead;
-                crm.commit_group(group).await
+                events.commit_group(group).await
             })
             .await
             .map_err(|e| CrmError::Internal(format!("group commit task: {e}")))?;
@@ -187,10 +188,10 @@ impl Crm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crm::CustomerInput;
     use crate::packs::Packs;
     use crate::pipeline::EventInput;
     use crate::runtime::{Limits, Runtime};
+    use crate::services::{Crm, CustomerInput};
     use crate::store::Store;
 
     async fn crm(dir: &tempfile::TempDir) -> Crm {
@@ -198,7 +199,7 @@ mod tests {
         let store = Store::connect(&url).await.unwrap();
         let runtime = Runtime::new(Limits::default(), None).unwrap();
         let crm = Crm::new(store, Packs::new(runtime));
-        let mut tx = crm.store.begin().await.unwrap();
+        let mut tx = crm.store().begin().await.unwrap();
         crate::store::ensure_tenant(tx.conn(), "t", "t")
             .await
             .unwrap();
@@ -212,9 +213,9 @@ mod tests {
             amount_cents: (kind == "order").then_some(500),
             ..Default::default()
         };
-        let now = crate::model::now_ms();
+        let now = crate::domain::now_ms();
         let event = input.validate(now).unwrap();
-        EventJob::new(crm.packs.for_tenant("t"), "t", customer, event, key, now)
+        EventJob::new(crm.tenant_packs("t"), "t", customer, event, key, now)
     }
 
     fn queue(g: &GroupCommit, jobs: Vec<EventJob>) -> Vec<oneshot::Receiver<Answer>> {
@@ -265,9 +266,9 @@ mod tests {
                 id: Some(id.into()),
                 ..Default::default()
             };
-            crm.create_customer("t", input).await.unwrap();
+            crm.customers().create_customer("t", input).await.unwrap();
         }
-        let mut conn = crm.store.conn().await.unwrap();
+        let mut conn = crm.store().conn().await.unwrap();
         sqlx::query(
             "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.kind = 'poison' \
              BEGIN SELECT RAISE(ABORT, 'poisoned event'); END",
@@ -289,7 +290,7 @@ mod tests {
         );
         let group = g.take();
         assert_eq!(group.len(), 4, "one group of all four");
-        crm.commit_group(group).await;
+        crm.events().commit_group(group).await;
         let mut results = Vec::new();
         for a in answers {
             results.push(a.await.unwrap());
@@ -302,7 +303,7 @@ mod tests {
         assert!(failed[0].contains("poisoned event"), "{failed:?}");
         assert!(results[1].is_err());
 
-        let mut conn = crm.store.conn().await.unwrap();
+        let mut conn = crm.store().conn().await.unwrap();
         let kept: Vec<String> =
             sqlx::query_scalar("SELECT customer_id FROM events ORDER BY customer_id")
                 .fetch_all(&mut *conn)
@@ -327,9 +328,10 @@ mod tests {
                 id: Some(id.into()),
                 ..Default::default()
             };
-            crm.create_customer("t", input).await.unwrap();
+            crm.customers().create_customer("t", input).await.unwrap();
         }
         let first = crm
+            .events()
             .record_alone(job(&crm, "a", "order", Some("k1")))
             .await
             .unwrap();
@@ -342,7 +344,7 @@ mod tests {
                 job(&crm, "b", "order", Some("k2")),
             ],
         );
-        crm.commit_group(g.take()).await;
+        crm.events().commit_group(g.take()).await;
         let mut results = Vec::new();
         for a in answers {
             results.push(a.await.unwrap());
@@ -356,7 +358,7 @@ mod tests {
         ));
         let b = results[2].as_ref().unwrap();
         assert!(!b.replayed);
-        let mut conn = crm.store.conn().await.unwrap();
+        let mut conn = crm.store().conn().await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
             .fetch_one(&mut *conn)
             .await

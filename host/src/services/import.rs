@@ -5,11 +5,13 @@
 //! number and skipped; good rows are kept. Events go through the same pipeline as
 //! the API, so plugins see imported history as it arrives.
 
-use crate::crm::{CrmError, CustomerInput};
-use crate::model::{self, now_ms, EventRecord};
+use super::customers::{validate_customer, CustomerInput};
+use super::CrmError;
+use crate::domain::time::parse_time;
+use crate::domain::{self, now_ms, EventRecord};
+use crate::packs::Packs;
 use crate::pipeline::{self, EventInput, EventJob, PipelineError};
-use crate::store::{self, NewCustomer, StoreError};
-use crate::Crm;
+use crate::store::{self, NewCustomer, Store, StoreError};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -181,57 +183,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for RowLimit<R> {
     }
 }
 
-/// A time as milliseconds: an integer of ms, `YYYYMMDD`, `YYYY-MM-DD` (midnight
-/// UTC), or an RFC 3339 time (`2026-01-10T10:00:00Z`, `...+08:00`, fractions of a
-/// second to the millisecond). Calendar work is `jiff`'s: an impossible date
-/// (`2024-02-30`) is not a time.
-pub fn parse_time(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
-        let d = jiff::civil::Date::strptime("%Y%m%d", s).ok()?;
-        return midnight_utc(d);
-    }
-    if let Ok(ms) = s.parse::<i64>() {
-        return Some(ms);
-    }
-    if s.len() == 10 {
-        return midnight_utc(s.parse::<jiff::civil::Date>().ok()?);
-    }
-    Some(s.parse::<jiff::Timestamp>().ok()?.as_millisecond())
-}
-
-fn midnight_utc(d: jiff::civil::Date) -> Option<i64> {
-    Some(
-        d.to_zoned(jiff::tz::TimeZone::UTC)
-            .ok()?
-            .timestamp()
-            .as_millisecond(),
-    )
-}
-
-/// Deserializes a time given as milliseconds since the epoch or as a string
-/// [`parse_time`] reads (an RFC 3339 time, a date): what clients send in `at`
-/// and `created_at`.
-pub fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    use serde::Deserialize;
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Time {
-        Ms(i64),
-        Text(String),
-    }
-    match Option::<Time>::deserialize(d)? {
-        None => Ok(None),
-        Some(Time::Ms(ms)) => Ok(Some(ms)),
-        Some(Time::Text(t)) => parse_time(&t).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "{:?} is not a time: give milliseconds since the epoch, an RFC 3339 time such as 2026-01-10T10:00:00Z, or a date",
-                t.chars().take(40).collect::<String>()
-            ))
-        }),
-    }
-}
-
 /// A CSV cell as a field value: a number, `true`/`false`, or text.
 fn cell_value(s: &str) -> Json {
     if let Ok(n) = s.parse::<f64>() {
@@ -364,6 +315,7 @@ pub fn cdnow_order(cols: &[&str]) -> Result<(String, i64, u32, i64), String> {
 /// row mapping and the same validation as the API, for each of the three
 /// formats (the first byte picks one). The fuzz target (`fuzz/`) calls this, and
 /// `tests/import_regressions.rs` replays what it found. Returns the rows accepted.
+#[cfg(any(test, feature = "test-support"))]
 pub fn check_without_storing(data: &[u8]) -> usize {
     let Some((&which, body)) = data.split_first() else {
         return 0;
@@ -388,8 +340,7 @@ pub fn check_without_storing(data: &[u8]) -> usize {
     };
     match which % 3 {
         0 => csv_rows(&|h, r| {
-            customer_from_row(h, r)
-                .is_ok_and(|input| crate::crm::validate_customer(input, now).is_ok())
+            customer_from_row(h, r).is_ok_and(|input| validate_customer(input, now).is_ok())
         }),
         1 => {
             csv_rows(&|h, r| event_from_row(h, r).is_ok_and(|(_, _, ev)| ev.validate(now).is_ok()))
@@ -408,7 +359,17 @@ fn csv_reader<R: AsyncRead + Unpin + Send>(r: R) -> csv_async::AsyncReader<R> {
         .create_reader(r)
 }
 
-impl Crm {
+/// Bulk imports of customers and events, committed a chunk at a time.
+#[derive(Clone, Debug)]
+pub struct Imports {
+    store: Store,
+    packs: Packs,
+}
+
+impl Imports {
+    pub(crate) fn new(store: Store, packs: Packs) -> Imports {
+        Imports { store, packs }
+    }
     /// Imports customers from CSV: columns `id` (required), `name`, `source`,
     /// `created_at`, `tags` (separated by `;`); every other column is a field.
     pub async fn import_customers<R: AsyncRead + Unpin + Send>(
@@ -603,7 +564,7 @@ impl Crm {
 
     fn new_customer(&self, input: CustomerInput) -> Result<NewCustomer, CrmError> {
         // The same checks as the API, by building through the same path.
-        crate::crm::validate_customer(input, now_ms())
+        validate_customer(input, now_ms())
     }
 }
 
@@ -618,7 +579,7 @@ fn fatal(e: CrmError) -> ImportError {
 
 /// Events committed a chunk at a time.
 struct EventBatch<'a> {
-    crm: &'a Crm,
+    imports: &'a Imports,
     tenant: &'a str,
     now: Option<i64>,
     tx: Option<store::Tx>,
@@ -626,12 +587,16 @@ struct EventBatch<'a> {
 }
 
 impl<'a> EventBatch<'a> {
-    async fn new(crm: &'a Crm, tenant: &'a str, now: Option<i64>) -> Result<Self, ImportError> {
+    async fn new(
+        imports: &'a Imports,
+        tenant: &'a str,
+        now: Option<i64>,
+    ) -> Result<Self, ImportError> {
         Ok(EventBatch {
-            crm,
+            imports,
             tenant,
             now,
-            tx: Some(crm.store.begin().await?),
+            tx: Some(imports.store.begin().await?),
             rows: 0,
         })
     }
@@ -655,13 +620,13 @@ impl<'a> EventBatch<'a> {
                 return Ok(());
             }
         };
-        if let Some(Err(e)) = key.map(model::check_idempotency_key) {
+        if let Some(Err(e)) = key.map(domain::check_idempotency_key) {
             report.error(line, e);
             return Ok(());
         }
         let tx = self.tx.as_mut().expect("open transaction");
         if let Some(c) = create {
-            if !model::is_customer_id(&c.id) {
+            if !domain::is_customer_id(&c.id) {
                 report.error(line, format!("customer id {:?} is not valid", c.id));
                 return Ok(());
             }
@@ -669,7 +634,7 @@ impl<'a> EventBatch<'a> {
                 store::insert_customer(tx.conn(), self.tenant, &c).await?;
             }
         }
-        let packs = self.crm.packs.for_tenant(self.tenant);
+        let packs = self.imports.packs.for_tenant(self.tenant);
         let now = self.now.unwrap_or(wall).max(event.at);
         let job = EventJob::new(packs, self.tenant, customer, event, key, now);
         match pipeline::record_one(tx, &job).await {
@@ -689,7 +654,7 @@ impl<'a> EventBatch<'a> {
         if let Some(tx) = self.tx.take() {
             tx.commit().await?;
         }
-        self.tx = Some(self.crm.store.begin().await?);
+        self.tx = Some(self.imports.store.begin().await?);
         self.rows = 0;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The plugin registry and hot swap: upload versions, store rule sets, activate a
 //! (version, rule-set version) pair atomically, roll back, dry-run a candidate
-//! against the active pair, rescore in bulk, and the circuit breaker.
+//! against the active pair.
 //!
 //! Atomic means: a request takes the tenant's [`TenantPacks`](crate::packs::TenantPacks)
 //! once at its start, so requests in flight finish on the old pair and every
@@ -8,19 +8,20 @@
 //! committed, so an activation never leaves a tenant with nothing to run.
 //!
 //! Here: uploads, versions, rule sets, grants, activation and rollback, the
-//! circuit breaker. [`dry_run`]: the dry-run. [`jobs`]: bulk rescore jobs.
+//! [`dry_run`]: the dry-run. Bulk rescores are [`super::jobs`]; the breaker
+//! is [`super::breaker`].
 
 pub mod dry_run;
-pub mod jobs;
 
 pub use dry_run::*;
-pub use jobs::*;
 
-use crate::crm::{Crm, CrmError};
-use crate::model::{now_ms, CustomerRecord, EventRecord};
+use super::CrmError;
+use crate::domain::{now_ms, CustomerRecord, EventRecord};
+use crate::packs::Packs;
 use crate::packs::{ActivePack, TenantPacks};
 use crate::pipeline::{self, Effects, Evaluated, PipelineError, Strikes, RECENT_EVENTS};
 use crate::runtime::{CallContext, LoadedPlugin, Manifest, RuntimeError};
+use crate::store::Store;
 use crate::store::{self, Pair, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
@@ -35,9 +36,6 @@ pub const INLINE_DRY_RUN: i64 = 1000;
 pub const RESCORE_CHUNK: usize = 500;
 /// Wall-clock budget of a dry-run answered inline (a job has none).
 pub const INLINE_DRY_RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
-/// How long a rescore chunk's claim lasts without a heartbeat before another
-/// host may take the chunk over as left by a dead host.
-pub const CHUNK_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Failures a dry-run report or a rescore job lists (all are counted).
 pub const LISTED_FAILURES: usize = 100;
 
@@ -85,6 +83,14 @@ pub struct Uploaded {
     pub manifest: Manifest,
 }
 
+/// What [`Registry::install`] did.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub uploaded: Uploaded,
+    pub rules_version: Option<i64>,
+    pub enabled: bool,
+}
+
 /// A pair to dry-run or activate, as a client names it.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -124,7 +130,17 @@ fn check_rules(plugin: &LoadedPlugin, rules: &str) -> Result<(), RegistryError> 
     })
 }
 
-impl Crm {
+/// Plugin versions, rule sets, field grants, activation and rollback, dry-runs.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    store: Store,
+    packs: Packs,
+}
+
+impl Registry {
+    pub(crate) fn new(store: Store, packs: Packs) -> Registry {
+        Registry { store, packs }
+    }
     /// Stores a component after checking it like `stagecraft plugin check`.
     pub async fn upload_plugin(
         &self,
@@ -319,7 +335,7 @@ impl Crm {
         owns_lifecycle: Option<bool>,
         reason: Option<&str>,
     ) -> Result<(Option<Pair>, Pair), RegistryError> {
-        if let Some(p) = reason.and_then(|r| crate::runtime::budget::text_problem(r, 500)) {
+        if let Some(p) = reason.and_then(|r| crate::domain::text::text_problem(r, 500)) {
             return Err(RegistryError::Invalid(format!("reason {p}")));
         }
         let plugin = self.load_version(tenant, name, &pair.version).await?;
@@ -411,73 +427,111 @@ impl Crm {
         Ok((from, to))
     }
 
-    /// Counts a plugin's outcome for an event and trips the circuit breaker when a
-    /// version has failed `breaker_threshold` times in a row: the version is
-    /// suspended for the tenant and the previous pair restored (or, with none, the
-    /// plugin is disabled), with the reason in the audit log.
-    pub async fn record_health(&self, tenant: &str, pack: &ActivePack, failure: Option<&str>) {
-        let name = pack.name().to_string();
-        let h = self
-            .packs
-            .record_call(tenant, &name, &pack.version, failure, now_ms());
-        if h.consecutive_failures < self.packs.breaker_threshold || failure.is_none() {
-            return;
+    /// Upload, rule set and (with `enable`) activation in one call: what
+    /// `stagecraft plugin install` does, through the same checks as the API's
+    /// three requests (size cap, component and manifest budgets, the rules'
+    /// JSON Schema and the plugin's own `configure`).
+    pub async fn install(
+        &self,
+        tenant: &str,
+        actor: &str,
+        wasm: Vec<u8>,
+        rules: Option<&Json>,
+        enable: bool,
+        owns_lifecycle: bool,
+    ) -> Result<Installed, RegistryError> {
+        self.ensure_tenant(tenant).await?;
+        let uploaded = self.upload_plugin(tenant, actor, wasm).await?;
+        let rules_version = match rules {
+            Some(r) => Some(
+                self.put_rules(tenant, actor, &uploaded.name, Some(&uploaded.version), r)
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+        if enable {
+            let pair = Pair {
+                version: uploaded.version.clone(),
+                rules_version,
+            };
+            let owns = owns_lifecycle && uploaded.manifest.lifecycle;
+            self.activate(
+                tenant,
+                actor,
+                &uploaded.name,
+                pair,
+                Some(owns),
+                Some("install"),
+            )
+            .await?;
         }
-        // Only the call that reaches the threshold trips it.
-        if h.consecutive_failures != self.packs.breaker_threshold {
-            return;
-        }
-        let reason = format!(
-            "suspended after {} failures in a row; last: {}",
-            h.consecutive_failures,
-            h.last_failure.unwrap_or_default()
-        );
-        if let Err(e) = self.trip(tenant, &name, &pack.version, &reason).await {
-            tracing::error!(%tenant, plugin = %name, "circuit breaker could not suspend: {e}");
-        }
+        Ok(Installed {
+            uploaded,
+            rules_version,
+            enabled: enable,
+        })
     }
 
-    async fn trip(
+    async fn ensure_tenant(&self, tenant: &str) -> Result<(), RegistryError> {
+        let mut tx = self.store.begin().await?;
+        store::ensure_tenant(tx.conn(), tenant, tenant).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The names of `tenant`'s plugins (any version uploaded), sorted.
+    pub async fn plugin_names(&self, tenant: &str) -> Result<Vec<String>, RegistryError> {
+        let mut conn = self.store.conn().await?;
+        let mut names: Vec<String> = store::plugin_versions(&mut conn, tenant, None)
+            .await?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Everything the registry knows about one plugin of `tenant`; `None` if
+    /// it has no version.
+    pub async fn plugin(
         &self,
         tenant: &str,
         name: &str,
-        version: &str,
-        reason: &str,
-    ) -> Result<(), RegistryError> {
-        tracing::warn!(%tenant, plugin = %name, %version, "{reason}");
-        let at = now_ms();
-        let mut tx = self.store.begin().await?;
-        // Another host may have tripped it already.
-        match store::active_pair(tx.conn(), tenant, name).await? {
-            Some((p, _)) if p.version == version => {}
-            _ => return Ok(()),
+    ) -> Result<Option<PluginRecord>, RegistryError> {
+        let mut conn = self.store.conn().await?;
+        let versions = store::plugin_versions(&mut conn, tenant, Some(name)).await?;
+        if versions.is_empty() {
+            return Ok(None);
         }
-        store::suspend(tx.conn(), tenant, name, version, reason, at).await?;
-        // The previous pair, or (after a first activation) not enabled at all.
-        let (_, to) =
-            store::rollback(tx.conn(), tenant, name, "circuit-breaker", reason, at).await?;
-        let restored = json!(to);
-        store::audit(
-            tx.conn(),
-            tenant,
-            "circuit-breaker",
-            "plugin.suspend",
-            &format!("{name}@{version}"),
-            &json!({ "reason": reason, "restored": restored }),
-        )
-        .await?;
-        store::notify_change(&mut tx, tenant).await?;
-        tx.commit().await?;
-        self.packs
-            .metrics()
-            .suspensions
-            .with_label_values(&[name, version])
-            .inc();
-        self.packs.reset_health(tenant, name, version);
-        self.packs
-            .reload(&self.store, Some(tenant))
-            .await
-            .map_err(RegistryError::Reload)?;
-        Ok(())
+        let health = versions
+            .iter()
+            .map(|v| self.packs.health(tenant, name, &v.version))
+            .collect();
+        Ok(Some(PluginRecord {
+            active: store::active_pair(&mut conn, tenant, name).await?,
+            suspended: store::suspensions(&mut conn, tenant, name).await?,
+            rule_sets: store::rule_sets(&mut conn, tenant, name).await?,
+            activations: store::activations(&mut conn, tenant, name).await?,
+            granted_fields: store::field_grants(&mut conn, tenant, name).await?,
+            versions,
+            health,
+        }))
     }
+}
+
+/// One plugin of a tenant, as the registry stores it.
+#[derive(Debug, Clone)]
+pub struct PluginRecord {
+    /// Oldest first.
+    pub versions: Vec<store::StoredVersion>,
+    /// This host's health count of each version, in the order of `versions`.
+    pub health: Vec<crate::packs::VersionHealth>,
+    /// The active pair and whether the plugin owns the lifecycle.
+    pub active: Option<(Pair, bool)>,
+    /// (version, why, when) of each suspended version.
+    pub suspended: Vec<(String, String, i64)>,
+    pub rule_sets: Vec<store::RuleSet>,
+    pub activations: Vec<store::Activation>,
+    pub granted_fields: Vec<String>,
 }

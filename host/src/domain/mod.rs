@@ -1,10 +1,17 @@
-//! The CRM's own records, shared by the store, the pipeline and the HTTP layer.
+//! The domain: the vocabulary every room shares, and nothing else of the host.
+//! The CRM's own records (customers, events, principals), what plugins describe
+//! and return ([`plugin`]: reasons, actions, manifests), the limits and text
+//! rules ([`text`]), and times as clients write them ([`time`]).
 //!
 //! Times are milliseconds since the Unix epoch, UTC. Field values travel as plain
 //! JSON (a string, a number, a boolean, or `{"time": ms}`), so API clients never
 //! see the plugin contract's encoding.
 
-use crate::runtime::FieldValue;
+pub mod plugin;
+pub mod text;
+pub mod time;
+
+pub use plugin::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value as Json};
 use stagecraft_plugin::snapshot::{self, Metrics, DAY_MS};
@@ -149,7 +156,7 @@ pub fn customer_snapshot_granted<'a>(
 }
 
 /// The values of `c`'s sensitive fields that `granted` lets a plugin see: what
-/// its session must keep out of logs and errors ([`crate::runtime::Session::withhold`]).
+/// its session must keep out of logs and errors (the runtime's `Session::withhold`).
 pub fn granted_secrets(c: &CustomerRecord, granted: &[String]) -> Vec<String> {
     if granted.is_empty() {
         return Vec::new();
@@ -177,7 +184,7 @@ fn snapshot_value(v: &FieldValue) -> snapshot::Value<'_> {
 /// A field value from its JSON form.
 pub fn field_value_from_json(key: &str, v: &Json) -> Result<FieldValue, String> {
     Ok(match v {
-        Json::String(s) => match crate::runtime::budget::text_problem(s, MAX_TEXT) {
+        Json::String(s) => match text::text_problem(s, MAX_TEXT) {
             None => FieldValue::Text(s.clone()),
             Some(p) => return Err(format!("field {key} {p}")),
         },
@@ -209,7 +216,7 @@ pub fn field_value_to_json(v: &FieldValue) -> Json {
 
 /// `true` for 1-64 characters of `[a-z0-9_-]` (field keys, event kinds, channels).
 pub fn is_slug(s: &str) -> bool {
-    crate::runtime::is_slug(s, 64)
+    text::is_slug(s, 64)
 }
 
 /// Checks an idempotency key, however it arrives (the API's `Idempotency-Key`

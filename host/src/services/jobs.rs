@@ -2,10 +2,59 @@
 //! heartbeat), evaluated through the one evaluation path and written with the
 //! chunk marked done in one transaction.
 
-use super::dry_run::reevaluate;
-use super::*;
+use super::registry::dry_run::reevaluate;
+use super::registry::{CustomerFailure, RegistryError, LISTED_FAILURES, RESCORE_CHUNK};
+use crate::domain::{now_ms, CustomerRecord, EventRecord};
+use crate::packs::Packs;
+use crate::pipeline::{Effects, Evaluated, Strikes, RECENT_EVENTS};
+use crate::runtime::CallContext;
+use crate::store::{self, Store, StoreError};
+use serde_json::json;
+use std::collections::BTreeMap;
 
-impl Crm {
+/// How long a rescore chunk's claim lasts without a heartbeat before another
+/// host may take the chunk over as left by a dead host.
+pub const CHUNK_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bulk rescore jobs: started here, worked on by every host.
+#[derive(Clone, Debug)]
+pub struct Jobs {
+    store: Store,
+    packs: Packs,
+    /// How long a chunk claim lasts without its heartbeat.
+    chunk_lease: std::time::Duration,
+}
+
+impl Jobs {
+    pub(crate) fn new(store: Store, packs: Packs) -> Jobs {
+        Jobs {
+            store,
+            packs,
+            chunk_lease: CHUNK_LEASE,
+        }
+    }
+
+    pub(crate) fn set_chunk_lease(&mut self, lease: std::time::Duration) {
+        self.chunk_lease = lease;
+    }
+
+    /// A job of `tenant`, as it stands.
+    pub async fn job(&self, tenant: &str, id: &str) -> Result<Option<store::Job>, StoreError> {
+        let mut conn = self.store.conn().await?;
+        store::job(&mut conn, tenant, id).await
+    }
+
+    async fn load_batch(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        now: i64,
+    ) -> Result<Vec<(CustomerRecord, Vec<EventRecord>)>, StoreError> {
+        let mut conn = self.store.conn().await?;
+        // A few statements for the whole chunk (see `store::bulk`).
+        store::load_customers(&mut conn, tenant, ids, now, RECENT_EVENTS).await
+    }
+
     /// Starts a bulk rescore of every customer of the tenant with what it runs now.
     /// The work is cut into chunks in the database; this host starts working on
     /// them, and on PostgreSQL any other host's [`Crm::help_with_jobs`] joins in.
@@ -73,7 +122,7 @@ impl Crm {
     /// worked on, so that no host (this one included) takes a chunk that is
     /// merely slow for one left by a dead host and does its writes twice.
     fn heartbeat(&self, job: String, chunk: i64, claim: String) -> tokio::task::JoinHandle<()> {
-        let (store, every) = (self.store.clone(), self.chunk_lease() / 4);
+        let (store, every) = (self.store.clone(), self.chunk_lease / 4);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -102,7 +151,7 @@ impl Crm {
         claim: &str,
     ) -> Result<Option<store::Chunk>, RegistryError> {
         let now = now_ms();
-        let stale_before = now - self.chunk_lease().as_millis() as i64;
+        let stale_before = now - self.chunk_lease.as_millis() as i64;
         let mut tx = self.store.begin().await?;
         let backend = tx.backend();
         let chunk = store::claim_chunk(tx.conn(), backend, job, claim, now, stale_before).await?;
@@ -272,23 +321,23 @@ pub fn host_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-impl Crm {
+impl Jobs {
     /// Joins in any rescore with work left (started here or on another host, or
     /// left unfinished by a host that stopped). Runs until the task is aborted.
     pub fn help_with_jobs(&self) -> tokio::task::JoinHandle<()> {
-        let crm = self.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             let me = host_id();
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                let open = match crm.store.conn().await {
+                let open = match this.store.conn().await {
                     Ok(mut conn) => store::open_chunked_jobs(&mut conn, "rescore").await,
                     Err(e) => Err(e),
                 };
                 match open {
                     Ok(jobs) => {
                         for (job, tenant) in jobs {
-                            if let Err(e) = crm.work_on_rescore(&tenant, &job, &me).await {
+                            if let Err(e) = this.work_on_rescore(&tenant, &job, &me).await {
                                 tracing::warn!("rescore job {job}: {e}");
                             }
                         }

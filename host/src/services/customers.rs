@@ -1,30 +1,18 @@
-//! The CRM's operations, shared by the HTTP API and the command line: customers,
-//! events through the pipeline, and the customer view.
+//! Customers: what clients send to create and change them (checked here), the
+//! customer view, lists, timelines and follow-ups.
 
-use crate::group_commit::GroupCommit;
-use crate::model::{
+use super::{invalid, CrmError};
+use crate::domain::text::text_problem;
+use crate::domain::{
     self, field_value_from_json, now_ms, CustomerRecord, FieldEntry, ALWAYS_SENSITIVE,
 };
 use crate::packs::Packs;
-use crate::pipeline::{self, EventInput, EventJob, EventOutcome, PipelineError};
-use crate::runtime::budget::text_problem;
+use crate::pipeline::PipelineError;
 use crate::runtime::{is_valid_tag, Reason};
-use crate::store::{self, Backend, NewCustomer, StageMove, Store, StoreError};
+use crate::store::{self, NewCustomer, StageMove, Store};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
-/// The store and the enabled plugins: everything a request needs.
-#[derive(Clone, Debug)]
-pub struct Crm {
-    pub store: Store,
-    pub packs: Packs,
-    /// SQLite: events that arrive together are recorded in one transaction.
-    group_commit: Option<Arc<GroupCommit>>,
-    /// How long a bulk job's chunk claim lasts without its heartbeat.
-    chunk_lease: std::time::Duration,
-}
 
 /// A customer as a client creates it.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -40,7 +28,7 @@ pub struct CustomerInput {
     #[serde(default)]
     pub source: Option<String>,
     /// ms since the epoch or an RFC 3339 time; defaults to now.
-    #[serde(default, deserialize_with = "crate::import::de_time")]
+    #[serde(default, deserialize_with = "crate::domain::time::de_time")]
     pub created_at: Option<i64>,
     #[serde(default)]
     pub fields: BTreeMap<String, Json>,
@@ -91,33 +79,18 @@ pub struct CustomerView {
     pub follow_ups: Vec<store::FollowUp>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CrmError {
-    #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A fault of the host itself (a task that panicked), not of the request.
-    #[error("{0}")]
-    Internal(String),
-}
-
-fn invalid(m: impl Into<String>) -> CrmError {
-    CrmError::Pipeline(PipelineError::Invalid(m.into()))
-}
-
-/// Free text a client sends (a name): at most [`model::MAX_TEXT`] bytes, no NUL or
+/// Free text a client sends (a name): at most [`domain::MAX_TEXT`] bytes, no NUL or
 /// other control characters (newline and tab aside), whichever way it arrives.
 fn check_text(what: &str, v: &Option<String>) -> Result<(), CrmError> {
-    match v.as_deref().and_then(|s| text_problem(s, model::MAX_TEXT)) {
+    match v.as_deref().and_then(|s| text_problem(s, domain::MAX_TEXT)) {
         Some(p) => Err(invalid(format!("{what} {p}"))),
         None => Ok(()),
     }
 }
 
 fn check_tags(tags: &[String]) -> Result<(), CrmError> {
-    if tags.len() > model::MAX_TAGS {
-        return Err(invalid(format!("at most {} tags", model::MAX_TAGS)));
+    if tags.len() > domain::MAX_TAGS {
+        return Err(invalid(format!("at most {} tags", domain::MAX_TAGS)));
     }
     match tags.iter().find(|t| !is_valid_tag(t)) {
         Some(t) => Err(invalid(format!(
@@ -154,13 +127,13 @@ fn check_customer_caps(
             "tags",
             current.tags.len(),
             tags.len(),
-            model::MAX_CUSTOMER_TAGS,
+            domain::MAX_CUSTOMER_TAGS,
         ),
         (
             "fields",
             current.fields.len(),
             fields.len(),
-            model::MAX_CUSTOMER_FIELDS,
+            domain::MAX_CUSTOMER_FIELDS,
         ),
     ] {
         if after > cap && after > before {
@@ -176,12 +149,12 @@ fn field_entries(
     fields: &BTreeMap<String, Json>,
     sensitive: &[String],
 ) -> Result<Vec<FieldEntry>, CrmError> {
-    if fields.len() > model::MAX_FIELDS {
-        return Err(invalid(format!("at most {} fields", model::MAX_FIELDS)));
+    if fields.len() > domain::MAX_FIELDS {
+        return Err(invalid(format!("at most {} fields", domain::MAX_FIELDS)));
     }
     let mut out = Vec::new();
     for (k, v) in fields {
-        if !model::is_slug(k) {
+        if !domain::is_slug(k) {
             return Err(invalid(format!(
                 "field key {:?} must be 1-64 characters of a-z, 0-9, _ and -",
                 k.chars().take(40).collect::<String>()
@@ -205,7 +178,7 @@ pub(crate) fn validate_customer(input: CustomerInput, now: i64) -> Result<NewCus
         .id
         .clone()
         .unwrap_or_else(|| format!("c_{}", uuid::Uuid::now_v7().simple()));
-    if !model::is_customer_id(&id) {
+    if !domain::is_customer_id(&id) {
         return Err(invalid(format!(
             "id {:?} must be 1-128 printable ASCII characters without /",
             id.chars().take(40).collect::<String>()
@@ -213,7 +186,7 @@ pub(crate) fn validate_customer(input: CustomerInput, now: i64) -> Result<NewCus
     }
     check_text("name", &input.name)?;
     if let Some(s) = &input.source {
-        if !model::is_slug(s) {
+        if !domain::is_slug(s) {
             return Err(invalid(
                 "source must be 1-64 characters of a-z, 0-9, _ and -",
             ));
@@ -230,33 +203,16 @@ pub(crate) fn validate_customer(input: CustomerInput, now: i64) -> Result<NewCus
     })
 }
 
-impl Crm {
-    pub fn new(store: Store, packs: Packs) -> Crm {
-        let group_commit = (store.backend() == Backend::Sqlite).then(Arc::default);
-        Crm {
-            store,
-            packs,
-            group_commit,
-            chunk_lease: crate::registry::CHUNK_LEASE,
-        }
-    }
+/// Customers: their profiles, views, lists, timelines and follow-ups.
+#[derive(Clone, Debug)]
+pub struct Customers {
+    store: Store,
+    packs: Packs,
+}
 
-    /// Sets how long a bulk job's chunk claim lasts without its heartbeat
-    /// (default [`crate::registry::CHUNK_LEASE`]); the heartbeat renews it every quarter.
-    pub fn with_chunk_lease(mut self, lease: std::time::Duration) -> Crm {
-        self.chunk_lease = lease;
-        self
-    }
-
-    pub fn chunk_lease(&self) -> std::time::Duration {
-        self.chunk_lease
-    }
-
-    /// Turns group commit on or off (it is on for SQLite, off for PostgreSQL,
-    /// whose transactions run side by side). The ingest bench compares the two.
-    pub fn with_group_commit(mut self, on: bool) -> Crm {
-        self.group_commit = on.then(Arc::default);
-        self
+impl Customers {
+    pub(crate) fn new(store: Store, packs: Packs) -> Customers {
+        Customers { store, packs }
     }
 
     /// Creates a customer; returns its id.
@@ -282,7 +238,7 @@ impl Crm {
     ) -> Result<(), CrmError> {
         check_text("name", &patch.name)?;
         if let Some(s) = &patch.source {
-            if !model::is_slug(s) {
+            if !domain::is_slug(s) {
                 return Err(invalid(
                     "source must be 1-64 characters of a-z, 0-9, _ and -",
                 ));
@@ -301,7 +257,7 @@ impl Crm {
                         o.name()
                     )))
                 }
-                None if !model::is_slug(stage) => {
+                None if !domain::is_slug(stage) => {
                     return Err(invalid(
                         "stage must be 1-64 characters of a-z, 0-9, _ and -",
                     ))
@@ -379,7 +335,7 @@ impl Crm {
             fields: c
                 .fields
                 .iter()
-                .map(|f| (f.key.clone(), model::field_value_to_json(&f.value)))
+                .map(|f| (f.key.clone(), domain::field_value_to_json(&f.value)))
                 .collect(),
             sensitive_fields: c
                 .fields
@@ -398,112 +354,42 @@ impl Crm {
         })
     }
 
-    /// Records one event in its own transaction and runs the plugins on it.
-    /// `now` is what plugins are told (the current time unless replaying history).
-    pub async fn record_event(
+    /// A page of customers that match `filter`.
+    pub async fn list(
         &self,
         tenant: &str,
-        customer_id: &str,
-        input: &EventInput,
-        idempotency_key: Option<&str>,
-        now: Option<i64>,
-    ) -> Result<EventOutcome, CrmError> {
-        if let Some(k) = idempotency_key {
-            model::check_idempotency_key(k).map_err(invalid)?;
-        }
-        let wall = now_ms();
-        let event = input.validate(wall)?;
-        let now = now.unwrap_or(wall);
-        let packs = self.packs.for_tenant(tenant);
-        let job = EventJob::new(
-            packs.clone(),
-            tenant,
-            customer_id,
-            event,
-            idempotency_key,
-            now,
-        );
-        let outcome = match &self.group_commit {
-            Some(g) => {
-                // The plugins run before the event joins the queue, beside the
-                // other requests' and outside the writer's hold.
-                let ahead = pipeline::evaluate_ahead(&self.store, &job).await;
-                let job = EventJob {
-                    ahead: ahead.map(Arc::new),
-                    ..job
-                };
-                self.record_grouped(g, job).await?
-            }
-            None => self.record_alone(job).await?,
-        };
-        if !outcome.replayed {
-            for p in &packs.packs {
-                let failure = outcome.failures.iter().find(|f| f.plugin == p.name());
-                self.record_health(tenant, p, failure.map(|f| f.message.as_str()))
-                    .await;
-            }
-        }
-        Ok(outcome)
+        filter: &store::CustomerFilter,
+    ) -> Result<Vec<store::CustomerSummary>, CrmError> {
+        let mut conn = self.store.conn().await?;
+        Ok(store::list_customers(&mut conn, tenant, filter).await?)
     }
 
-    /// Records one event in a transaction of its own.
-    pub(crate) async fn record_alone(&self, job: EventJob) -> Result<EventOutcome, CrmError> {
+    /// A customer's timeline, newest first; `None` if there is no such customer.
+    pub async fn timeline(
+        &self,
+        tenant: &str,
+        id: &str,
+        limit: i64,
+    ) -> Result<Option<Vec<store::TimelineEntry>>, CrmError> {
+        let mut conn = self.store.conn().await?;
+        if !store::customer_exists(&mut conn, tenant, id).await? {
+            return Ok(None);
+        }
+        Ok(Some(store::timeline(&mut conn, tenant, id, limit).await?))
+    }
+
+    /// Marks an open follow-up done; `false` if there is no such open follow-up.
+    pub async fn complete_follow_up(
+        &self,
+        tenant: &str,
+        id: &str,
+        follow_up: i64,
+    ) -> Result<bool, CrmError> {
         let mut tx = self.store.begin().await?;
-        let key = job.idempotency_key.as_deref();
-        match pipeline::record_one(&mut tx, &job).await {
-            Ok(o) if o.replayed => Ok(o),
-            Ok(o) => match tx.commit().await {
-                Ok(()) => Ok(o),
-                Err(e) => self.replay_on_race(&job.tenant, key, e).await,
-            },
-            Err(PipelineError::Store(e)) => {
-                drop(tx);
-                self.replay_on_race(&job.tenant, key, e).await
-            }
-            Err(e) => Err(e.into()),
+        if !store::complete_follow_up(tx.conn(), tenant, id, follow_up, now_ms()).await? {
+            return Ok(false);
         }
-    }
-
-    /// Two requests with one idempotency key raced and the other won: answer
-    /// with what it stored.
-    async fn replay_on_race(
-        &self,
-        tenant: &str,
-        key: Option<&str>,
-        e: StoreError,
-    ) -> Result<EventOutcome, CrmError> {
-        if let (Some(key), true) = (key, e.is_unique_violation()) {
-            let mut conn = self.store.conn().await?;
-            if let Some((_, _, outcome)) = store::event_by_key(&mut conn, tenant, key).await? {
-                let mut o: EventOutcome = serde_json::from_value(outcome)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                o.replayed = true;
-                return Ok(o);
-            }
-        }
-        Err(e.into())
-    }
-
-    /// A tenant, an admin token and an audit line: what `stagecraft token create` does.
-    pub async fn create_token(
-        &self,
-        tenant: &str,
-        role: model::Role,
-        label: &str,
-    ) -> Result<store::NewToken, CrmError> {
-        let mut tx = self.store.begin().await?;
-        store::ensure_tenant(tx.conn(), tenant, tenant).await?;
-        let t = store::create_token(tx.conn(), tenant, role, label).await?;
-        store::audit(
-            tx.conn(),
-            tenant,
-            "cli",
-            "token.create",
-            &t.id,
-            &json!({ "role": role, "label": label }),
-        )
-        .await?;
         tx.commit().await?;
-        Ok(t)
+        Ok(true)
     }
 }

@@ -1,0 +1,183 @@
+//! The services: the operations the HTTP API and the command line share. Each
+//! owns its part of the data and keeps its fields private; the edges (`http`,
+//! `cli`) call services and never the store.
+//!
+//! - [`Customers`]: profiles, views, lists, timelines, follow-ups.
+//! - [`Events`]: an event through the pipeline, alone or in a group
+//!   ([`group_commit`]), idempotency keys.
+//! - [`Imports`]: CSV and CDNOW imports, in batches.
+//! - [`Registry`]: plugin versions, rule sets, grants, activation, rollback,
+//!   dry-run, `install` (the one path of the API and `stagecraft plugin install`).
+//! - [`Jobs`]: bulk rescore jobs shared by every host.
+//! - [`Breaker`]: suspends a version that keeps failing.
+//! - [`Tokens`]: tenants and API tokens.
+//! - [`Reports`]: the audit log and the analytics.
+//!
+//! [`Crm`] composes them: the application state the edges hold.
+
+pub mod breaker;
+pub mod customers;
+pub mod events;
+pub mod group_commit;
+pub mod import;
+pub mod jobs;
+pub mod registry;
+pub mod reports;
+pub mod tokens;
+
+pub use breaker::Breaker;
+pub use customers::{CustomerInput, CustomerPatch, CustomerView, Customers};
+pub use events::Events;
+pub use import::{ImportError, ImportReport, Imports};
+pub use jobs::Jobs;
+pub use registry::{Registry, RegistryError};
+pub use reports::Reports;
+pub use tokens::Tokens;
+
+/// What the services hand to the edges as they are stored: plain data.
+pub use crate::store::{
+    AuditEntry, CustomerFilter, CustomerSummary, FollowUp, Job, NewToken, Pair, SegmentMembership,
+    StoreError, StoredScore,
+};
+
+use crate::packs::{Packs, TenantPacks};
+use crate::pipeline::PipelineError;
+use crate::store::Store;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A fault of the host itself (a task that panicked), not of the request.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub(crate) fn invalid(m: impl Into<String>) -> CrmError {
+    CrmError::Pipeline(PipelineError::Invalid(m.into()))
+}
+
+/// The application: every service over one store and one set of loaded packs.
+#[derive(Clone, Debug)]
+pub struct Crm {
+    customers: Customers,
+    events: Events,
+    imports: Imports,
+    registry: Registry,
+    jobs: Jobs,
+    tokens: Tokens,
+    reports: Reports,
+    packs: Packs,
+    store: Store,
+    /// How often [`Crm::watch`] re-reads the generations besides notifications.
+    sync_interval: std::time::Duration,
+}
+
+/// The default for how often a host re-reads what every tenant runs.
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Crm {
+    pub fn new(store: Store, packs: Packs) -> Crm {
+        let breaker = Breaker::new(store.clone(), packs.clone());
+        let events = Events::new(store.clone(), packs.clone(), breaker.clone());
+        Crm {
+            customers: Customers::new(store.clone(), packs.clone()),
+            imports: Imports::new(store.clone(), packs.clone()),
+            events,
+            registry: Registry::new(store.clone(), packs.clone()),
+            jobs: Jobs::new(store.clone(), packs.clone()),
+            tokens: Tokens::new(store.clone()),
+            reports: Reports::new(store.clone(), packs.clone()),
+            packs,
+            store,
+            sync_interval: SYNC_INTERVAL,
+        }
+    }
+
+    /// Sets how often [`Crm::watch`] re-reads the generations (default
+    /// [`SYNC_INTERVAL`]); notifications on PostgreSQL arrive at once anyway.
+    pub fn with_sync_interval(mut self, every: std::time::Duration) -> Crm {
+        self.sync_interval = every;
+        self
+    }
+
+    /// Connects to the database at `url` (creating and migrating it as needed).
+    pub async fn connect(url: &str, packs: Packs) -> Result<Crm, StoreError> {
+        Ok(Crm::new(Store::connect(url).await?, packs))
+    }
+
+    /// Sets how long a bulk job's chunk claim lasts without its heartbeat
+    /// (default [`jobs::CHUNK_LEASE`]); the heartbeat renews it every quarter.
+    pub fn with_chunk_lease(mut self, lease: std::time::Duration) -> Crm {
+        self.jobs.set_chunk_lease(lease);
+        self
+    }
+
+    /// Turns group commit on or off (see [`Events`]); the ingest bench compares the two.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn with_group_commit(mut self, on: bool) -> Crm {
+        self.events.set_group_commit(on);
+        self
+    }
+
+    pub fn customers(&self) -> &Customers {
+        &self.customers
+    }
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+    pub fn imports(&self) -> &Imports {
+        &self.imports
+    }
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+    pub fn reports(&self) -> &Reports {
+        &self.reports
+    }
+
+    /// What `tenant` runs now (for rendering reasons in its language).
+    pub fn tenant_packs(&self, tenant: &str) -> Arc<TenantPacks> {
+        self.packs.for_tenant(tenant)
+    }
+
+    /// The loaded plugins, their metrics and health.
+    pub fn packs(&self) -> &Packs {
+        &self.packs
+    }
+
+    /// Keeps this host's plugins in step with changes made by any host.
+    pub fn watch(&self) -> tokio::task::JoinHandle<()> {
+        self.packs.watch(self.store.clone(), self.sync_interval)
+    }
+
+    /// Loads what every tenant runs (at start).
+    pub async fn load_all(&self) -> Result<(), crate::packs::PacksError> {
+        self.packs.reload(&self.store, None).await
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// Closes the store's connections (at shutdown).
+    pub async fn close(&self) {
+        self.store.close().await
+    }
+
+    /// The store, for tests that check what was written.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
