@@ -425,3 +425,62 @@ fn json_logs_carry_the_request_id_and_never_a_sensitive_value() {
     );
     assert!(!d.to_string().contains(SECRET), "{d}");
 }
+
+/// `stagecraft plugin install` goes through the registry's own checks, the ones
+/// the API's upload, rule-set and activation requests make: the size cap and the
+/// rules' JSON Schema; a refused install stores nothing (the next install of the
+/// same component is the one that stores it).
+#[test]
+fn plugin_install_makes_the_checks_of_the_api_and_a_refused_one_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let install = |extra: &[&str], file: &Path| {
+        let mut c = stagecraft(dir.path());
+        c.args(["plugin", "install", "--tenant", "shop"])
+            .args(extra)
+            .arg(file);
+        c.output().unwrap()
+    };
+    let fail_text = |out: std::process::Output| {
+        assert!(!out.status.success(), "refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+
+    // Rules that do not fit value-tiers' schema (a string where an integer goes).
+    let rules = dir.path().join("bad.json");
+    std::fs::write(
+        &rules,
+        r#"{"high_min_net_cents": "lots", "high_min_purchase_days": 2, "medium_min_net_cents": 0,
+            "cost_per_order_cents": 0, "cost_per_touchpoint_cents": 0, "cost_per_complaint_cents": 0}"#,
+    )
+    .unwrap();
+    let err = fail_text(install(
+        &["--enable", "--rules", rules.to_str().unwrap()],
+        &common::wasm_path("value_tiers"),
+    ));
+    assert!(
+        err.contains("rule set was rejected") && err.contains("high_min_net_cents"),
+        "{err}"
+    );
+
+    // Over the API's 16 MiB cap: refused before it is even loaded.
+    let big = dir.path().join("big.wasm");
+    let mut bytes = common::wasm("value_tiers");
+    bytes.resize(17 << 20, 0);
+    std::fs::write(&big, bytes).unwrap();
+    let err = fail_text(install(&["--enable"], &big));
+    assert!(err.contains("at most 16777216 are accepted"), "{err}");
+
+    // Nothing was stored by the refusals: this install is the first to store it.
+    let out = install(&["--enable"], &common::wasm_path("value_tiers"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["stored"].as_bool(), v["enabled"].as_bool()),
+        (Some(true), Some(true)),
+        "{v}"
+    );
+}

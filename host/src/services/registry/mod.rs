@@ -148,14 +148,21 @@ impl Registry {
         actor: &str,
         wasm: Vec<u8>,
     ) -> Result<Uploaded, RegistryError> {
+        let plugin = self.check_component(&wasm).await?;
+        self.store_component(tenant, actor, plugin, wasm).await
+    }
+
+    /// The size cap, then the runtime's checks (budgets, contract, manifest)
+    /// and compilation. Loaded apart from the loaded versions, and kept (in
+    /// memory and in the compiled-code cache) only once stored: a refused
+    /// upload leaves nothing.
+    async fn check_component(&self, wasm: &[u8]) -> Result<Arc<LoadedPlugin>, RegistryError> {
         if wasm.len() > MAX_COMPONENT_BYTES {
             return Err(RegistryError::TooLarge(wasm.len()));
         }
-        // Loaded apart from the loaded versions, and kept (in memory and in the
-        // compiled-code cache) only once stored: a refused upload leaves nothing.
         let packs = self.packs.clone();
-        let bytes = wasm.clone();
-        let plugin = crate::spawn_blocking(move || {
+        let bytes = wasm.to_vec();
+        crate::spawn_blocking(move || {
             let digest = crate::runtime::cache::digest(&bytes);
             packs
                 .loaded(&digest)
@@ -163,7 +170,16 @@ impl Registry {
         })
         .await
         .expect("plugin load task")
-        .map_err(RegistryError::Rejected)?;
+        .map_err(RegistryError::Rejected)
+    }
+
+    async fn store_component(
+        &self,
+        tenant: &str,
+        actor: &str,
+        plugin: Arc<LoadedPlugin>,
+        wasm: Vec<u8>,
+    ) -> Result<Uploaded, RegistryError> {
         let m = plugin.manifest().clone();
         let mut tx = self.store.begin().await?;
         let stored =
@@ -440,8 +456,17 @@ impl Registry {
         enable: bool,
         owns_lifecycle: bool,
     ) -> Result<Installed, RegistryError> {
+        // Everything is checked before anything is stored: a refused install
+        // leaves nothing behind.
+        let plugin = self.check_component(&wasm).await?;
+        if let Some(r) = rules {
+            let (p, text) = (plugin.clone(), r.to_string());
+            crate::spawn_blocking(move || check_rules(&p, &text))
+                .await
+                .expect("rules check task")?;
+        }
         self.ensure_tenant(tenant).await?;
-        let uploaded = self.upload_plugin(tenant, actor, wasm).await?;
+        let uploaded = self.store_component(tenant, actor, plugin, wasm).await?;
         let rules_version = match rules {
             Some(r) => Some(
                 self.put_rules(tenant, actor, &uploaded.name, Some(&uploaded.version), r)
