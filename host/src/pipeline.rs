@@ -143,6 +143,10 @@ pub struct EventOutcome {
     pub tags_removed: Vec<String>,
     pub fields_set: BTreeMap<String, serde_json::Value>,
     pub follow_ups: Vec<FollowUpScheduled>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub follow_ups_closed: Vec<FollowUpClosed>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wakes: Vec<WakeSet>,
     pub scores: BTreeMap<String, ScoreChange>,
     pub segments_joined: Vec<String>,
     pub segments_left: Vec<String>,
@@ -165,6 +169,23 @@ pub struct FollowUpScheduled {
     pub due_at: i64,
     pub note: String,
     pub plugin: String,
+    /// The plugin's key (contract 0.2.0): an open follow-up with it is updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A plugin's open follow-up closed by its key (contract 0.2.0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpClosed {
+    pub plugin: String,
+    pub key: String,
+}
+
+/// A plugin's pending wake set (`due_at`) or cancelled (`None`) (contract 0.2.0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeSet {
+    pub plugin: String,
+    pub due_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,11 +409,12 @@ fn run_in_session(
     Ok(out)
 }
 
-/// How many follow-ups `actions` schedule.
+/// How many follow-ups `actions` may open (a keyed one may only update one
+/// already open, but is counted: the cap is an upper bound).
 fn follow_ups_in(actions: &[Action]) -> u32 {
     actions
         .iter()
-        .filter(|a| matches!(a, Action::ScheduleFollowUp { .. }))
+        .filter(|a| matches!(a, Action::ScheduleFollowUp { .. } | Action::FollowUp { .. }))
         .count() as u32
 }
 
@@ -416,7 +438,10 @@ fn apply_to_record(c: &mut CustomerRecord, actions: &[Action]) {
                     sensitive: false,
                 }),
             },
-            Action::ScheduleFollowUp { .. } => {}
+            Action::ScheduleFollowUp { .. }
+            | Action::FollowUp { .. }
+            | Action::CloseFollowUp { .. }
+            | Action::WakeAt { .. } => {}
         }
     }
 }
@@ -901,6 +926,9 @@ pub(crate) struct Effects {
     /// Every field set, in order (a later value of a key wins).
     pub(crate) fields_set: Vec<FieldEntry>,
     pub(crate) follow_ups: Vec<FollowUpScheduled>,
+    pub(crate) follow_ups_closed: Vec<FollowUpClosed>,
+    /// At most one per plugin: its last request.
+    pub(crate) wakes: Vec<WakeSet>,
     pub(crate) scores: Vec<StoredScore>,
     /// (plugin, its segments with reasons).
     pub(crate) segments: Vec<(String, Vec<(String, RenderedReason)>)>,
@@ -957,6 +985,35 @@ pub(crate) fn effects(before: &CustomerRecord, outputs: &[PluginOutput], now: i6
                         due_at: now + *due_in_hours as i64 * 3_600_000,
                         note: note.clone(),
                         plugin: o.name.clone(),
+                        key: None,
+                    })
+                }
+                Action::FollowUp { key, due, note } => {
+                    // A later proposal with the same key in one answer wins.
+                    fx.follow_ups
+                        .retain(|f| !(f.plugin == o.name && f.key.as_deref() == Some(key)));
+                    fx.follow_ups_closed
+                        .retain(|c| !(c.plugin == o.name && c.key == *key));
+                    fx.follow_ups.push(FollowUpScheduled {
+                        due_at: *due,
+                        note: note.clone(),
+                        plugin: o.name.clone(),
+                        key: Some(key.clone()),
+                    })
+                }
+                Action::CloseFollowUp { key } => {
+                    fx.follow_ups
+                        .retain(|f| !(f.plugin == o.name && f.key.as_deref() == Some(key)));
+                    fx.follow_ups_closed.push(FollowUpClosed {
+                        plugin: o.name.clone(),
+                        key: key.clone(),
+                    })
+                }
+                Action::WakeAt { at } => {
+                    fx.wakes.retain(|w| w.plugin != o.name);
+                    fx.wakes.push(WakeSet {
+                        plugin: o.name.clone(),
+                        due_at: *at,
                     })
                 }
             }
@@ -1029,6 +1086,12 @@ fn queue_writes(
             .fields_set
             .insert(f.key.clone(), domain::field_value_to_json(&f.value));
     }
+    // Per plugin and key an answer either closes or opens (updates): `effects`
+    // keeps its last word, so the order of these writes does not matter.
+    for c in &fx.follow_ups_closed {
+        store::queue_close_follow_up(writes, tenant, customer_id, &c.plugin, &c.key, now);
+    }
+    outcome.follow_ups_closed = fx.follow_ups_closed;
     for f in fx.follow_ups {
         store::queue_follow_up(
             writes,
@@ -1037,11 +1100,16 @@ fn queue_writes(
             f.due_at,
             &f.note,
             Some(&f.plugin),
+            f.key.as_deref(),
             ev_id,
             now,
         );
         outcome.follow_ups.push(f);
     }
+    for w in &fx.wakes {
+        store::queue_wake(writes, tenant, customer_id, &w.plugin, w.due_at, ev_id, now);
+    }
+    outcome.wakes = fx.wakes;
     let scores: Vec<(String, StoredScore)> = fx
         .scores
         .into_iter()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -483,4 +483,90 @@ fn plugin_install_makes_the_checks_of_the_api_and_a_refused_one_stores_nothing()
         (Some(true), Some(true)),
         "{v}"
     );
+}
+
+/// A database written by the release before contract 0.2.0 (schema of
+/// migration 0006, value-tiers built with the 0.1.0 SDK stored and enabled,
+/// nine CDNOW customers imported and rescored by that release;
+/// `tests/fixtures/contract-0.1.0/before-upgrade.db`)
+/// is upgraded in place, and its stored 0.1.0 plugin loads and answers: a
+/// rescore gives every customer the score the old release stored, and a new
+/// event is scored by it.
+#[test]
+fn a_database_from_before_the_upgrade_keeps_its_0_1_0_plugin_working() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/contract-0.1.0/before-upgrade.db"),
+        dir.path().join("stagecraft.db"),
+    )
+    .unwrap();
+    let token = json_out(
+        stagecraft(dir.path()).args(["token", "create", "--tenant", "shop", "--role", "admin"]),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = Server(
+        stagecraft(dir.path())
+            .args(["serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_healthy(&base);
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| -> Value {
+        let r = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().unwrap()
+    };
+    let stored: Vec<(String, Value)> = (1..=9)
+        .map(|i| {
+            let id = format!("0000{i}");
+            let c = get(&format!("/v1/customers/{id}"));
+            (id, c["scores"]["value-tiers"]["value"].clone())
+        })
+        .collect();
+    assert_eq!(stored[2], ("00003".to_string(), json!(126.46)));
+
+    let r = http
+        .post(format!("{base}/v1/rescore"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = get(job["status"].as_str().unwrap());
+        if j["status"] == "done" {
+            assert_eq!(j["done"], 9, "{j}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (id, value) in &stored {
+        let c = get(&format!("/v1/customers/{id}"));
+        assert_eq!(&c["scores"]["value-tiers"]["value"], value, "{id}");
+    }
+    let r = http
+        .post(format!("{base}/v1/customers/00001/events"))
+        .bearer_auth(&token)
+        .json(&json!({"kind": "order", "amount_cents": 5000}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let o: Value = r.json().unwrap();
+    assert_eq!(o["scores"]["value-tiers"]["version"], "0.1.0", "{o}");
+    assert!(o["failures"].as_array().unwrap().is_empty(), "{o}");
 }

@@ -85,7 +85,7 @@ fn check_rejects_a_core_module() {
 fn check_rejects_a_component_of_another_world() {
     check_fails_with(
         &wasm_path("other-world"),
-        "not a Stagecraft plugin: it does not export stagecraft:plugin/pack@0.1.0 (it exports: wasi:cli/run@",
+        "not a Stagecraft plugin: it does not export stagecraft:plugin/pack@0.1.0 or @0.2.0 (it exports: wasi:cli/run@",
     );
 }
 

@@ -1,10 +1,11 @@
 """value-tiers, ported to Python: the same four return classes, reasons and rule
 set as the Rust pack (plugins/value-tiers), built into a component with
-componentize-py against the same wit/ contract. It shows the contract is
-language-neutral; the tests check both builds give identical scores.
+componentize-py against contract 0.1.0 (wit/0.1.0). It shows the contract is
+language-neutral, and keeps a 0.1.0 component built from source beside the
+host's newer contract; the tests check both builds give identical scores.
 
 Build (cargo xtask plugins does this):
-    componentize-py -d ../../wit -w plugin componentize app -o value_tiers_py.wasm
+    componentize-py -d ../../wit/0.1.0 -w plugin componentize app -o value_tiers_py.wasm
 """
 import json
 import struct

@@ -238,7 +238,9 @@ fn python_plugins(root: &Path, out: &Path) -> Result<()> {
         return Ok(());
     }
     ensure_componentize_py()?;
-    let wit = root.join("wit");
+    // The Python port stays on contract 0.1.0: a live 0.1.0 build beside the
+    // kept fixtures, built from source on every run.
+    let wit = root.join("wit/0.1.0");
     for dir in dirs {
         let name = dir
             .file_name()

@@ -28,6 +28,8 @@ pub const MAX_ID: usize = 128;
 pub const MAX_CUSTOMER_TAGS: usize = 256;
 pub const MAX_CUSTOMER_FIELDS: usize = 256;
 pub const MAX_OPEN_FOLLOW_UPS: u32 = 100;
+/// How far ahead a plugin may schedule anything (a follow-up, a wake): two years.
+pub const HORIZON_MS: i64 = 731 * 24 * 3_600_000;
 
 /// What a token may do. Each role includes the ones before it.
 #[derive(

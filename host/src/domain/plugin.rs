@@ -77,13 +77,38 @@ pub enum FieldValue {
 
 /// A change a plugin proposes; the pipeline validates it before applying it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
+#[serde(tag = "action", content = "with", rename_all = "snake_case")]
 pub enum Action {
-    MoveToStage { stage: String, reason: Reason },
+    MoveToStage {
+        stage: String,
+        reason: Reason,
+    },
     AddTag(String),
     RemoveTag(String),
-    SetField { key: String, value: FieldValue },
-    ScheduleFollowUp { due_in_hours: u32, note: String },
+    SetField {
+        key: String,
+        value: FieldValue,
+    },
+    /// An unkeyed follow-up due `due_in_hours` after the call's `now` (0.1.0 and on).
+    ScheduleFollowUp {
+        due_in_hours: u32,
+        note: String,
+    },
+    /// Opens, or updates while open, this plugin's follow-up with `key` (0.2.0).
+    FollowUp {
+        key: String,
+        due: i64,
+        note: String,
+    },
+    /// Closes this plugin's open follow-up with `key`, if any (0.2.0).
+    CloseFollowUp {
+        key: String,
+    },
+    /// Sets (`Some`) or cancels (`None`) this plugin's one pending wake for the
+    /// customer (0.2.0).
+    WakeAt {
+        at: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

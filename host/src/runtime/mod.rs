@@ -50,24 +50,24 @@
 //!   cleaned and cut. Nothing of a refused component is kept, in memory or on disk:
 //!   its compiled code is cached only when [`LoadedPlugin::keep_compiled`] says so.
 
-mod bindings;
 pub mod budget;
 pub mod cache;
+pub mod contract;
 pub mod sandbox;
 pub mod schema;
 
 pub use crate::domain::plugin::*;
 pub use crate::domain::text::{is_reason_code, is_slug, is_valid_tag};
-pub use bindings::{HOST_IMPORT, PACK_EXPORT};
+pub use contract::Version;
 
-use bindings::{Plugin as WitPlugin, PluginPre, WitContext};
+use contract::{Bindings, Pre};
 use sandbox::PluginState;
 use stagecraft_plugin::snapshot::{self, Customer, Event};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 /// How often the epoch ticker advances; deadlines are rounded up to it.
@@ -111,7 +111,7 @@ pub enum RuntimeError {
     NotWasm,
     #[error("a core WebAssembly module, not a component: build the plugin for wasm32-wasip2")]
     NotComponent,
-    #[error("not a Stagecraft plugin: it does not export {PACK_EXPORT} (it exports: {0})")]
+    #[error("not a Stagecraft plugin: it does not export {} (it exports: {})", Version::expected(), .0)]
     WrongWorld(String),
     #[error("imports {0}, which Stagecraft does not grant to plugins")]
     ForbiddenImport(String),
@@ -240,8 +240,7 @@ impl Runtime {
 
         let mut linker = Linker::<PluginState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-        WitPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
-            .map_err(engine_err)?;
+        contract::add_to_linker(&mut linker).map_err(engine_err)?;
 
         let cache = match cache_dir {
             Some(dir) => Some(
@@ -323,14 +322,14 @@ impl Runtime {
                 (c, false)
             }
         };
-        check_world(engine, &component)?;
+        let version = check_world(engine, &component)?;
         let pre = self
             .inner
             .linker
             .instantiate_pre(&component)
             .map_err(|e| RuntimeError::Invalid(format!("{e:#}")))?;
-        let pre = PluginPre::new(pre).map_err(|e| {
-            RuntimeError::WrongWorld(format!("{PACK_EXPORT} with other types: {e:#}"))
+        let pre = Pre::new(version, pre).map_err(|e| {
+            RuntimeError::WrongWorld(format!("{} with other types: {e:#}", version.pack_export()))
         })?;
 
         let mut plugin = LoadedPlugin {
@@ -339,6 +338,7 @@ impl Runtime {
             size: bytes.len(),
             component,
             cached,
+            version,
             pre,
             label: Arc::from(format!("sha256:{}", &digest[..12])),
             manifest: None,
@@ -350,8 +350,7 @@ impl Runtime {
         };
         let manifest: Manifest = {
             let mut s = plugin.instantiate(&ctx)?;
-            s.guarded(|b, st| b.stagecraft_plugin_pack().call_describe(st))?
-                .into()
+            s.guarded(|b, st| b.describe(st))?
         };
         validate_manifest(&manifest)?;
         let rules_schema = match &manifest.rules_schema {
@@ -397,7 +396,9 @@ fn check_binary(bytes: &[u8]) -> Result<(), RuntimeError> {
     }
 }
 
-fn check_world(engine: &Engine, component: &Component) -> Result<(), RuntimeError> {
+/// Refuses imports beyond the grant, and finds the contract version whose
+/// `pack` the component exports.
+fn check_world(engine: &Engine, component: &Component) -> Result<Version, RuntimeError> {
     let ty = component.component_type();
     let forbidden: Vec<String> = ty
         .imports(engine)
@@ -411,15 +412,15 @@ fn check_world(engine: &Engine, component: &Component) -> Result<(), RuntimeErro
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    if !exports.iter().any(|e| e == PACK_EXPORT) {
+    let Some(version) = Version::of_exports(exports.iter().map(String::as_str)) else {
         let list = if exports.is_empty() {
             "nothing".to_string()
         } else {
             exports.join(", ")
         };
         return Err(RuntimeError::WrongWorld(list));
-    }
-    Ok(())
+    };
+    Ok(version)
 }
 
 fn validate_manifest(m: &Manifest) -> Result<(), RuntimeError> {
@@ -524,7 +525,9 @@ pub struct LoadedPlugin {
     component: Component,
     /// Whether the compiled code came from (so is already in) the on-disk cache.
     cached: bool,
-    pre: PluginPre<PluginState>,
+    /// The contract version the component implements.
+    version: Version,
+    pre: Pre,
     label: Arc<str>,
     manifest: Option<Manifest>,
     rules_schema: Option<Arc<schema::RulesSchema>>,
@@ -544,6 +547,10 @@ impl LoadedPlugin {
         self.manifest
             .as_ref()
             .expect("manifest is set by Runtime::load")
+    }
+    /// The contract version the component implements (`0.1.0`, `0.2.0`).
+    pub fn contract(&self) -> Version {
+        self.version
     }
     /// Hex sha256 of the component bytes.
     pub fn digest(&self) -> &str {
@@ -603,8 +610,7 @@ impl LoadedPlugin {
     ) -> Result<Session<'_>, RuntimeError> {
         let mut s = self.instantiate(ctx)?;
         let rules = rules.unwrap_or(&self.manifest().default_rules).to_string();
-        let configured =
-            s.guarded(|b, st| b.stagecraft_plugin_pack().call_configure(st, &rules))?;
+        let configured = s.guarded(|b, st| b.configure(st, &rules))?;
         configured.map_err(|e| s.plugin_error(e))?;
         Ok(s)
     }
@@ -635,7 +641,7 @@ impl LoadedPlugin {
 pub struct Session<'p> {
     plugin: &'p LoadedPlugin,
     store: Store<PluginState>,
-    bindings: Option<WitPlugin>,
+    bindings: Option<Bindings>,
     failed: bool,
 }
 
@@ -670,7 +676,7 @@ impl Session<'_> {
     /// Runs one call into the guest with its bindings; see [`Session::run`].
     fn guarded<R>(
         &mut self,
-        f: impl FnOnce(&WitPlugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bindings, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, RuntimeError> {
         let Some(b) = self.bindings.take() else {
             return Err(RuntimeError::Poisoned {
@@ -735,13 +741,6 @@ impl Session<'_> {
         })
     }
 
-    fn wit_ctx(ctx: &CallContext) -> WitContext {
-        WitContext {
-            now: ctx.now,
-            tenant: ctx.tenant.clone(),
-        }
-    }
-
     fn bad_output(&self, message: String) -> RuntimeError {
         RuntimeError::BadOutput {
             plugin: self.plugin.label.to_string(),
@@ -749,10 +748,10 @@ impl Session<'_> {
         }
     }
 
-    fn plugin_error(&self, e: bindings::stagecraft::plugin::types::PluginError) -> RuntimeError {
+    fn plugin_error(&self, e: PluginError) -> RuntimeError {
         RuntimeError::Plugin {
             plugin: self.plugin.label.to_string(),
-            error: self.redact_error(e.into()),
+            error: self.redact_error(e),
         }
     }
 
@@ -786,9 +785,8 @@ impl Session<'_> {
         snapshot: &Vec<u8>,
         count: usize,
     ) -> Result<Vec<Result<Score, PluginError>>, RuntimeError> {
-        let wctx = Self::wit_ctx(ctx);
         let out = self
-            .guarded(|b, st| b.stagecraft_plugin_pack().call_score(st, &wctx, snapshot))?
+            .guarded(|b, st| b.score(st, ctx.now, &ctx.tenant, snapshot))?
             .map_err(|e| self.plugin_error(e))?;
         if out.len() != count {
             return Err(self.bad_output(format!("{} scores for {count} customers", out.len())));
@@ -797,8 +795,7 @@ impl Session<'_> {
         Ok(out
             .into_iter()
             .map(|r| {
-                r.map_err(PluginError::from)
-                    .and_then(|s| check_score(m, s.into()))
+                r.and_then(|s| check_score(m, s))
                     .map_err(|e| self.redact_error(e))
             })
             .collect())
@@ -811,12 +808,8 @@ impl Session<'_> {
         batch: &[Customer<'_>],
     ) -> Result<Vec<Result<Vec<Membership>, PluginError>>, RuntimeError> {
         let snapshot = encode_batch(batch, self.plugin.manifest().reads)?;
-        let wctx = Self::wit_ctx(ctx);
         let out = self
-            .guarded(|b, st| {
-                b.stagecraft_plugin_pack()
-                    .call_segment(st, &wctx, &snapshot)
-            })?
+            .guarded(|b, st| b.segment(st, ctx.now, &ctx.tenant, &snapshot))?
             .map_err(|e| self.plugin_error(e))?;
         if out.len() != batch.len() {
             return Err(self.bad_output(format!(
@@ -829,8 +822,7 @@ impl Session<'_> {
         Ok(out
             .into_iter()
             .map(|r| {
-                r.map_err(PluginError::from)
-                    .and_then(|ms| check_memberships(m, ms.into_iter().map(Into::into).collect()))
+                r.and_then(|ms| check_memberships(m, ms))
                     .map_err(|e| self.redact_error(e))
             })
             .collect())
@@ -848,12 +840,25 @@ impl Session<'_> {
         let reads = self.plugin.manifest().reads;
         let c = encode_customer(customer, reads)?;
         let e = snapshot::encode_event(event).map_err(|e| RuntimeError::Snapshot(e.0))?;
-        let wctx = Self::wit_ctx(ctx);
-        let out = self
-            .guarded(|b, st| b.stagecraft_plugin_pack().call_on_event(st, &wctx, &c, &e))?
+        let actions = self
+            .guarded(|b, st| b.on_event(st, ctx.now, &ctx.tenant, &c, &e))?
             .map_err(|e| self.plugin_error(e))?;
-        let actions: Vec<Action> = out.into_iter().map(Into::into).collect();
-        check_actions(self.plugin.manifest(), &actions).map_err(|m| self.bad_output(m))?;
+        check_actions(self.plugin.manifest(), ctx.now, &actions).map_err(|m| self.bad_output(m))?;
+        Ok(actions)
+    }
+
+    /// The actions the plugin proposes when a wake it asked for is due
+    /// (`ctx.now` is the wake's time). Checked like [`Session::on_event`]'s.
+    pub fn on_wake(
+        &mut self,
+        ctx: &CallContext,
+        customer: &Customer<'_>,
+    ) -> Result<Vec<Action>, RuntimeError> {
+        let c = encode_customer(customer, self.plugin.manifest().reads)?;
+        let actions = self
+            .guarded(|b, st| b.on_wake(st, ctx.now, &ctx.tenant, &c))?
+            .map_err(|e| self.plugin_error(e))?;
+        check_actions(self.plugin.manifest(), ctx.now, &actions).map_err(|m| self.bad_output(m))?;
         Ok(actions)
     }
 }
@@ -917,7 +922,18 @@ fn check_memberships(m: &Manifest, ms: Vec<Membership>) -> Result<Vec<Membership
     Ok(ms)
 }
 
-fn check_actions(m: &Manifest, actions: &[Action]) -> Result<(), String> {
+fn check_actions(m: &Manifest, now: i64, actions: &[Action]) -> Result<(), String> {
+    let horizon = now.saturating_add(crate::domain::HORIZON_MS);
+    let check_key = |key: &str| {
+        if is_reason_code(key) {
+            Ok(())
+        } else {
+            Err(format!(
+                "follow-up key {:?} is not 1-64 characters of [a-z0-9_.:-]",
+                truncate_for_message(key)
+            ))
+        }
+    };
     if actions.len() > MAX_ACTIONS {
         return Err(format!(
             "{} actions, at most {MAX_ACTIONS} allowed",
@@ -975,6 +991,22 @@ fn check_actions(m: &Manifest, actions: &[Action]) -> Result<(), String> {
                     return Err(format!("the follow-up note {p}"));
                 }
             }
+            Action::FollowUp { key, due, note } => {
+                check_key(key)?;
+                if *due > horizon {
+                    return Err(format!(
+                        "follow-up {key} is due more than two years after now"
+                    ));
+                }
+                if let Some(p) = crate::domain::text::text_problem(note, MAX_TEXT) {
+                    return Err(format!("the note of follow-up {key} {p}"));
+                }
+            }
+            Action::CloseFollowUp { key } => check_key(key)?,
+            Action::WakeAt { at: Some(at) } if *at > horizon => {
+                return Err("asks to be woken more than two years after now".into());
+            }
+            Action::WakeAt { .. } => {}
         }
     }
     Ok(())
@@ -1101,9 +1133,45 @@ mod tests {
                 due_in_hours: 48,
                 note: "ask about the sample".into(),
             },
+            Action::FollowUp {
+                key: "lapse:check-in".into(),
+                due: NOW + 3_600_000,
+                note: "call before the plan lapses".into(),
+            },
+            Action::CloseFollowUp {
+                key: "welcome".into(),
+            },
+            Action::WakeAt {
+                at: Some(NOW + crate::domain::HORIZON_MS),
+            },
+            Action::WakeAt { at: Some(NOW - 1) },
+            Action::WakeAt { at: None },
         ];
-        assert_eq!(check_actions(&m, &ok), Ok(()));
-        let bad = |a: Action| check_actions(&m, &[a]).unwrap_err();
+        assert_eq!(check_actions(&m, NOW, &ok), Ok(()));
+        let bad = |a: Action| check_actions(&m, NOW, &[a]).unwrap_err();
+        assert!(bad(Action::WakeAt {
+            at: Some(NOW + crate::domain::HORIZON_MS + 1)
+        })
+        .contains("two years"));
+        assert!(bad(Action::FollowUp {
+            key: "Not A Key".into(),
+            due: NOW,
+            note: String::new()
+        })
+        .contains("follow-up key"));
+        assert!(bad(Action::CloseFollowUp { key: String::new() }).contains("follow-up key"));
+        assert!(bad(Action::FollowUp {
+            key: "k".into(),
+            due: NOW + crate::domain::HORIZON_MS + 1,
+            note: String::new()
+        })
+        .contains("two years"));
+        assert!(bad(Action::FollowUp {
+            key: "k".into(),
+            due: NOW,
+            note: "a\0b".into()
+        })
+        .contains("NUL"));
         assert!(bad(Action::MoveToStage {
             stage: "vip".into(),
             reason: reason.clone()
@@ -1132,8 +1200,12 @@ mod tests {
         })
         .contains("not declared"));
         let many: Vec<Action> = (0..65).map(|i| Action::AddTag(format!("t{i}"))).collect();
-        assert!(check_actions(&m, &many).unwrap_err().contains("65 actions"));
+        assert!(check_actions(&m, NOW, &many)
+            .unwrap_err()
+            .contains("65 actions"));
     }
+
+    const NOW: i64 = 1_780_000_000_000;
 
     #[test]
     fn binary_sniffing() {

@@ -1,6 +1,6 @@
 //! What a plugin instance sees: an empty, deterministic WASI, a log, a memory cap.
 
-use super::bindings::{self, WitLevel};
+use super::contract::{v0_1, v0_2, Version};
 use crate::domain::plugin::Level;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,10 @@ pub const ALLOWED_WASI: &[&str] = &[
 
 /// Whether a component may import `name` (e.g. `wasi:cli/stderr@0.2.3`).
 pub fn import_allowed(name: &str) -> bool {
-    if name == bindings::HOST_IMPORT || name == bindings::TYPES_IMPORT {
+    if Version::ALL
+        .iter()
+        .any(|v| v.imports().iter().any(|i| i == name))
+    {
         return true;
     }
     let (iface, version) = name.split_once('@').unwrap_or((name, ""));
@@ -230,10 +233,24 @@ impl WasiView for PluginState {
     }
 }
 
-impl bindings::stagecraft::plugin::types::Host for PluginState {}
+impl v0_1::stagecraft::plugin::types::Host for PluginState {}
+impl v0_2::stagecraft::plugin::types::Host for PluginState {}
 
-impl bindings::stagecraft::plugin::host::Host for PluginState {
-    fn log(&mut self, level: WitLevel, message: String) {
+impl v0_1::stagecraft::plugin::host::Host for PluginState {
+    fn log(&mut self, level: v0_1::stagecraft::plugin::host::Level, message: String) {
+        self.log(level.into(), message)
+    }
+}
+
+impl v0_2::stagecraft::plugin::host::Host for PluginState {
+    fn log(&mut self, level: v0_2::stagecraft::plugin::host::Level, message: String) {
+        self.log(level.into(), message)
+    }
+}
+
+impl PluginState {
+    /// `host.log`, whatever the plugin's contract version.
+    fn log(&mut self, level: Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {
             if self.log_lines == MAX_LOG_LINES + 1 {
@@ -243,7 +260,7 @@ impl bindings::stagecraft::plugin::host::Host for PluginState {
         }
         let message = self.redact(&message);
         let message = truncate(&message, MAX_LOG_LINE);
-        match Level::from(level) {
+        match level {
             Level::Debug => tracing::debug!(plugin = %self.label, "{message}"),
             Level::Info => tracing::info!(plugin = %self.label, "{message}"),
             Level::Warn => tracing::warn!(plugin = %self.label, "{message}"),
@@ -264,6 +281,9 @@ mod tests {
         assert!(!import_allowed("wasi:sockets/tcp@0.2.3"));
         assert!(!import_allowed("wasi:http/outgoing-handler@0.2.3"));
         assert!(!import_allowed("wasi:cli/stderr@0.3.0"));
-        assert!(!import_allowed("stagecraft:plugin/host@0.2.0"));
+        assert!(import_allowed("stagecraft:plugin/host@0.2.0"));
+        assert!(import_allowed("stagecraft:plugin/types@0.2.0"));
+        assert!(!import_allowed("stagecraft:plugin/host@0.3.0"));
+        assert!(!import_allowed("stagecraft:plugin/host@1.0.0"));
     }
 }

@@ -77,6 +77,8 @@ pub struct CustomerView {
     pub segments: Vec<store::SegmentMembership>,
     pub scores: BTreeMap<String, store::StoredScore>,
     pub follow_ups: Vec<store::FollowUp>,
+    /// Plugins' pending wakes (contract 0.2.0), soonest first.
+    pub wakes: Vec<store::Wake>,
 }
 
 /// Free text a client sends (a name): at most [`domain::MAX_TEXT`] bytes, no NUL or
@@ -351,6 +353,7 @@ impl Customers {
                 .map(|s| (s.plugin.clone(), s))
                 .collect(),
             follow_ups: store::open_follow_ups(&mut conn, tenant, id).await?,
+            wakes: store::wakes_of(&mut conn, tenant, id).await?,
         })
     }
 

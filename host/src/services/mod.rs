@@ -37,7 +37,7 @@ pub use tokens::Tokens;
 /// What the services hand to the edges as they are stored: plain data.
 pub use crate::store::{
     AuditEntry, CustomerFilter, CustomerSummary, FollowUp, Job, NewToken, Pair, SegmentMembership,
-    StoreError, StoredScore,
+    StoreError, StoredScore, Wake,
 };
 
 use crate::packs::{Packs, TenantPacks};

@@ -446,10 +446,15 @@ pub struct FollowUp {
     pub note: String,
     pub status: String,
     pub plugin: Option<String>,
+    /// The plugin's key for it (contract 0.2.0), if it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     pub created_at: i64,
 }
 
-/// Queues a follow-up for staff, due at `due_at`, in `batch`.
+/// Queues a follow-up for staff, due at `due_at`, in `batch`. With a `key`, an
+/// open follow-up of the same plugin and key is updated instead (due time,
+/// note, and the event that last asked for it).
 #[allow(clippy::too_many_arguments)]
 pub fn queue_follow_up(
     batch: &mut Batch,
@@ -458,12 +463,16 @@ pub fn queue_follow_up(
     due_at: i64,
     note: &str,
     plugin: Option<&str>,
+    key: Option<&str>,
     event_id: Option<&str>,
     at: i64,
 ) {
     batch.push(
-        "INSERT INTO follow_ups (tenant_id, customer_id, due_at, note, status, plugin, event_id, created_at) \
-         VALUES (?, ?, ?, ?, 'open', ?, ?, ?)"
+        "INSERT INTO follow_ups (tenant_id, customer_id, due_at, note, status, plugin, follow_up_key, event_id, created_at) \
+         VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, customer_id, plugin, follow_up_key) \
+           WHERE status = 'open' AND follow_up_key IS NOT NULL \
+         DO UPDATE SET due_at = excluded.due_at, note = excluded.note, event_id = excluded.event_id"
             .into(),
         vec![
             tenant.into(),
@@ -471,10 +480,91 @@ pub fn queue_follow_up(
             due_at.into(),
             note.into(),
             plugin.into(),
+            key.into(),
             event_id.into(),
             at.into(),
         ],
     );
+}
+
+/// Queues the closing of `plugin`'s open follow-up with `key`, if there is one.
+pub fn queue_close_follow_up(
+    batch: &mut Batch,
+    tenant: &str,
+    id: &str,
+    plugin: &str,
+    key: &str,
+    at: i64,
+) {
+    batch.push(
+        "UPDATE follow_ups SET status = 'closed', done_at = ? \
+         WHERE tenant_id = ? AND customer_id = ? AND plugin = ? AND follow_up_key = ? AND status = 'open'"
+            .into(),
+        vec![at.into(), tenant.into(), id.into(), plugin.into(), key.into()],
+    );
+}
+
+/// Queues `plugin`'s one pending wake for the customer: set (replacing any
+/// earlier one, and any claim on it) or, with `None`, cancelled.
+pub fn queue_wake(
+    batch: &mut Batch,
+    tenant: &str,
+    id: &str,
+    plugin: &str,
+    due_at: Option<i64>,
+    event_id: Option<&str>,
+    at: i64,
+) {
+    match due_at {
+        Some(due) => batch.push(
+            "INSERT INTO wakes (tenant_id, customer_id, plugin, due_at, set_at, event_id) \
+             VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET due_at = excluded.due_at, \
+               set_at = excluded.set_at, event_id = excluded.event_id, claimed_by = NULL, lease_until = NULL"
+                .into(),
+            vec![
+                tenant.into(),
+                id.into(),
+                plugin.into(),
+                due.into(),
+                at.into(),
+                event_id.into(),
+            ],
+        ),
+        None => batch.push(
+            "DELETE FROM wakes WHERE tenant_id = ? AND customer_id = ? AND plugin = ?".into(),
+            vec![tenant.into(), id.into(), plugin.into()],
+        ),
+    }
+}
+
+/// A plugin's pending wake for a customer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Wake {
+    pub plugin: String,
+    pub due_at: i64,
+    pub set_at: i64,
+}
+
+/// The customer's pending wakes, soonest first.
+pub async fn wakes_of(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<Vec<Wake>> {
+    sqlx::query(
+        "SELECT plugin, due_at, set_at FROM wakes WHERE tenant_id = $1 AND customer_id = $2 \
+         ORDER BY due_at, plugin",
+    )
+    .bind(tenant)
+    .bind(id)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Wake {
+            plugin: r.try_get("plugin")?,
+            due_at: r.try_get("due_at")?,
+            set_at: r.try_get("set_at")?,
+        })
+    })
+    .collect()
 }
 
 /// Marks an open follow-up of a customer done; `false` if there is no such open one.
@@ -514,7 +604,7 @@ pub async fn open_follow_ups(
     id: &str,
 ) -> Result<Vec<FollowUp>> {
     sqlx::query(
-        "SELECT seq, due_at, note, status, plugin, created_at FROM follow_ups \
+        "SELECT seq, due_at, note, status, plugin, follow_up_key, created_at FROM follow_ups \
          WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open' ORDER BY due_at",
     )
     .bind(tenant)
@@ -529,6 +619,7 @@ pub async fn open_follow_ups(
             note: r.try_get("note")?,
             status: r.try_get("status")?,
             plugin: r.try_get("plugin")?,
+            key: r.try_get("follow_up_key")?,
             created_at: r.try_get("created_at")?,
         })
     })

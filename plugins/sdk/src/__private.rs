@@ -10,7 +10,9 @@ use std::marker::PhantomData;
 
 pub mod wit {
     wit_bindgen::generate!({
-        path: "../../wit",
+        // The SDK's own copy of the contract it targets (`wit/0.2.0` of the
+        // Stagecraft repository), so that it builds outside it.
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_stagecraft_plugin",
@@ -117,6 +119,17 @@ impl<P: Plugin> Guest for Adapter<P> {
                 .collect())
         })
     }
+
+    fn on_wake(c: w::Context, customer: Vec<u8>) -> Result<Vec<w::Action>, w::PluginError> {
+        let cu = snapshot::decode_customer(&customer).map_err(bad_input)?;
+        let cx = ctx(&c);
+        with_plugin::<P, _>(|p| {
+            Ok(p.on_wake(&cx, &cu)?
+                .into_iter()
+                .map(to_wit_action)
+                .collect())
+        })
+    }
 }
 
 fn to_wit_error(e: PluginError) -> w::PluginError {
@@ -170,6 +183,13 @@ fn to_wit_action(a: Action) -> w::Action {
         Action::ScheduleFollowUp { due_in_hours, note } => {
             w::Action::ScheduleFollowUp(w::FollowUp { due_in_hours, note })
         }
+        Action::FollowUp { key, due, note } => w::Action::FollowUp(w::KeyedFollowUp {
+            key: key.into_owned(),
+            due,
+            note,
+        }),
+        Action::CloseFollowUp(key) => w::Action::CloseFollowUp(key.into_owned()),
+        Action::WakeAt(at) => w::Action::WakeAt(at),
     }
 }
 

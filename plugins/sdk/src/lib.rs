@@ -170,10 +170,28 @@ pub enum Action {
         key: Cow<'static, str>,
         value: FieldValue,
     },
+    /// A follow-up due `due_in_hours` after `ctx.now`; each one is new.
+    /// Prefer [`Action::FollowUp`], which has a key.
     ScheduleFollowUp {
         due_in_hours: u32,
         note: String,
     },
+    /// Opens the follow-up `key` for staff, due at `due` (derive it from
+    /// `ctx.now`); while it is open, proposing it again updates it instead of
+    /// adding a second one. `key` is `[a-z0-9_.:-]`, 1-64 bytes.
+    FollowUp {
+        key: Cow<'static, str>,
+        due: Timestamp,
+        note: String,
+    },
+    /// Closes this plugin's open follow-up `key`, if there is one (say, when
+    /// the customer came back on their own).
+    CloseFollowUp(Cow<'static, str>),
+    /// Asks to be woken for this customer at a time: [`Plugin::on_wake`] is
+    /// called then. One pending wake per customer: a later request replaces
+    /// it, `None` cancels it. At most two years after `ctx.now`; a time at or
+    /// before it is due at once.
+    WakeAt(Option<Timestamp>),
 }
 
 /// A lifecycle stage of the plugin's stage graph.
@@ -339,6 +357,13 @@ pub trait Plugin: Sized + 'static {
         _customer: &Customer,
         _event: &Event,
     ) -> Result<Vec<Action>, PluginError> {
+        Ok(Vec::new())
+    }
+
+    /// Called when a wake this plugin asked for ([`Action::WakeAt`]) is due:
+    /// no event happened, time passed. `ctx.now` is the time the wake was due.
+    /// The host scores and segments the customer afterwards, as after an event.
+    fn on_wake(&self, _ctx: &Context, _customer: &Customer) -> Result<Vec<Action>, PluginError> {
         Ok(Vec::new())
     }
 
