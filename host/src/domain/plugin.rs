@@ -184,42 +184,10 @@ impl Manifest {
             Lang::Zh => t.zh.as_deref().unwrap_or(&t.en),
             Lang::En => &t.en,
         };
-        let mut out = String::with_capacity(template.len() + 16);
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if out.len() > MAX_RENDERED {
-                return cut(out, MAX_RENDERED);
-            }
-            out.push_str(&rest[..open]);
-            let after = &rest[open + 1..];
-            match after.find('}') {
-                Some(close) => {
-                    let key = &after[..close];
-                    let value = if key == "points" {
-                        Some(reason.points)
-                    } else {
-                        key.parse::<usize>()
-                            .ok()
-                            .and_then(|i| reason.args.get(i).copied())
-                    };
-                    match value {
-                        Some(v) => out.push_str(&format_number(v)),
-                        None => {
-                            out.push('{');
-                            out.push_str(key);
-                            out.push('}');
-                        }
-                    }
-                    rest = &after[close + 1..];
-                }
-                None => {
-                    out.push_str(&rest[open..]);
-                    rest = "";
-                }
-            }
-        }
-        out.push_str(rest);
-        cut(out, MAX_RENDERED)
+        cut(
+            stagecraft_plugin::render::template(template, reason.points, &reason.args),
+            MAX_RENDERED,
+        )
     }
 
     pub fn has_reason(&self, code: &str) -> bool {
@@ -232,15 +200,6 @@ impl Manifest {
 
     pub fn has_stage(&self, id: &str) -> bool {
         self.stages.iter().any(|s| s.id == id)
-    }
-}
-
-/// Whole numbers print without decimals, others with two.
-pub fn format_number(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        format!("{}", x as i64)
-    } else {
-        format!("{x:.2}")
     }
 }
 

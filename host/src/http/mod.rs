@@ -23,6 +23,9 @@ use openapi::{Errors, ADMIN, SERVICE};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -84,7 +87,39 @@ pub fn app(crm: Crm) -> Router {
             state.clone(),
             observe_request,
         ))
+        // Outermost last: a client's unusable id is dropped, a missing one made,
+        // and the id echoed on the response (tower-http).
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), NewRequestId))
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
         .with_state(state)
+}
+
+static REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
+/// A fresh request id: a UUIDv7, so ids sort by time.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        axum::http::HeaderValue::from_str(&uuid::Uuid::now_v7().simple().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// A client's `X-Request-Id` is kept only if it is short and plain; otherwise
+/// it is dropped and a fresh one made (it goes into every log line).
+async fn drop_unusable_request_id(mut req: Request) -> Request {
+    let usable = req
+        .headers()
+        .get(&REQUEST_ID)
+        .map(|v| v.to_str().is_ok_and(acceptable_request_id));
+    if usable == Some(false) {
+        req.headers_mut().remove(&REQUEST_ID);
+    }
+    req
 }
 
 /// Prometheus metrics (unauthenticated, like /healthz: no customer data in it).
@@ -108,9 +143,8 @@ fn acceptable_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Every request: a request id (the client's `X-Request-Id` if acceptable, else
-/// a fresh one) on a span that every log line of the request carries, echoed in
-/// the response; one log line when it is served; counted by its route pattern
+/// Every request: its request id (set by the layers above) on a span that every
+/// log line of the request carries; one log line when it is served; counted by its route pattern
 /// (not its path: ids would explode the label set), method and status, and timed.
 async fn observe_request(
     State(s): State<AppState>,
@@ -132,11 +166,10 @@ async fn observe_request(
     .to_string();
     let id = req
         .headers()
-        .get("x-request-id")
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable_request_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+        .unwrap_or("-")
+        .to_string();
     let span = tracing::info_span!("request", request_id = %id, %method, %route);
     let started = std::time::Instant::now();
     let request_method = req.method().clone();
@@ -182,9 +215,6 @@ async fn observe_request(
             tracing::info!(status, ms, "served");
         }
     });
-    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
     resp
 }
 

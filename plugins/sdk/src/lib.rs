@@ -373,6 +373,64 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
+/// How a reason's text is rendered from its template: the host renders what
+/// customers and staff see with this very function, and
+/// [`testing::render`] lets a pack's tests see the same.
+pub mod render {
+    /// `template` with `{0}`, `{1}`... replaced by `args` and `{points}` by
+    /// `points`, in one pass; a placeholder with no value stays as written.
+    pub fn template(template: &str, points: f64, args: &[f64]) -> String {
+        let mut out = String::with_capacity(template.len() + 16);
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else {
+                out.push_str(&rest[open..]);
+                return out;
+            };
+            let key = &after[..close];
+            let value = if key == "points" {
+                Some(points)
+            } else {
+                key.parse::<usize>().ok().and_then(|i| args.get(i).copied())
+            };
+            match value {
+                Some(v) => out.push_str(&number(v)),
+                None => {
+                    out.push('{');
+                    out.push_str(key);
+                    out.push('}');
+                }
+            }
+            rest = &after[close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Whole numbers print without decimals, others with two.
+    pub fn number(x: f64) -> String {
+        if x.fract() == 0.0 && x.abs() < 1e15 {
+            format!("{}", x as i64)
+        } else {
+            format!("{x:.2}")
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn placeholders() {
+            assert_eq!(
+                super::template("{0} orders, {points} pts", 2.5, &[3.0]),
+                "3 orders, 2.50 pts"
+            );
+            assert_eq!(super::template("{1} {x} {", 0.0, &[1.0]), "{1} {x} {");
+        }
+    }
+}
+
 /// Rule-set helpers.
 pub mod rules {
     use super::PluginError;
@@ -442,19 +500,7 @@ pub mod testing {
 
     /// Replaces `{0}`, `{1}`... and `{points}` in `template`.
     pub fn render_template(template: &str, reason: &Reason) -> String {
-        let mut out = template.replace("{points}", &trim(reason.points));
-        for (i, a) in reason.args.iter().enumerate() {
-            out = out.replace(&format!("{{{i}}}"), &trim(*a));
-        }
-        out
-    }
-
-    fn trim(x: f64) -> String {
-        if x.fract() == 0.0 && x.abs() < 1e15 {
-            format!("{}", x as i64)
-        } else {
-            format!("{x:.2}")
-        }
+        crate::render::template(template, reason.points, &reason.args)
     }
 
     /// Checks what the host checks of a manifest: every reason code a score uses is
