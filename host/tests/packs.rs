@@ -581,3 +581,55 @@ async fn plugins_run_ahead_of_the_writer_only_count_when_nothing_changed_meanwhi
     assert_eq!(again, 0, "the plugin ran again: {o}");
     s.finish().await;
 }
+
+/// Each pack's rules schema is derived from the struct its `configure` reads
+/// (schemars), so the schema and the plugin agree on every rule set: the pack's
+/// default rules fit; without any one key, with an unknown key, or with a key of
+/// the wrong type, the schema refuses exactly when `configure` does. A schema
+/// written by hand beside the struct had drifted (three packs listed no
+/// required keys, so a rule set missing one passed the schema and failed later).
+#[test]
+fn every_pack_schema_agrees_with_its_configure() {
+    use serde_json::Value;
+    let rt = common::runtime();
+    for stem in [
+        "value_tiers",
+        "b2b_trade",
+        "fitness_studio",
+        "o2o_engagement",
+        "clv",
+    ] {
+        let plugin = common::load(&rt, stem);
+        let m = plugin.manifest();
+        let schema: Value = serde_json::from_str(m.rules_schema.as_deref().unwrap()).unwrap();
+        assert_eq!(schema["additionalProperties"], false, "{stem}");
+        let defaults: Value = serde_json::from_str(&m.default_rules).unwrap();
+        assert_eq!(plugin.check_rules_schema(&defaults), Ok(()), "{stem}");
+        let agree = |rules: Value, what: &str| {
+            let by_schema = plugin.check_rules_schema(&rules).is_ok();
+            let by_plugin = plugin.check_rules(&rules.to_string()).is_ok();
+            assert_eq!(
+                by_schema, by_plugin,
+                "{stem}, {what}: the schema says {by_schema}, configure {by_plugin}"
+            );
+            by_schema
+        };
+        let keys: Vec<String> = defaults.as_object().unwrap().keys().cloned().collect();
+        let mut required = 0;
+        for k in &keys {
+            let mut without = defaults.clone();
+            without.as_object_mut().unwrap().remove(k);
+            required += !agree(without, &format!("without {k}")) as usize;
+            let mut wrong = defaults.clone();
+            wrong[k] = serde_json::json!({"nested": true});
+            assert!(
+                !agree(wrong, &format!("{k} of the wrong type")),
+                "{stem}: {k}"
+            );
+        }
+        assert!(required > 0, "{stem}: no key is required");
+        let mut unknown = defaults.clone();
+        unknown["no_such_rule"] = 1.into();
+        assert!(!agree(unknown, "an unknown key"), "{stem}");
+    }
+}

@@ -5,9 +5,13 @@
 use serde::Deserialize;
 use stagecraft_plugin::*;
 
-#[derive(Deserialize)]
+/// The rule set; its JSON Schema (shown to admins, checked on every upload) is
+/// derived from this struct, so the two cannot drift apart.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Engagement {
     /// Points per touchpoint in the last 90 days.
+    #[schemars(range(min = 0))]
     points_per_touchpoint: f64,
     /// Score at or above which a customer is "engaged".
     engaged_at: f64,
@@ -26,6 +30,7 @@ impl Plugin for Engagement {
             "{0} touchpoints in 90 days",
             Some("90 天内 {0} 次接触"),
         )
+        .rules_schema_of::<Engagement>()
         .default_rules(r#"{"points_per_touchpoint": 10, "engaged_at": 50}"#)
     }
 

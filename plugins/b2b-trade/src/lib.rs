@@ -40,32 +40,24 @@ pub const DEFAULT_RULES: &str = r#"{
                    "long-term": 30, "advocate": 30, "strategic": 14, "partner": 7}
 }"#;
 
-pub const RULES_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "properties": {
-    "inquiry_kinds": {"type": "array", "items": {"type": "string"}, "description": "event kinds that count as a qualifying inquiry"},
-    "long_term_min_purchase_days": {"type": "integer", "minimum": 2},
-    "long_term_min_months": {"type": "integer", "minimum": 1},
-    "loyalty_kinds": {"type": "array", "items": {"type": "string"}, "description": "event kinds that signal a customer buys only this brand"},
-    "strategic_min_referrals": {"type": "integer", "minimum": 1},
-    "partner_roles": {"type": "array", "items": {"type": "string"}},
-    "lapse_days": {"type": ["integer", "null"], "minimum": 1, "description": "no order for this long steps a customer back; null never"},
-    "cadence_days": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 1}}
-  }
-}"#;
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct B2bTrade {
+    /// Event kinds that count as a qualifying inquiry.
     inquiry_kinds: Vec<String>,
+    #[schemars(range(min = 2))]
     long_term_min_purchase_days: u32,
+    #[schemars(range(min = 1))]
     long_term_min_months: u32,
+    /// Event kinds that signal a customer buys only this brand.
     loyalty_kinds: Vec<String>,
+    #[schemars(range(min = 1))]
     strategic_min_referrals: u32,
     partner_roles: Vec<String>,
+    /// No order for this long steps a customer back; null: never.
+    #[schemars(range(min = 1))]
     lapse_days: Option<u32>,
+    #[schemars(extend("additionalProperties" = {"type": "integer", "minimum": 1}))]
     cadence_days: BTreeMap<String, u32>,
 }
 
@@ -163,7 +155,7 @@ impl Plugin for B2bTrade {
         .reason("contract", "signed a partner contract", Some("签订合伙协议"))
         .reason("lapsed", "no order for {0} days", Some("{0} 天未下单"))
         .reason("dimension", "stage rank {0}", Some("阶段等级 {0}"))
-        .rules_schema(RULES_SCHEMA)
+        .rules_schema_of::<B2bTrade>()
         .default_rules(DEFAULT_RULES)
     }
 

@@ -26,43 +26,38 @@ pub const DEFAULT_RULES: &str = r#"{
   "likely_lost_below": 0.3
 }"#;
 
-pub const RULES_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["r", "alpha", "a", "b", "p", "q", "v"],
-  "properties": {
-    "r": {"type": "number", "exclusiveMinimum": 0},
-    "alpha": {"type": "number", "exclusiveMinimum": 0, "description": "BG/NBD scale, in days"},
-    "a": {"type": "number", "exclusiveMinimum": 0},
-    "b": {"type": "number", "exclusiveMinimum": 0},
-    "p": {"type": "number", "exclusiveMinimum": 0},
-    "q": {"type": "number", "exclusiveMinimum": 1},
-    "v": {"type": "number", "exclusiveMinimum": 0, "description": "Gamma-Gamma scale, in cents"},
-    "horizon_days": {"type": "number", "exclusiveMinimum": 0},
-    "margin": {"type": "number", "minimum": 0, "maximum": 1},
-    "high_value_cents": {"type": "number", "minimum": 0},
-    "likely_lost_below": {"type": "number", "minimum": 0, "maximum": 1}
-  }
-}"#;
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Clv {
+    /// BG/NBD shape.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     r: f64,
+    /// BG/NBD scale, in days.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     alpha: f64,
+    #[schemars(extend("exclusiveMinimum" = 0))]
     a: f64,
+    #[schemars(extend("exclusiveMinimum" = 0))]
     b: f64,
+    /// Gamma-Gamma shape.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     p: f64,
+    #[schemars(extend("exclusiveMinimum" = 1))]
     q: f64,
+    /// Gamma-Gamma scale, in cents.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     v: f64,
     #[serde(default = "default_horizon")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     horizon_days: f64,
     #[serde(default = "default_margin")]
+    #[schemars(range(min = 0, max = 1))]
     margin: f64,
     #[serde(default)]
+    #[schemars(range(min = 0))]
     high_value_cents: f64,
     #[serde(default = "default_lost")]
+    #[schemars(range(min = 0, max = 1))]
     likely_lost_below: f64,
 }
 
@@ -170,7 +165,7 @@ impl Plugin for Clv {
         .reason("expected_spend", "{0} expected per purchase", Some("每次购买预计 {0}"))
         .reason("no_purchase", "no purchase yet", Some("尚未购买"))
         .reason("one_day", "bought on one day only", Some("仅在一天购买"))
-        .rules_schema(RULES_SCHEMA)
+        .rules_schema_of::<Clv>()
         .default_rules(DEFAULT_RULES)
     }
 

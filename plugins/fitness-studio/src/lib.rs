@@ -33,48 +33,39 @@ pub const DEFAULT_RULES: &str = r#"{
   "offer_follow_up_hours": 24
 }"#;
 
-pub const RULES_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "properties": {
-    "visit_kinds": {"type": "array", "items": {"type": "string"}},
-    "gap_smoothing": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-    "default_gap_days": {"type": "number", "exclusiveMinimum": 0},
-    "overdue_points_per_gap": {"type": "number", "minimum": 0},
-    "max_overdue_points": {"type": "number", "minimum": 0, "maximum": 100},
-    "missed_payment_points": {"type": "number", "minimum": 0},
-    "ending_within_days": {"type": "integer", "minimum": 0},
-    "ending_points": {"type": "number", "minimum": 0},
-    "ended_points": {"type": "number", "minimum": 0},
-    "at_risk_from": {"type": "number", "minimum": 0, "maximum": 100},
-    "loyal_below": {"type": "number", "minimum": 0, "maximum": 100},
-    "loyal_min_days": {"type": "integer", "minimum": 0},
-    "new_within_days": {"type": "integer", "minimum": 0},
-    "lapsed_after_days": {"type": "integer", "minimum": 1},
-    "offer": {"enum": ["group-plan", "cheaper-plan"]},
-    "offer_follow_up_hours": {"type": "integer", "minimum": 1, "maximum": 8760}
-  }
-}"#;
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FitnessStudio {
     visit_kinds: Vec<String>,
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     gap_smoothing: f64,
+    #[schemars(extend("exclusiveMinimum" = 0))]
     default_gap_days: f64,
+    #[schemars(range(min = 0))]
     overdue_points_per_gap: f64,
+    #[schemars(range(min = 0, max = 100))]
     max_overdue_points: f64,
+    #[schemars(range(min = 0))]
     missed_payment_points: f64,
+    #[schemars(range(min = 0))]
     ending_within_days: i64,
+    #[schemars(range(min = 0))]
     ending_points: f64,
+    #[schemars(range(min = 0))]
     ended_points: f64,
+    #[schemars(range(min = 0, max = 100))]
     at_risk_from: f64,
+    #[schemars(range(min = 0, max = 100))]
     loyal_below: f64,
+    #[schemars(range(min = 0))]
     loyal_min_days: i64,
+    #[schemars(range(min = 0))]
     new_within_days: i64,
+    #[schemars(range(min = 1))]
     lapsed_after_days: i64,
+    #[schemars(extend("enum" = ["group-plan", "cheaper-plan"]))]
     offer: String,
+    #[schemars(range(min = 1, max = 8760))]
     offer_follow_up_hours: u32,
 }
 
@@ -243,7 +234,7 @@ impl Plugin for FitnessStudio {
         .reason("membership_ended", "membership ended {0} days ago", Some("会籍已于 {0} 天前到期"))
         .reason("steady", "attending to their usual rhythm", Some("按平时节奏到访"))
         .reason("joined", "joined {0} days ago", Some("{0} 天前入会"))
-        .rules_schema(RULES_SCHEMA)
+        .rules_schema_of::<FitnessStudio>()
         .default_rules(DEFAULT_RULES)
     }
 

@@ -34,39 +34,27 @@ pub const DEFAULT_RULES: &str = r#"{
   "welcome_back_follow_up_hours": 48
 }"#;
 
-pub const RULES_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "type": "object",
-  "additionalProperties": false,
-  "properties": {
-    "activate_after": {"type": "integer", "minimum": 1},
-    "endangered_days": {"type": "integer", "minimum": 1},
-    "dormant_days": {"type": "integer", "minimum": 1},
-    "engagement_kinds": {"type": "array", "items": {"type": "string"}},
-    "preference_min": {"type": "integer", "minimum": 1},
-    "recency_days": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
-                     "description": "days since the last order at which R drops from 5 to 4, 4 to 3, 3 to 2, 2 to 1"},
-    "frequency_orders": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
-                         "description": "orders at which F rises from 1 to 2, 2 to 3, 3 to 4, 4 to 5"},
-    "monetary_cents": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
-                       "description": "spend at which M rises from 1 to 2, ... 4 to 5"},
-    "rescue_follow_up_hours": {"type": "integer", "minimum": 1},
-    "welcome_back_follow_up_hours": {"type": "integer", "minimum": 1}
-  }
-}"#;
-
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct O2oEngagement {
+    #[schemars(range(min = 1))]
     activate_after: u32,
+    #[schemars(range(min = 1))]
     endangered_days: i64,
+    #[schemars(range(min = 1))]
     dormant_days: i64,
     engagement_kinds: Vec<String>,
+    #[schemars(range(min = 1))]
     preference_min: u32,
+    /// Days since the last order at which R drops from 5 to 4, 4 to 3, 3 to 2, 2 to 1.
     recency_days: [f64; 4],
+    /// Orders at which F rises from 1 to 2, 2 to 3, 3 to 4, 4 to 5.
     frequency_orders: [f64; 4],
+    /// Spend at which M rises from 1 to 2, ... 4 to 5.
     monetary_cents: [f64; 4],
+    #[schemars(range(min = 1))]
     rescue_follow_up_hours: u32,
+    #[schemars(range(min = 1))]
     welcome_back_follow_up_hours: u32,
 }
 
@@ -152,7 +140,7 @@ impl Plugin for O2oEngagement {
         .reason("activated", "{0} good experiences", Some("{0} 次良好体验"))
         .reason("endangered", "a bad experience {0} days ago", Some("{0} 天前有一次不良体验"))
         .reason("dormant", "no contact for {0} days", Some("{0} 天没有接触"))
-        .rules_schema(RULES_SCHEMA)
+        .rules_schema_of::<O2oEngagement>()
         .default_rules(DEFAULT_RULES)
     }
 

@@ -46,6 +46,9 @@
 
 pub mod snapshot;
 
+/// `#[derive(JsonSchema)]` for rule-set types (see [`Manifest::rules_schema_of`]).
+pub use schemars::{self, JsonSchema};
+
 pub use snapshot::{Customer, Event, Fields, Metrics, Timestamp, Value, DAY_MS};
 
 use std::borrow::Cow;
@@ -240,7 +243,9 @@ pub struct Manifest {
     pub stages: Vec<Stage>,
     pub segments: Vec<SegmentDef>,
     pub reasons: Vec<ReasonText>,
-    pub rules_schema: Option<&'static str>,
+    /// JSON Schema of the rule set: derive it from the rules struct with
+    /// [`Manifest::rules_schema_of`], so the two cannot drift apart.
+    pub rules_schema: Option<String>,
     pub default_rules: &'static str,
     pub wants_fields: Vec<&'static str>,
 }
@@ -311,8 +316,19 @@ impl Manifest {
         self.reasons.push(ReasonText { code, en, zh });
         self
     }
-    pub fn rules_schema(mut self, schema: &'static str) -> Self {
-        self.rules_schema = Some(schema);
+    /// The rule set's JSON Schema, derived from the type `configure` reads
+    /// (`#[derive(Deserialize, JsonSchema)]`): required fields, unknown fields
+    /// refused, ranges from `#[schemars(range(min = ..))]`, doc comments as
+    /// descriptions.
+    pub fn rules_schema_of<T: schemars::JsonSchema>(mut self) -> Self {
+        let schema = schemars::schema_for!(T);
+        self.rules_schema = Some(serde_json::to_string(&schema).expect("a schema serialises"));
+        self
+    }
+
+    /// The rule set's JSON Schema, written by hand.
+    pub fn rules_schema(mut self, schema: impl Into<String>) -> Self {
+        self.rules_schema = Some(schema.into());
         self
     }
     pub fn default_rules(mut self, rules: &'static str) -> Self {

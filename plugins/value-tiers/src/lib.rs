@@ -10,20 +10,26 @@ use serde::Deserialize;
 use stagecraft_plugin::*;
 
 /// The rule set. Money is in cents.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rules {
     /// Net value at or above which a customer is high return...
+    #[schemars(range(min = 0))]
     pub high_min_net_cents: i64,
     /// ...provided they bought on at least this many distinct days.
+    #[schemars(range(min = 1))]
     pub high_min_purchase_days: u32,
     /// Net value at or above which a customer is medium return.
+    #[schemars(range(min = 0))]
     pub medium_min_net_cents: i64,
     /// What handling one order costs.
+    #[schemars(range(min = 0))]
     pub cost_per_order_cents: i64,
     /// What one touchpoint (call, visit, message) in the last 90 days costs.
+    #[schemars(range(min = 0))]
     pub cost_per_touchpoint_cents: i64,
     /// What handling one complaint costs.
+    #[schemars(range(min = 0))]
     pub cost_per_complaint_cents: i64,
 }
 
@@ -34,23 +40,6 @@ pub const DEFAULT_RULES: &str = r#"{
   "cost_per_order_cents": 500,
   "cost_per_touchpoint_cents": 300,
   "cost_per_complaint_cents": 5000
-}"#;
-
-pub const RULES_SCHEMA: &str = r#"{
-  "$schema": "https://json-schema.org/draft/2020-12/schema",
-  "title": "value-tiers rule set",
-  "type": "object",
-  "additionalProperties": false,
-  "required": ["high_min_net_cents", "high_min_purchase_days", "medium_min_net_cents",
-               "cost_per_order_cents", "cost_per_touchpoint_cents", "cost_per_complaint_cents"],
-  "properties": {
-    "high_min_net_cents": {"type": "integer", "minimum": 0},
-    "high_min_purchase_days": {"type": "integer", "minimum": 1},
-    "medium_min_net_cents": {"type": "integer", "minimum": 0},
-    "cost_per_order_cents": {"type": "integer", "minimum": 0},
-    "cost_per_touchpoint_cents": {"type": "integer", "minimum": 0},
-    "cost_per_complaint_cents": {"type": "integer", "minimum": 0}
-  }
 }"#;
 
 /// The four return classes, best first.
@@ -145,7 +134,7 @@ impl Plugin for ValueTiers {
         .reason("band_medium", "net value {0} ≥ {1}: medium return", Some("净值 {0} ≥ {1}：中回报"))
         .reason("band_low", "net value {0} below {1}: low return", Some("净值 {0} 低于 {1}：低回报"))
         .reason("band_negative", "net value {0} is negative: costs more than it brings", Some("净值 {0} 为负：成本高于收益"))
-        .rules_schema(RULES_SCHEMA)
+        .rules_schema_of::<Rules>()
         .default_rules(DEFAULT_RULES)
     }
 
@@ -305,7 +294,8 @@ mod tests {
 
     #[test]
     fn default_rules_satisfy_the_schema_keys() {
-        let schema: serde_json::Value = serde_json::from_str(RULES_SCHEMA).unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(&ValueTiers::describe().rules_schema.unwrap()).unwrap();
         let rules: serde_json::Value = serde_json::from_str(DEFAULT_RULES).unwrap();
         for k in schema["required"].as_array().unwrap() {
             assert!(
