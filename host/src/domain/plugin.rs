@@ -172,7 +172,7 @@ impl Manifest {
     /// The text of `reason` in `lang`, with `{0}`, `{1}`... and `{points}` filled in.
     /// Falls back to English when there is no Chinese text, and to the bare code
     /// when the code is not in the catalogue (validation prevents that for scores).
-    /// The text is at most [`MAX_RENDERED`](super::budget::MAX_RENDERED) bytes
+    /// The text is at most [`MAX_RENDERED`](super::text::MAX_RENDERED) bytes
     /// whatever the template and arguments (a template of `{0}`s with a huge
     /// argument would otherwise make a response of megabytes).
     pub fn render(&self, reason: &Reason, lang: Lang) -> String {

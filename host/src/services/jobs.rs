@@ -57,7 +57,7 @@ impl Jobs {
 
     /// Starts a bulk rescore of every customer of the tenant with what it runs now.
     /// The work is cut into chunks in the database; this host starts working on
-    /// them, and on PostgreSQL any other host's [`Crm::help_with_jobs`] joins in.
+    /// them, and on PostgreSQL any other host's [`Jobs::help_with_jobs`] joins in.
     pub async fn start_rescore(&self, tenant: &str, actor: &str) -> Result<String, RegistryError> {
         let job = format!("job_{}", uuid::Uuid::now_v7().simple());
         let mut tx = self.store.begin().await?;
