@@ -67,7 +67,7 @@ pub enum PacksError {
 }
 
 /// How one plugin version has fared for one tenant since this host started.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct VersionHealth {
     pub calls: u64,
     pub failures: u64,

@@ -741,6 +741,26 @@ async fn openapi_lists_every_route(db: Db) {
             .join("/");
         for (method, op) in item.as_object().unwrap() {
             assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()));
+            // Every 2xx JSON body is a named schema that clients can generate
+            // types from (an untyped `Object` was the rule before).
+            for (code, r) in op["responses"].as_object().unwrap() {
+                if !code.starts_with('2') {
+                    continue;
+                }
+                if let Some(schema) = r["content"]["application/json"].get("schema") {
+                    let name = schema["$ref"].as_str().unwrap_or_else(|| {
+                        panic!(
+                            "{method} {template} {code}: the body is not a named schema: {schema}"
+                        )
+                    });
+                    let name = name.rsplit('/').next().unwrap();
+                    assert!(
+                        doc["components"]["schemas"][name]["type"] == "object"
+                            || doc["components"]["schemas"][name].get("oneOf").is_some(),
+                        "{method} {template} {code}: {name} is not described"
+                    );
+                }
+            }
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp = s.client.request(m, s.url(&path)).send().await.unwrap();
             let status = resp.status().as_u16();

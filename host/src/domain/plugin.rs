@@ -38,7 +38,7 @@ impl PluginError {
 }
 
 /// A reason as the plugin returned it: a catalogue code, points and arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reason {
     pub code: String,
     pub points: f64,
@@ -111,7 +111,7 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stage {
     pub id: String,
     pub label: String,
@@ -119,13 +119,13 @@ pub struct Stage {
     pub rank: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SegmentDef {
     pub id: String,
     pub label: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReasonText {
     pub code: String,
     pub en: String,
@@ -133,7 +133,7 @@ pub struct ReasonText {
 }
 
 /// Which optional parts of a customer a plugin reads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reads {
     pub tags: bool,
     pub segments: bool,
@@ -151,7 +151,7 @@ impl Reads {
 }
 
 /// A plugin's self-description, as validated at load.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub name: String,
     pub version: String,

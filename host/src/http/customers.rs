@@ -1,16 +1,16 @@
 //! `/v1/customers`: create, read, update, list; events; the timeline.
 
 use super::openapi::{Errors, CUSTOMERS};
-use super::{translate, ApiError, ApiJson, ApiPath, ApiQuery, AppState, Auth, LangQuery};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Auth, LangQuery, Translate};
 use crate::domain::Role;
-use crate::pipeline::EventInput;
-use crate::services::CustomerFilter;
-use crate::services::{CustomerInput, CustomerPatch};
+use crate::pipeline::{EventInput, EventOutcome};
+use crate::services::{
+    CustomerFilter, CustomerInput, CustomerPatch, CustomerSummary, CustomerView, TimelineEntry,
+};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -26,12 +26,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Creates a customer (agent).
 #[utoipa::path(post, path = "/v1/customers", tag = CUSTOMERS, security(("bearer" = [])),
     request_body = CustomerInput,
-    responses((status = 201, description = "The customer as stored, with what the plugins made of it", body = Object), Errors))]
+    responses((status = 201, description = "The customer as stored, with what the plugins made of it", body = CustomerView), Errors))]
 async fn create(
     State(s): State<AppState>,
     auth: Auth,
     ApiJson(input): ApiJson<CustomerInput>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CustomerView>), ApiError> {
     auth.require(Role::Agent)?;
     let id = s
         .crm
@@ -39,23 +39,23 @@ async fn create(
         .create_customer(auth.tenant(), input)
         .await?;
     let view = s.crm.customers().customer_view(auth.tenant(), &id).await?;
-    Ok((StatusCode::CREATED, Json(json!(view))))
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// One customer: fields, stage, scores with reasons, segments, tags, follow-ups (viewer).
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = CUSTOMERS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Customer id"), LangQuery),
-    responses((status = 200, description = "The customer", body = Object), Errors))]
+    responses((status = 200, description = "The customer", body = CustomerView), Errors))]
 async fn read(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LangQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CustomerView>, ApiError> {
     auth.require(Role::Viewer)?;
     let lang = q.lang()?;
-    let mut v = json!(s.crm.customers().customer_view(auth.tenant(), &id).await?);
-    translate(&mut v, &s.crm.tenant_packs(auth.tenant()), lang);
+    let mut v = s.crm.customers().customer_view(auth.tenant(), &id).await?;
+    v.translate(&s.crm.tenant_packs(auth.tenant()), lang);
     Ok(Json(v))
 }
 
@@ -63,21 +63,21 @@ async fn read(
 #[utoipa::path(patch, path = "/v1/customers/{id}", tag = CUSTOMERS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Customer id")),
     request_body = CustomerPatch,
-    responses((status = 200, description = "The customer after the change", body = Object), Errors))]
+    responses((status = 200, description = "The customer after the change", body = CustomerView), Errors))]
 async fn update(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<CustomerPatch>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CustomerView>, ApiError> {
     auth.require(Role::Agent)?;
     s.crm
         .customers()
         .update_customer(auth.tenant(), &id, patch)
         .await?;
-    Ok(Json(json!(
-        s.crm.customers().customer_view(auth.tenant(), &id).await?
-    )))
+    Ok(Json(
+        s.crm.customers().customer_view(auth.tenant(), &id).await?,
+    ))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -104,15 +104,23 @@ struct ListQuery {
     after: Option<String>,
 }
 
+/// A page of customers.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CustomerPage {
+    customers: Vec<CustomerSummary>,
+    /// The cursor of the next page (`after`), or null on the last.
+    next: Option<String>,
+}
+
 /// Customers, filtered, a page at a time in id order (viewer).
 #[utoipa::path(get, path = "/v1/customers", tag = CUSTOMERS, security(("bearer" = [])),
     params(ListQuery),
-    responses((status = 200, description = "`{customers: [...], next}`; `next` is the cursor of the next page or null", body = Object), Errors))]
+    responses((status = 200, description = "`{customers: [...], next}`; `next` is the cursor of the next page or null", body = CustomerPage), Errors))]
 async fn list(
     State(s): State<AppState>,
     auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CustomerPage>, ApiError> {
     auth.require(Role::Viewer)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -148,7 +156,10 @@ async fn list(
     };
     let rows = s.crm.customers().list(auth.tenant(), &f).await?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.clone()));
-    Ok(Json(json!({ "customers": rows, "next": next.flatten() })))
+    Ok(Json(CustomerPage {
+        customers: rows,
+        next: next.flatten(),
+    }))
 }
 
 /// Records an event; the enabled plugins score, segment and stage the customer in
@@ -157,15 +168,15 @@ async fn list(
     params(("id" = String, Path, description = "Customer id"),
            ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the first response")),
     request_body = EventInput,
-    responses((status = 201, description = "Recorded: the event and what each plugin did", body = Object),
-              (status = 200, description = "A replay of an idempotency key: the stored response", body = Object), Errors))]
+    responses((status = 201, description = "Recorded: the event and what each plugin did", body = EventOutcome),
+              (status = 200, description = "A replay of an idempotency key: the stored response", body = EventOutcome), Errors))]
 async fn record_event(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiJson(input): ApiJson<EventInput>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<EventOutcome>), ApiError> {
     auth.require(Role::Agent)?;
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
@@ -185,7 +196,7 @@ async fn record_event(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(json!(outcome))))
+    Ok((status, Json(outcome)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -198,39 +209,49 @@ struct TimelineQuery {
     lang: Option<String>,
 }
 
+/// A customer's timeline.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Timeline {
+    customer_id: String,
+    /// Newest first.
+    entries: Vec<TimelineEntry>,
+}
+
 /// Events, stage moves, score changes and plugin failures, newest first (viewer).
 #[utoipa::path(get, path = "/v1/customers/{id}/timeline", tag = CUSTOMERS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Customer id"), TimelineQuery),
-    responses((status = 200, description = "`{customer_id, entries: [...]}`", body = Object), Errors))]
+    responses((status = 200, description = "The entries, newest first", body = Timeline), Errors))]
 async fn timeline(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<TimelineQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Timeline>, ApiError> {
     auth.require(Role::Viewer)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let lang = LangQuery { lang: q.lang }.lang()?;
-    let entries = s
+    let mut entries = s
         .crm
         .customers()
         .timeline(auth.tenant(), &id, limit)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("customer {id} not found")))?;
-    let mut v = json!({ "customer_id": id, "entries": entries });
-    translate(&mut v, &s.crm.tenant_packs(auth.tenant()), lang);
-    Ok(Json(v))
+    entries.translate(&s.crm.tenant_packs(auth.tenant()), lang);
+    Ok(Json(Timeline {
+        customer_id: id,
+        entries,
+    }))
 }
 
 /// Marks a follow-up done: staff contacted the customer (agent).
 #[utoipa::path(post, path = "/v1/customers/{id}/follow-ups/{follow_up}/done", tag = CUSTOMERS, security(("bearer" = [])),
     params(("id" = String, Path, description = "Customer id"), ("follow_up" = i64, Path, description = "Follow-up number")),
-    responses((status = 200, description = "The customer after the change", body = Object), Errors))]
+    responses((status = 200, description = "The customer after the change", body = CustomerView), Errors))]
 async fn follow_up_done(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath((id, follow_up)): ApiPath<(String, i64)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CustomerView>, ApiError> {
     auth.require(Role::Agent)?;
     if !s
         .crm
@@ -242,7 +263,7 @@ async fn follow_up_done(
             "open follow-up {follow_up} of customer {id} not found"
         )));
     }
-    Ok(Json(json!(
-        s.crm.customers().customer_view(auth.tenant(), &id).await?
-    )))
+    Ok(Json(
+        s.crm.customers().customer_view(auth.tenant(), &id).await?,
+    ))
 }

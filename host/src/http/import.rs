@@ -3,12 +3,12 @@
 use super::openapi::{Errors, CUSTOMERS};
 use super::{ApiError, ApiPath, ApiQuery, AppState, Auth};
 use crate::domain::Role;
+use crate::services::ImportReport;
 use axum::body::Body;
 use axum::extract::State;
 use axum::Json;
 use futures::TryStreamExt;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio_util::io::StreamReader;
 
 pub fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
@@ -28,14 +28,14 @@ struct ImportQuery {
 #[utoipa::path(post, path = "/v1/import/{what}", tag = CUSTOMERS, security(("bearer" = [])),
     params(("what" = String, Path, description = "`customers`, `events` or `cdnow`"), ImportQuery),
     request_body(content = String, content_type = "text/csv", description = "CSV with a header row (CDNOW: its whitespace-separated lines)"),
-    responses((status = 200, description = "The report: rows read, imported, skipped, errors by line", body = Object), Errors))]
+    responses((status = 200, description = "The report: rows read, imported, skipped, errors by line", body = ImportReport), Errors))]
 async fn import(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(what): ApiPath<String>,
     ApiQuery(q): ApiQuery<ImportQuery>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ImportReport>, ApiError> {
     auth.require(Role::Agent)?;
     // The body is read as it arrives; nothing holds the whole file.
     let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
@@ -66,5 +66,5 @@ async fn import(
             )))
         }
     };
-    Ok(Json(json!(report)))
+    Ok(Json(report))
 }

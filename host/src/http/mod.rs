@@ -14,6 +14,7 @@ pub mod wire;
 pub use error::ApiError;
 
 use crate::domain::{Principal, Role};
+use crate::services::RenderedReason;
 use crate::Crm;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
@@ -21,7 +22,6 @@ use axum::response::IntoResponse;
 use axum::{Json, Router};
 use openapi::{Errors, ADMIN, SERVICE};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use std::sync::Arc;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -218,28 +218,48 @@ async fn observe_request(
     resp
 }
 
+/// The service's health.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+    /// `ok`: the database answered.
+    database: &'static str,
+}
+
 /// Whether the service and its database answer.
 #[utoipa::path(get, path = "/healthz", tag = SERVICE,
-    responses((status = 200, description = "`{status: ok, database: ok}`", body = Object),
+    responses((status = 200, description = "Both answer", body = Health),
               (status = 503, description = "The database is unavailable", body = openapi::ErrorBody)))]
-async fn health(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn health(State(s): State<AppState>) -> Result<Json<Health>, ApiError> {
     s.crm
         .ping()
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(Json(json!({ "status": "ok", "database": "ok" })))
+    Ok(Json(Health {
+        status: "ok",
+        database: "ok",
+    }))
+}
+
+/// Who is calling.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Me {
+    tenant: String,
+    role: Role,
+    token_id: String,
 }
 
 /// The caller: tenant, role and token id (viewer). The console signs in with it.
 #[utoipa::path(get, path = "/v1/me", tag = ADMIN, security(("bearer" = [])),
-    responses((status = 200, description = "`{tenant, role, token_id}`", body = Object), Errors))]
-async fn me(auth: Auth) -> Result<Json<serde_json::Value>, ApiError> {
+    responses((status = 200, description = "The caller", body = Me), Errors))]
+async fn me(auth: Auth) -> Result<Json<Me>, ApiError> {
     auth.require(Role::Viewer)?;
-    Ok(Json(json!({
-        "tenant": auth.0.tenant,
-        "role": auth.0.role,
-        "token_id": auth.0.token_id,
-    })))
+    Ok(Json(Me {
+        tenant: auth.0.tenant,
+        role: auth.0.role,
+        token_id: auth.0.token_id,
+    }))
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -250,21 +270,28 @@ struct LimitQuery {
     limit: Option<i64>,
 }
 
+/// The newest entries of the audit trail.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct AuditLog {
+    /// Newest first.
+    entries: Vec<crate::services::AuditEntry>,
+}
+
 /// The audit trail: uploads, rule sets, activations, rollbacks, suspensions, grants, tokens (admin).
 #[utoipa::path(get, path = "/v1/audit", tag = ADMIN, security(("bearer" = [])), params(LimitQuery),
-    responses((status = 200, description = "`{entries: [...]}`", body = Object), Errors))]
+    responses((status = 200, description = "The entries", body = AuditLog), Errors))]
 async fn audit(
     State(s): State<AppState>,
     auth: Auth,
     ApiQuery(q): ApiQuery<LimitQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditLog>, ApiError> {
     auth.require(Role::Admin)?;
     let entries = s
         .crm
         .reports()
         .audit_log(&auth.0.tenant, q.limit.unwrap_or(100).clamp(1, 1000))
         .await?;
-    Ok(Json(json!({ "entries": entries })))
+    Ok(Json(AuditLog { entries }))
 }
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
@@ -278,12 +305,12 @@ struct NewTokenBody {
 
 /// Creates a token for the caller's tenant (admin); the secret is shown once.
 #[utoipa::path(post, path = "/v1/tokens", tag = ADMIN, security(("bearer" = [])), request_body = NewTokenBody,
-    responses((status = 201, description = "`{id, token, role, label}`: the token is shown only here", body = Object), Errors))]
+    responses((status = 201, description = "The token: its secret is shown only here", body = crate::services::NewToken), Errors))]
 async fn create_token(
     State(s): State<AppState>,
     auth: Auth,
     ApiJson(b): ApiJson<NewTokenBody>,
-) -> Result<(axum::http::StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(axum::http::StatusCode, Json<crate::services::NewToken>), ApiError> {
     auth.require(Role::Admin)?;
     let label = b.label.unwrap_or_else(|| "api".into());
     let t = s
@@ -291,24 +318,31 @@ async fn create_token(
         .tokens()
         .create(auth.tenant(), &auth.0.token_id, b.role, &label)
         .await?;
-    Ok((axum::http::StatusCode::CREATED, Json(json!(t))))
+    Ok((axum::http::StatusCode::CREATED, Json(t)))
+}
+
+/// A revoked token.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Revoked {
+    /// The token's id.
+    revoked: String,
 }
 
 /// Revokes a token of the caller's tenant (admin); it stops working at once.
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = ADMIN, security(("bearer" = [])),
     params(("id" = String, Path, description = "Token id")),
-    responses((status = 200, description = "`{revoked}`", body = Object), Errors))]
+    responses((status = 200, description = "The token's id", body = Revoked), Errors))]
 async fn revoke_token(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     auth.require(Role::Admin)?;
     s.crm
         .tokens()
         .revoke(auth.tenant(), &auth.0.token_id, &id)
         .await?;
-    Ok(Json(json!({ "revoked": id })))
+    Ok(Json(Revoked { revoked: id }))
 }
 
 /// The caller, from `Authorization: Bearer <token>`.
@@ -512,76 +546,82 @@ impl LangQuery {
     }
 }
 
-/// Re-renders every reason in a response in `lang`, with the texts of the plugin
-/// that gave it (reasons of a plugin no longer enabled keep their stored English).
-/// A reason is an object with `code`, `points`, `args` and `text`; the plugin is the
-/// nearest enclosing `plugin` field, or the key under `scores`.
-pub fn translate(
-    v: &mut serde_json::Value,
-    packs: &crate::packs::TenantPacks,
-    lang: crate::runtime::Lang,
-) {
-    if lang == crate::runtime::Lang::En {
-        return;
-    }
-    fn reason_of(o: &serde_json::Map<String, serde_json::Value>) -> Option<crate::runtime::Reason> {
-        Some(crate::runtime::Reason {
-            code: o.get("code")?.as_str()?.to_string(),
-            points: o.get("points")?.as_f64()?,
-            args: o
-                .get("args")?
-                .as_array()?
-                .iter()
-                .filter_map(|a| a.as_f64())
-                .collect(),
-        })
-    }
-    fn walk(
-        v: &mut serde_json::Value,
-        plugin: Option<&str>,
-        packs: &crate::packs::TenantPacks,
-        lang: crate::runtime::Lang,
-    ) {
-        match v {
-            serde_json::Value::Object(o) => {
-                let own = o.get("plugin").and_then(|p| p.as_str()).map(str::to_string);
-                let plugin = own.as_deref().or(plugin);
-                let manifest = plugin
-                    .and_then(|p| packs.packs.iter().find(|x| x.name() == p))
-                    .map(|x| x.plugin.manifest());
-                if let Some(m) = manifest {
-                    if o.contains_key("text") {
-                        if let Some(r) = reason_of(o) {
-                            o.insert("text".into(), m.render(&r, lang).into());
-                        }
-                    }
-                    if let Some(r) = o
-                        .get("reason_detail")
-                        .and_then(|d| d.as_object())
-                        .and_then(reason_of)
-                    {
-                        o.insert("reason".into(), m.render(&r, lang).into());
-                    }
-                }
-                for (k, child) in o.iter_mut() {
-                    if k == "scores" {
-                        if let serde_json::Value::Object(by_plugin) = child {
-                            for (name, s) in by_plugin.iter_mut() {
-                                walk(s, Some(name), packs, lang);
-                            }
-                            continue;
-                        }
-                    }
-                    walk(child, plugin, packs, lang);
-                }
+/// Re-renders the reasons of a response in `lang`, with the texts of the plugin
+/// that gave each (a reason of a plugin no longer enabled keeps its stored
+/// English). Works on the typed response, before it is serialised.
+pub trait Translate {
+    fn translate(&mut self, packs: &crate::packs::TenantPacks, lang: crate::runtime::Lang);
+}
+
+fn manifest_of<'a>(
+    packs: &'a crate::packs::TenantPacks,
+    plugin: &str,
+) -> Option<&'a crate::domain::Manifest> {
+    packs
+        .packs
+        .iter()
+        .find(|x| x.name() == plugin)
+        .map(|x| x.plugin.manifest())
+}
+
+fn rerender(m: &crate::domain::Manifest, r: &mut RenderedReason, lang: crate::runtime::Lang) {
+    r.text = m.render(
+        &crate::domain::Reason {
+            code: r.code.clone(),
+            points: r.points,
+            args: r.args.clone(),
+        },
+        lang,
+    );
+}
+
+impl Translate for crate::services::CustomerView {
+    fn translate(&mut self, packs: &crate::packs::TenantPacks, lang: crate::runtime::Lang) {
+        if lang == crate::runtime::Lang::En {
+            return;
+        }
+        for s in self.scores.values_mut() {
+            if let Some(m) = manifest_of(packs, &s.plugin) {
+                s.reasons.iter_mut().for_each(|r| rerender(m, r, lang));
             }
-            serde_json::Value::Array(a) => {
-                for x in a {
-                    walk(x, plugin, packs, lang);
-                }
+        }
+        for seg in &mut self.segments {
+            if let Some(m) = manifest_of(packs, &seg.plugin) {
+                rerender(m, &mut seg.reason, lang);
             }
-            _ => {}
         }
     }
-    walk(v, None, packs, lang);
+}
+
+impl Translate for Vec<crate::services::TimelineEntry> {
+    fn translate(&mut self, packs: &crate::packs::TenantPacks, lang: crate::runtime::Lang) {
+        use crate::services::TimelineEntry;
+        if lang == crate::runtime::Lang::En {
+            return;
+        }
+        for e in self.iter_mut() {
+            match e {
+                TimelineEntry::StageMove {
+                    reason,
+                    reason_detail,
+                    plugin,
+                    ..
+                } => {
+                    let detail: Option<crate::domain::Reason> =
+                        serde_json::from_value(reason_detail.clone()).ok();
+                    if let (Some(m), Some(r)) = (manifest_of(packs, plugin), detail) {
+                        *reason = m.render(&r, lang);
+                    }
+                }
+                TimelineEntry::ScoreChange {
+                    plugin, reasons, ..
+                } => {
+                    if let Some(m) = manifest_of(packs, plugin) {
+                        reasons.iter_mut().for_each(|r| rerender(m, r, lang));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }

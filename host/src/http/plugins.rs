@@ -3,16 +3,19 @@
 
 use super::openapi::{Errors, PLUGINS};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, Auth};
+use crate::domain::Manifest;
 use crate::domain::Role;
-use crate::services::registry::PluginRecord;
-use crate::services::registry::{Candidate, DryRunOutcome, MAX_COMPONENT_BYTES};
-use crate::services::Pair;
+use crate::packs::VersionHealth;
+use crate::services::registry::{
+    Candidate, DryRunOutcome, DryRunReport, PluginRecord, Uploaded, MAX_COMPONENT_BYTES,
+};
+use crate::services::{Activation, Job, Pair, RuleSet};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -37,13 +40,13 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// not enabled (integrator). Uploading the same bytes again is not an error.
 #[utoipa::path(post, path = "/v1/plugins", tag = PLUGINS, security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A wasm component of the stagecraft:plugin world (any content type is accepted)"),
-    responses((status = 201, description = "Stored: name, version, digest, manifest", body = Object),
-              (status = 200, description = "These bytes were already stored", body = Object), Errors))]
+    responses((status = 201, description = "Stored: name, version, digest, manifest", body = Uploaded),
+              (status = 200, description = "These bytes were already stored", body = Uploaded), Errors))]
 async fn upload(
     State(s): State<AppState>,
     auth: Result<Auth, ApiError>,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
     // The token and role are checked before the body is kept: a refused upload's
     // body is read and dropped (answering while the client is still sending
     // would close the connection under it), never buffered.
@@ -71,7 +74,7 @@ async fn upload(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!(up))))
+    Ok((status, Json(up)))
 }
 
 /// The uploaded bytes, at most [`MAX_COMPONENT_BYTES`] (see [`super::read_bounded`]).
@@ -85,37 +88,97 @@ async fn read_component(body: axum::body::Body) -> Result<Vec<u8>, ApiError> {
         })
 }
 
-/// Everything the registry knows about one plugin of the tenant.
-async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value>, ApiError> {
+/// A stored version of a plugin, its status for the tenant and this host's
+/// count of its health.
+#[derive(Serialize, utoipa::ToSchema)]
+struct VersionView {
+    version: String,
+    digest: String,
+    size: i64,
+    created_at: i64,
+    /// `active`, `suspended` or `available`.
+    status: &'static str,
+    /// Why the circuit breaker suspended it, if it did.
+    suspended_because: Option<String>,
+    health: VersionHealth,
+    description: String,
+    capabilities: Capabilities,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Capabilities {
+    scoring: bool,
+    segmentation: bool,
+    lifecycle: bool,
+}
+
+/// Everything the registry knows about one plugin of the tenant. The list of
+/// plugins leaves out rule sets, activations and manifest (it stays short).
+#[derive(Serialize, utoipa::ToSchema)]
+struct PluginView {
+    name: String,
+    /// The active pair, if the plugin is enabled.
+    active: Option<Pair>,
+    owns_lifecycle: bool,
+    /// Oldest first.
+    versions: Vec<VersionView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule_sets: Option<Vec<RuleSet>>,
+    /// Every activate and rollback, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activations: Option<Vec<Activation>>,
+    granted_fields: Vec<String>,
+    /// The manifest of the active version (else the newest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manifest: Option<Manifest>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct PluginList {
+    plugins: Vec<PluginView>,
+}
+
+async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<PluginView>, ApiError> {
     let Some(PluginRecord {
         versions,
         health,
         active,
         suspended,
         rule_sets,
-        activations: history,
-        granted_fields: grants,
+        activations,
+        granted_fields,
     }) = s.crm.registry().plugin(tenant, name).await?
     else {
         return Ok(None);
     };
-    let list: Vec<Value> = versions
+    let list: Vec<VersionView> = versions
         .iter()
         .zip(health)
         .map(|(v, health)| {
-            let status = match (&active, suspended.iter().find(|x| x.0 == v.version)) {
+            let suspended_because = suspended
+                .iter()
+                .find(|x| x.0 == v.version)
+                .map(|x| x.1.clone());
+            let status = match (&active, &suspended_because) {
                 (Some((p, _)), _) if p.version == v.version => "active",
                 (_, Some(_)) => "suspended",
                 _ => "available",
             };
-            json!({
-                "version": v.version, "digest": v.digest, "size": v.size, "created_at": v.created_at,
-                "status": status,
-                "suspended_because": suspended.iter().find(|x| x.0 == v.version).map(|x| &x.1),
-                "health": health,
-                "description": v.manifest.description,
-                "capabilities": { "scoring": v.manifest.scoring, "segmentation": v.manifest.segmentation, "lifecycle": v.manifest.lifecycle },
-            })
+            VersionView {
+                version: v.version.clone(),
+                digest: v.digest.clone(),
+                size: v.size,
+                created_at: v.created_at,
+                status,
+                suspended_because,
+                health,
+                description: v.manifest.description.clone(),
+                capabilities: Capabilities {
+                    scoring: v.manifest.scoring,
+                    segmentation: v.manifest.segmentation,
+                    lifecycle: v.manifest.lifecycle,
+                },
+            }
         })
         .collect();
     let latest = versions.last().expect("not empty");
@@ -123,47 +186,45 @@ async fn describe(s: &AppState, tenant: &str, name: &str) -> Result<Option<Value
         .as_ref()
         .and_then(|(p, _)| versions.iter().find(|v| v.version == p.version))
         .unwrap_or(latest);
-    Ok(Some(json!({
-        "name": name,
-        "active": active.as_ref().map(|(p, _)| p),
-        "owns_lifecycle": active.as_ref().is_some_and(|(_, o)| *o),
-        "versions": list,
-        "rule_sets": rule_sets,
-        "activations": history,
-        "granted_fields": grants,
-        "manifest": current.manifest,
-    })))
+    Ok(Some(PluginView {
+        name: name.to_string(),
+        owns_lifecycle: active.as_ref().is_some_and(|(_, o)| *o),
+        active: active.map(|(p, _)| p),
+        versions: list,
+        rule_sets: Some(rule_sets),
+        activations: Some(activations),
+        granted_fields,
+        manifest: Some(current.manifest.clone()),
+    }))
 }
 
 /// The tenant's plugins with their versions, status and health (viewer).
 #[utoipa::path(get, path = "/v1/plugins", tag = PLUGINS, security(("bearer" = [])),
-    responses((status = 200, description = "`{plugins: [...]}`", body = Object), Errors))]
-async fn list(State(s): State<AppState>, auth: Auth) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "The plugins, by name", body = PluginList), Errors))]
+async fn list(State(s): State<AppState>, auth: Auth) -> Result<Json<PluginList>, ApiError> {
     auth.require(Role::Viewer)?;
     let names = s.crm.registry().plugin_names(auth.tenant()).await?;
     let mut out = Vec::new();
     for n in names {
         if let Some(mut d) = describe(&s, auth.tenant(), &n).await? {
             // The list stays short: no rule-set bodies or history.
-            if let Some(o) = d.as_object_mut() {
-                o.remove("rule_sets");
-                o.remove("activations");
-                o.remove("manifest");
-            }
+            d.rule_sets = None;
+            d.activations = None;
+            d.manifest = None;
             out.push(d);
         }
     }
-    Ok(Json(json!({ "plugins": out })))
+    Ok(Json(PluginList { plugins: out }))
 }
 
 /// One plugin: versions with status and health, rule sets, activation history, grants, manifest (viewer).
 #[utoipa::path(get, path = "/v1/plugins/{name}", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
-    responses((status = 200, description = "The plugin", body = Object), Errors))]
+    responses((status = 200, description = "The plugin", body = PluginView), Errors))]
 async fn show(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PluginView>, ApiError> {
     auth.require(Role::Viewer)?;
     describe(&s, auth.tenant(), &name)
         .await?
@@ -179,17 +240,26 @@ struct RulesQuery {
     version: Option<String>,
 }
 
+/// A stored rule set.
+#[derive(Serialize, utoipa::ToSchema)]
+struct RulesStored {
+    plugin: String,
+    rules_version: i64,
+    /// The plugin version whose schema and `configure` accepted it.
+    checked_with: String,
+}
+
 /// Stores a new rule-set version, validated against the plugin's schema (integrator).
 #[utoipa::path(put, path = "/v1/plugins/{name}/rules", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name"), RulesQuery),
     request_body(content = Object, description = "The rule set; the plugin's manifest gives its JSON schema"),
-    responses((status = 201, description = "`{plugin, rules_version, checked_with}`", body = Object), Errors))]
+    responses((status = 201, description = "The rule set's new version", body = RulesStored), Errors))]
 async fn put_rules(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<RulesQuery>,
     ApiJson(rules): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<RulesStored>), ApiError> {
     auth.require(Role::Integrator)?;
     let (n, checked_with) = s
         .crm
@@ -204,7 +274,11 @@ async fn put_rules(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "plugin": name, "rules_version": n, "checked_with": checked_with })),
+        Json(RulesStored {
+            plugin: name,
+            rules_version: n,
+            checked_with,
+        }),
     ))
 }
 
@@ -223,16 +297,26 @@ struct ActivateBody {
     reason: Option<String>,
 }
 
+/// What an activation or a rollback switched.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Switched {
+    plugin: String,
+    /// The pair active before, if any.
+    from: Option<Pair>,
+    /// The pair active now; null when a rollback disabled the plugin.
+    to: Option<Pair>,
+}
+
 /// Makes a version and rule set the active pair, on every host within a second (admin).
 #[utoipa::path(post, path = "/v1/plugins/{name}/activate", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
     request_body = ActivateBody,
-    responses((status = 200, description = "`{plugin, from, to}`", body = Object), Errors))]
+    responses((status = 200, description = "The pair before and after", body = Switched), Errors))]
 async fn activate(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(name): ApiPath<String>,
     ApiJson(b): ApiJson<ActivateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Switched>, ApiError> {
     auth.require(Role::Admin)?;
     let pair = Pair {
         version: b.version,
@@ -250,7 +334,11 @@ async fn activate(
             b.reason.as_deref(),
         )
         .await?;
-    Ok(Json(json!({ "plugin": name, "from": from, "to": to })))
+    Ok(Json(Switched {
+        plugin: name,
+        from,
+        to: Some(to),
+    }))
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -264,13 +352,13 @@ struct RollbackBody {
 /// Restores the previously active pair (admin).
 #[utoipa::path(post, path = "/v1/plugins/{name}/rollback", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
     request_body(content = Option<RollbackBody>, description = "Optional"),
-    responses((status = 200, description = "`{plugin, from, to}`", body = Object), Errors))]
+    responses((status = 200, description = "The pair before and after", body = Switched), Errors))]
 async fn rollback(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(name): ApiPath<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Switched>, ApiError> {
     auth.require(Role::Admin)?;
     // The body is optional: `{"reason": "..."}` or nothing.
     let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
@@ -285,37 +373,58 @@ async fn rollback(
         .registry()
         .rollback(auth.tenant(), &auth.0.token_id, &name, &reason)
         .await?;
-    Ok(Json(json!({ "plugin": name, "from": from, "to": to })))
+    Ok(Json(Switched {
+        plugin: name,
+        from: Some(from),
+        to,
+    }))
 }
 
 /// Compares a candidate pair with the active one on stored customers, changing nothing (integrator).
 #[utoipa::path(post, path = "/v1/plugins/{name}/dry-run", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
     request_body = Candidate,
-    responses((status = 200, description = "The diff: counts and the customers that change, with reasons", body = Object),
-              (status = 202, description = "Large: runs as a job; `{job, status}`", body = Object), Errors))]
+    responses((status = 200, description = "The diff: counts and the customers that change, with reasons", body = DryRunReport),
+              (status = 202, description = "Large: runs as a job", body = JobStarted), Errors))]
 async fn dry_run(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(name): ApiPath<String>,
     ApiJson(c): ApiJson<Candidate>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     auth.require(Role::Integrator)?;
-    match s.crm.registry().dry_run(auth.tenant(), &name, c).await? {
-        DryRunOutcome::Done(r) => Ok((StatusCode::OK, Json(json!(r)))),
-        DryRunOutcome::Job(id) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "job": id, "status": format!("/v1/jobs/{id}") })),
-        )),
+    Ok(
+        match s.crm.registry().dry_run(auth.tenant(), &name, c).await? {
+            DryRunOutcome::Done(r) => (StatusCode::OK, Json(r)).into_response(),
+            DryRunOutcome::Job(id) => {
+                (StatusCode::ACCEPTED, Json(JobStarted::new(id))).into_response()
+            }
+        },
+    )
+}
+
+/// A job started: its id and where to follow it.
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobStarted {
+    job: String,
+    /// `/v1/jobs/{job}`.
+    status: String,
+}
+
+impl JobStarted {
+    fn new(job: String) -> JobStarted {
+        let status = format!("/v1/jobs/{job}");
+        JobStarted { job, status }
     }
 }
 
 /// Rescores every customer of the tenant with the active pairs, as a job (integrator).
 #[utoipa::path(post, path = "/v1/rescore", tag = PLUGINS, security(("bearer" = [])),
-    responses((status = 202, description = "`{job, status}`", body = Object), Errors))]
+    responses((status = 202, description = "The job", body = JobStarted), Errors))]
 async fn rescore(
     State(s): State<AppState>,
     auth: Auth,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<JobStarted>), ApiError> {
     auth.require(Role::Integrator)?;
     let job = s
         .crm
@@ -333,26 +442,23 @@ async fn rescore(
             tracing::error!("rescore job {id}: {e}");
         }
     }));
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "job": job, "status": format!("/v1/jobs/{job}") })),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(JobStarted::new(job))))
 }
 
 /// A dry-run or rescore job: progress and, when done, the result (viewer).
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = PLUGINS, security(("bearer" = [])), params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, description = "The job", body = Object), Errors))]
+    responses((status = 200, description = "The job", body = Job), Errors))]
 async fn job(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Job>, ApiError> {
     auth.require(Role::Viewer)?;
     s.crm
         .jobs()
         .job(auth.tenant(), &id)
         .await?
-        .map(|j| Json(json!(j)))
+        .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
 }
 
@@ -363,20 +469,30 @@ struct GrantBody {
     fields: Vec<String>,
 }
 
+/// The sensitive fields a plugin may now see.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Granted {
+    plugin: String,
+    granted_fields: Vec<String>,
+}
+
 /// Lets a plugin see sensitive fields it asks for (admin).
 #[utoipa::path(put, path = "/v1/plugins/{name}/grants", tag = PLUGINS, security(("bearer" = [])), params(("name" = String, Path, description = "Plugin name")),
     request_body = GrantBody,
-    responses((status = 200, description = "`{plugin, granted_fields}`", body = Object), Errors))]
+    responses((status = 200, description = "The grant", body = Granted), Errors))]
 async fn grant_fields(
     State(s): State<AppState>,
     auth: Auth,
     ApiPath(name): ApiPath<String>,
     ApiJson(b): ApiJson<GrantBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Granted>, ApiError> {
     auth.require(Role::Admin)?;
     s.crm
         .registry()
         .grant_fields(auth.tenant(), &auth.0.token_id, &name, b.fields.clone())
         .await?;
-    Ok(Json(json!({ "plugin": name, "granted_fields": b.fields })))
+    Ok(Json(Granted {
+        plugin: name,
+        granted_fields: b.fields,
+    }))
 }

@@ -66,7 +66,7 @@ use writes::queue_writes;
 pub(crate) use writes::{effects, Effects};
 
 /// What an event caused; also the body of the event route's response.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventOutcome {
     pub event_id: String,
     pub customer_id: String,
@@ -88,7 +88,7 @@ pub struct EventOutcome {
     pub replayed: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageChange {
     pub from: Option<String>,
     pub to: String,
@@ -96,7 +96,7 @@ pub struct StageChange {
     pub plugin: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FollowUpScheduled {
     pub due_at: i64,
     pub note: String,
@@ -107,20 +107,20 @@ pub struct FollowUpScheduled {
 }
 
 /// A plugin's open follow-up closed by its key (contract 0.2.0).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FollowUpClosed {
     pub plugin: String,
     pub key: String,
 }
 
 /// A plugin's pending wake set (`due_at`) or cancelled (`None`) (contract 0.2.0).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WakeSet {
     pub plugin: String,
     pub due_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScoreChange {
     pub version: String,
     pub value: f64,
@@ -130,7 +130,7 @@ pub struct ScoreChange {
     pub reasons: Vec<RenderedReason>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailureReport {
     pub plugin: String,
     pub version: String,

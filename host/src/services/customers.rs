@@ -61,8 +61,28 @@ pub struct CustomerPatch {
     pub stage: Option<String>,
 }
 
+/// The figures the host keeps for a customer, as the API shows them (the
+/// SDK's `Metrics`, which plugins read; described here for `/openapi.json`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct MetricsDoc {
+    /// Orders placed.
+    orders: u32,
+    /// Distinct days with at least one order.
+    purchase_days: u32,
+    /// Sum of order amounts, in cents.
+    total_spend_cents: i64,
+    first_order_at: Option<i64>,
+    last_order_at: Option<i64>,
+    last_contact_at: Option<i64>,
+    complaints: u32,
+    referrals: u32,
+    /// Touchpoints (any event) in the 90 days before now.
+    touchpoints_90d: u32,
+}
+
 /// Everything about a customer, for the API.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CustomerView {
     pub id: String,
     pub name: Option<String>,
@@ -70,6 +90,7 @@ pub struct CustomerView {
     pub stage: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    #[schema(value_type = MetricsDoc)]
     pub metrics: stagecraft_plugin::snapshot::Metrics,
     pub fields: BTreeMap<String, Json>,
     pub sensitive_fields: Vec<String>,

@@ -24,7 +24,7 @@ pub const CHUNK: usize = 500;
 pub const MAX_LISTED_ERRORS: usize = 1000;
 
 /// What an import did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     /// Data rows read (the header is not a row).
     pub rows: u64,
@@ -43,7 +43,7 @@ pub struct ImportReport {
 }
 
 /// A row that was not imported, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RowError {
     /// 1-based line in the input (the header is line 1).
     pub line: u64,

@@ -36,8 +36,9 @@ pub use tokens::Tokens;
 
 /// What the services hand to the edges as they are stored: plain data.
 pub use crate::store::{
-    AuditEntry, CustomerFilter, CustomerSummary, FollowUp, Job, NewToken, Pair, SegmentMembership,
-    StoreError, StoredScore, Wake,
+    Activation, AuditEntry, CustomerFilter, CustomerSummary, FollowUp, Job, NewToken, Pair,
+    RenderedReason, RuleSet, ScoreDistribution, SegmentMembership, SegmentSize, StoreError,
+    StoredScore, TimelineEntry, Wake,
 };
 
 use crate::packs::{Packs, TenantPacks};

@@ -22,7 +22,7 @@ pub async fn stage_counts(
 }
 
 /// Members per (plugin, segment).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SegmentSize {
     pub plugin: String,
     pub segment: String,
@@ -49,7 +49,7 @@ pub async fn segment_sizes(conn: &mut AnyConnection, tenant: &str) -> Result<Vec
 }
 
 /// How one plugin's scores are spread.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ScoreDistribution {
     pub plugin: String,
     pub customers: i64,

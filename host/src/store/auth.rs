@@ -24,7 +24,7 @@ fn hash_token(secret: &str) -> String {
 }
 
 /// A new token: its id and the secret, which is shown once and stored only hashed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NewToken {
     pub id: String,
     pub token: String,
@@ -105,7 +105,7 @@ pub async fn revoke_token(conn: &mut AnyConnection, tenant: &str, id: &str) -> R
 }
 
 /// One line of the audit log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub actor: String,
     pub action: String,

@@ -356,7 +356,7 @@ pub async fn move_stage(
 }
 
 /// A score as stored, with its reasons already in words.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StoredScore {
     pub plugin: String,
     pub plugin_version: String,
@@ -367,7 +367,7 @@ pub struct StoredScore {
 }
 
 /// A reason with its text.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RenderedReason {
     pub code: String,
     pub points: f64,
@@ -405,7 +405,7 @@ pub async fn scores_of(
 }
 
 /// A segment a customer is in, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SegmentMembership {
     pub plugin: String,
     pub segment: String,
@@ -439,7 +439,7 @@ pub async fn memberships_of(
 }
 
 /// A reminder for staff to contact a customer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FollowUp {
     pub id: i64,
     pub due_at: i64,
@@ -539,7 +539,7 @@ pub fn queue_wake(
 }
 
 /// A plugin's pending wake for a customer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Wake {
     pub plugin: String,
     pub due_at: i64,
@@ -644,7 +644,7 @@ pub struct CustomerFilter {
 }
 
 /// A row of the customer list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CustomerSummary {
     pub id: String,
     pub name: Option<String>,

@@ -448,7 +448,7 @@ pub fn queue_failure(
 }
 
 /// One entry of a customer's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TimelineEntry {
     Event {

@@ -167,7 +167,7 @@ pub async fn enabled_plugins(
 }
 
 /// A stored version with what the registry lists about it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredVersion {
     pub name: String,
     pub version: String,
@@ -231,7 +231,7 @@ pub async fn plugin_component(
 }
 
 /// A stored rule set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RuleSet {
     pub version: i64,
     pub rules: serde_json::Value,
@@ -278,14 +278,14 @@ pub async fn rule_set(
 }
 
 /// What a tenant runs of one plugin: a (version, rule-set version) pair.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Pair {
     pub version: String,
     pub rules_version: Option<i64>,
 }
 
 /// One line of a plugin's activation history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Activation {
     pub version: String,
     pub rules_version: Option<i64>,

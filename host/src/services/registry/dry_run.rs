@@ -7,7 +7,7 @@ use super::*;
 /// One customer as a set of plugins leaves them, for the plugin under test: its
 /// score, band, reasons and segments, and the customer's stage and tags after
 /// every plugin ran (what a rescore with that set would write).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub value: Option<f64>,
     pub band: Option<String>,
@@ -113,7 +113,7 @@ fn verdict(
 }
 
 /// What a dry-run found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct DryRunReport {
     pub plugin: String,
     pub active: Option<Pair>,
@@ -131,14 +131,14 @@ pub struct DryRunReport {
 }
 
 /// A customer a plugin failed on in a dry-run or a rescore.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct CustomerFailure {
     pub customer_id: String,
     pub plugin: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ChangeCounts {
     pub bands: i64,
     pub scores: i64,
@@ -150,7 +150,7 @@ pub struct ChangeCounts {
     pub errors_after: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CustomerDiff {
     pub customer_id: String,
     pub delta: f64,

@@ -73,7 +73,7 @@ impl From<CrmError> for RegistryError {
 }
 
 /// What an upload did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Uploaded {
     pub name: String,
     pub version: String,
