@@ -4,8 +4,8 @@
 # Starts `stagecraft demo` (SQLite, every pack enabled, a CDNOW sample, an admin
 # token) in a temporary directory, then lets schemathesis generate requests for
 # every documented operation. Passes when no response is a 5xx, every status and
-# content type is one the document declares, and the server is still healthy at
-# the end. Usage: scripts/api-fuzz.sh [MAX_EXAMPLES]   (default 50 per operation)
+# content type is one the document declares, every body matches its declared
+# schema, and the server is still healthy at the end. Usage: scripts/api-fuzz.sh [MAX_EXAMPLES]   (default 50 per operation)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 max_examples="${1:-50}"
@@ -37,7 +37,7 @@ token="$(awk '/token:/ {print $2; exit}' "$work/demo.out")"
 status=0
 schemathesis --config-file scripts/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
   --header "Authorization: Bearer $token" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing \
   --max-examples "$max_examples" \
   --workers 2 \

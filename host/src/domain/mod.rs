@@ -223,7 +223,7 @@ pub fn is_slug(s: &str) -> bool {
 
 /// Checks an idempotency key, however it arrives (the API's `Idempotency-Key`
 /// header, an import's `idempotency_key` column): 1-128 bytes, no control
-/// characters at all (a tab neither). The API and the importer used to apply different rules.
+/// characters at all (a tab neither). One rule for both.
 pub fn check_idempotency_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > 128 {
         return Err(format!(

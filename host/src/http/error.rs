@@ -229,7 +229,7 @@ mod tests {
     }
 
     /// Every instance slot in use is "try again shortly" (429 with Retry-After),
-    /// not a refusal of the component or rules (it used to be a 422).
+    /// not a refusal of the component or rules.
     #[test]
     fn a_busy_runtime_is_429_with_retry_after() {
         let r = answered(RegistryError::Rejected(RuntimeError::Busy(16)));

@@ -262,8 +262,7 @@ impl<'s, 'p> Bulk<'s, 'p> {
 /// What bulk work (a rescore chunk, a dry-run) remembers of deadlines: once a
 /// plugin went over its deadline on one customer, it is not called again there,
 /// and the customers left get a failure saying so. A plugin that loops on
-/// everyone costs one deadline, not one per customer (a dry-run of 1,000
-/// customers with a looping candidate took half an hour).
+/// everyone costs one deadline, not one per customer.
 #[derive(Default)]
 pub(crate) struct Strikes {
     gave_up: std::sync::Mutex<BTreeMap<String, String>>,

@@ -569,7 +569,7 @@ impl Imports {
 }
 
 /// An error that ends an import: the store's, or a fault of the host (a task
-/// that panicked), which used to be reported as "stored data is corrupt".
+/// that panicked), reported as such and never as corrupt data.
 fn fatal(e: CrmError) -> ImportError {
     match e {
         CrmError::Store(s) | CrmError::Pipeline(PipelineError::Store(s)) => ImportError::Store(s),
