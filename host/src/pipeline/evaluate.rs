@@ -28,35 +28,21 @@ pub(super) fn failure_kind(e: &RuntimeError) -> &'static str {
 
 /// Runs one plugin over the customer (as updated by the plugins before it) and
 /// the event. Blocking: call from a blocking thread.
-pub(super) fn run_plugin<'p>(
-    pack: &'p ActivePack,
+pub(super) fn run_plugin(
+    pack: &ActivePack,
     ctx: &CallContext,
     customer: &CustomerRecord,
     recent: &[EventRecord],
     open_follow_ups: u32,
     event: Option<&EventRecord>,
-    kept: Option<&mut Option<Session<'p>>>,
 ) -> Result<PluginOutput, FailureReport> {
-    let m = pack.plugin.manifest();
-    let fail = |kind: &str, message: String| FailureReport {
-        plugin: m.name.clone(),
-        version: m.version.clone(),
-        kind: kind.to_string(),
-        message,
-    };
-    let from_runtime = |e: RuntimeError| fail(failure_kind(&e), e.to_string());
-    // Bulk work keeps a configured instance for the next customer of its batch,
-    // as a batch call would; a live event always gets a fresh one.
-    let mut kept = kept;
-    let mut session = match kept.as_mut().and_then(|k| k.take()) {
-        Some(s) if s.usable() => s,
-        _ => pack
-            .plugin
-            .session(ctx, pack.rules.as_deref())
-            .map_err(from_runtime)?,
-    };
+    // A live event always gets a fresh instance.
+    let mut session = pack
+        .plugin
+        .session(ctx, pack.rules.as_deref())
+        .map_err(|e| from_runtime(pack, e))?;
     session.withhold(domain::granted_secrets(customer, &pack.granted_fields));
-    let out = run_in_session(
+    run_in_session(
         pack,
         ctx,
         customer,
@@ -64,14 +50,9 @@ pub(super) fn run_plugin<'p>(
         open_follow_ups,
         event,
         &mut session,
-    );
-    if let Some(k) = kept {
-        *k = Some(session);
-    }
-    out
+    )
 }
 
-/// [`run_plugin`]'s work in a configured instance.
 pub(super) fn run_in_session(
     pack: &ActivePack,
     ctx: &CallContext,
@@ -81,30 +62,56 @@ pub(super) fn run_in_session(
     event: Option<&EventRecord>,
     session: &mut Session<'_>,
 ) -> Result<PluginOutput, FailureReport> {
+    let (actions, after) = react(pack, ctx, customer, recent, open_follow_ups, event, session)?;
+    let (score, segments) = judge(pack, ctx, &[(&after, recent)], session)?
+        .pop()
+        .expect("one judgement per customer")?;
     let m = pack.plugin.manifest();
-    let fail = |kind: &str, message: String| FailureReport {
-        plugin: m.name.clone(),
-        version: m.version.clone(),
-        kind: kind.to_string(),
-        message,
-    };
-    let from_runtime = |e: RuntimeError| fail(failure_kind(&e), e.to_string());
-    let mut out = PluginOutput {
+    Ok(PluginOutput {
         pack: pack.clone(),
         name: m.name.clone(),
         version: m.version.clone(),
         owns_lifecycle: pack.owns_lifecycle,
-        actions: Vec::new(),
-        score: None,
-        segments: None,
-    };
+        actions,
+        score,
+        segments,
+    })
+}
+
+fn failure(pack: &ActivePack, kind: &str, message: String) -> FailureReport {
+    let m = pack.plugin.manifest();
+    FailureReport {
+        plugin: m.name.clone(),
+        version: m.version.clone(),
+        kind: kind.to_string(),
+        message,
+    }
+}
+
+fn from_runtime(pack: &ActivePack, e: RuntimeError) -> FailureReport {
+    failure(pack, failure_kind(&e), e.to_string())
+}
+
+/// A plugin's reaction to the event (if any): its actions, checked, and the
+/// customer as they leave it, which is what it then scores and segments.
+fn react(
+    pack: &ActivePack,
+    ctx: &CallContext,
+    customer: &CustomerRecord,
+    recent: &[EventRecord],
+    open_follow_ups: u32,
+    event: Option<&EventRecord>,
+    session: &mut Session<'_>,
+) -> Reaction {
+    let fail = |kind: &str, message: String| failure(pack, kind, message);
+    let mut actions = Vec::new();
     if let Some(event) = event {
         let snap = customer_snapshot_granted(customer, recent, &pack.granted_fields);
-        out.actions = session
+        actions = session
             .on_event(ctx, &snap, &event.snapshot())
-            .map_err(from_runtime)?;
+            .map_err(|e| from_runtime(pack, e))?;
     }
-    for a in &out.actions {
+    for a in &actions {
         match a {
             Action::MoveToStage { .. } if !pack.owns_lifecycle => {
                 return Err(fail(
@@ -126,7 +133,7 @@ pub(super) fn run_in_session(
     }
     // Score and segment see the customer as this plugin's own actions left it.
     let mut after = customer.clone();
-    apply_to_record(&mut after, &out.actions);
+    apply_to_record(&mut after, &actions);
     // Per-customer caps: a plugin adding a little on every event must not grow
     // a customer without bound. Only growth past a cap is refused.
     for (what, before, now, cap) in [
@@ -150,7 +157,7 @@ pub(super) fn run_in_session(
             ));
         }
     }
-    let scheduled = follow_ups_in(&out.actions);
+    let scheduled = follow_ups_in(&actions);
     if scheduled > 0 && open_follow_ups + scheduled > domain::MAX_OPEN_FOLLOW_UPS {
         return Err(fail(
             "bad_output",
@@ -161,36 +168,79 @@ pub(super) fn run_in_session(
             ),
         ));
     }
-    let snap = customer_snapshot_granted(&after, recent, &pack.granted_fields);
-    let batch = std::slice::from_ref(&snap);
+    Ok((actions, after))
+}
+
+/// A plugin's reaction to a customer's event: its actions and the customer as
+/// they leave it, or its failure.
+type Reaction = Result<(Vec<Action>, CustomerRecord), FailureReport>;
+
+/// What a plugin makes of each customer.
+type Judgement = (Option<StoredScore>, Option<Vec<(String, RenderedReason)>>);
+
+/// A plugin's scores and segments for customers, in one `score` and one
+/// `segment` call for all of them: each customer's own verdict (a plugin error
+/// on one is that customer's failure), or the call's failure (a trap, a
+/// deadline), which is every customer's.
+fn judge(
+    pack: &ActivePack,
+    ctx: &CallContext,
+    customers: &[(&CustomerRecord, &[EventRecord])],
+    session: &mut Session<'_>,
+) -> Result<Vec<Result<Judgement, FailureReport>>, FailureReport> {
+    let m = pack.plugin.manifest();
+    let snaps: Vec<_> = customers
+        .iter()
+        .map(|(c, recent)| customer_snapshot_granted(c, recent, &pack.granted_fields))
+        .collect();
+    let mut out: Vec<Result<Judgement, FailureReport>> =
+        customers.iter().map(|_| Ok((None, None))).collect();
     if m.scoring {
-        let s = session
-            .score(ctx, batch)
-            .map_err(from_runtime)?
-            .pop()
-            .expect("one score per customer")
-            .map_err(|e| fail("plugin_error", e.to_string()))?;
-        out.score = Some(StoredScore {
-            plugin: m.name.clone(),
-            plugin_version: m.version.clone(),
-            value: s.value,
-            band: s.band,
-            reasons: s.reasons.iter().map(|r| render(pack, r)).collect(),
-            updated_at: ctx.now,
-        });
+        let scores = session
+            .score(ctx, &snaps)
+            .map_err(|e| from_runtime(pack, e))?;
+        for (o, s) in out.iter_mut().zip(scores) {
+            match s {
+                Ok(s) => {
+                    if let Ok(j) = o {
+                        j.0 = Some(StoredScore {
+                            plugin: m.name.clone(),
+                            plugin_version: m.version.clone(),
+                            value: s.value,
+                            band: s.band,
+                            reasons: s.reasons.iter().map(|r| render(pack, r)).collect(),
+                            updated_at: ctx.now,
+                        })
+                    }
+                }
+                Err(e) => *o = Err(failure(pack, "plugin_error", e.to_string())),
+            }
+        }
     }
-    if m.segmentation {
-        let ms = session
-            .segment(ctx, batch)
-            .map_err(from_runtime)?
-            .pop()
-            .expect("one segment list per customer")
-            .map_err(|e| fail("plugin_error", e.to_string()))?;
-        out.segments = Some(
-            ms.iter()
-                .map(|x| (x.segment.clone(), render(pack, &x.reason)))
-                .collect(),
-        );
+    // A customer whose score failed is not segmented (one customer alone
+    // would not be asked).
+    if m.segmentation && out.iter().any(Result::is_ok) {
+        let segments = session
+            .segment(ctx, &snaps)
+            .map_err(|e| from_runtime(pack, e))?;
+        for (o, ms) in out.iter_mut().zip(segments) {
+            match ms {
+                Ok(ms) => {
+                    if let Ok(j) = o {
+                        j.1 = Some(
+                            ms.iter()
+                                .map(|x| (x.segment.clone(), render(pack, &x.reason)))
+                                .collect(),
+                        )
+                    }
+                }
+                Err(e) => {
+                    if o.is_ok() {
+                        *o = Err(failure(pack, "plugin_error", e.to_string()))
+                    }
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -235,29 +285,6 @@ pub(super) fn apply_to_record(c: &mut CustomerRecord, actions: &[Action]) {
 /// What an event's plugins gave: the outputs of those that succeeded, and the
 /// failures of the others.
 pub(crate) type Evaluated = (Vec<PluginOutput>, Vec<FailureReport>);
-
-/// What [`evaluate`] keeps between the customers of bulk work: the strikes,
-/// and each plugin's configured instance (by its place in the tenant's set).
-pub(crate) struct Bulk<'s, 'p> {
-    pub(crate) strikes: &'s Strikes,
-    sessions: Vec<Option<Session<'p>>>,
-}
-
-impl<'s, 'p> Bulk<'s, 'p> {
-    pub(crate) fn new(strikes: &'s Strikes) -> Self {
-        Bulk {
-            strikes,
-            sessions: Vec::new(),
-        }
-    }
-
-    fn slot(&mut self, i: usize) -> &mut Option<Session<'p>> {
-        if self.sessions.len() <= i {
-            self.sessions.resize_with(i + 1, || None);
-        }
-        &mut self.sessions[i]
-    }
-}
 
 /// What bulk work (a rescore chunk, a dry-run) remembers of deadlines: once a
 /// plugin went over its deadline on one customer, it is not called again there,
@@ -304,32 +331,21 @@ impl Strikes {
 /// it; the next plugin sees the customer as every plugin before it left it,
 /// their segments included. A plugin that fails has none of its output applied.
 ///
-/// With `bulk` (a rescore chunk, a dry-run), a plugin that went over its
-/// deadline on an earlier customer is not called again (see [`Strikes`]), and
-/// each plugin's configured instance serves the next customer of the batch, as
-/// one batch call would. Blocking.
-pub(crate) fn evaluate<'p>(
-    packs: &'p TenantPacks,
+/// Blocking. Bulk work (a rescore chunk, a dry-run) uses [`evaluate_many`],
+/// which gives each customer the same.
+pub(crate) fn evaluate(
+    packs: &TenantPacks,
     ctx: &CallContext,
     mut customer: CustomerRecord,
     recent: &[EventRecord],
     mut open_follow_ups: u32,
     event: Option<&EventRecord>,
-    mut bulk: Option<&mut Bulk<'_, 'p>>,
 ) -> Evaluated {
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
-    for (i, pack) in packs.packs.iter().enumerate() {
-        if let Some(f) = bulk.as_ref().and_then(|b| b.strikes.skipped(pack)) {
-            failures.push(f);
-            continue;
-        }
+    for pack in &packs.packs {
         let started = std::time::Instant::now();
-        let kept = bulk.as_mut().map(|b| b.slot(i));
-        let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event, kept);
-        if let (Some(b), Err(f)) = (&bulk, &result) {
-            b.strikes.note(pack, f);
-        }
+        let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event);
         let labels = [pack.name(), pack.version.as_str()];
         packs
             .metrics
@@ -360,4 +376,145 @@ pub(crate) fn evaluate<'p>(
         }
     }
     (outputs, failures)
+}
+
+/// Makes `session` a usable instance of `pack`, configured with its rules (a
+/// fresh one after a failure).
+fn usable<'p>(
+    pack: &'p ActivePack,
+    ctx: &CallContext,
+    session: &mut Option<Session<'p>>,
+) -> Result<(), FailureReport> {
+    if !session.as_ref().is_some_and(Session::usable) {
+        *session = Some(
+            pack.plugin
+                .session(ctx, pack.rules.as_deref())
+                .map_err(|e| from_runtime(pack, e))?,
+        );
+    }
+    Ok(())
+}
+
+/// [`evaluate`] for many customers at once, each on its latest event, as a
+/// rescore and a dry-run need: every customer gets exactly what [`evaluate`]
+/// would give it (customers do not see each other), but plugin by plugin — a
+/// plugin reacts to each customer's event, then scores and segments all of
+/// them in one call each, instead of one call per customer. A call that fails
+/// for all (a trap, a deadline) is made again customer by customer, so the
+/// failure is that one customer's.
+pub(crate) fn evaluate_many(
+    packs: &TenantPacks,
+    ctx: &CallContext,
+    customers: &[(CustomerRecord, Vec<EventRecord>)],
+    strikes: &Strikes,
+) -> Vec<Evaluated> {
+    let mut records: Vec<CustomerRecord> = customers.iter().map(|(c, _)| c.clone()).collect();
+    let mut out: Vec<Evaluated> = customers.iter().map(|_| Default::default()).collect();
+    let mut open = vec![0u32; customers.len()];
+    for pack in &packs.packs {
+        let started = std::time::Instant::now();
+        let mut session: Option<Session<'_>> = None;
+        // Each customer's reaction, or failure.
+        let mut reacted: Vec<Reaction> = Vec::with_capacity(customers.len());
+        for (i, (_, recent)) in customers.iter().enumerate() {
+            if let Some(f) = strikes.skipped(pack) {
+                reacted.push(Err(f));
+                continue;
+            }
+            let r = usable(pack, ctx, &mut session).and_then(|()| {
+                let s = session.as_mut().expect("an instance");
+                s.withhold(domain::granted_secrets(&records[i], &pack.granted_fields));
+                react(pack, ctx, &records[i], recent, open[i], recent.first(), s)
+            });
+            if let Err(f) = &r {
+                strikes.note(pack, f);
+            }
+            reacted.push(r);
+        }
+        // One `score` and one `segment` for every customer that reacted.
+        let ready: Vec<usize> = (0..customers.len())
+            .filter(|&i| reacted[i].is_ok())
+            .collect();
+        let mut judged: Vec<Option<Result<Judgement, FailureReport>>> =
+            customers.iter().map(|_| None).collect();
+        if !ready.is_empty() {
+            let all: Vec<(&CustomerRecord, &[EventRecord])> = ready
+                .iter()
+                .map(|&i| match &reacted[i] {
+                    Ok((_, after)) => (after, customers[i].1.as_slice()),
+                    Err(_) => unreachable!("only customers that reacted"),
+                })
+                .collect();
+            let together = usable(pack, ctx, &mut session)
+                .and_then(|()| judge(pack, ctx, &all, session.as_mut().expect("an instance")));
+            match together {
+                Ok(verdicts) => {
+                    for (&i, v) in ready.iter().zip(verdicts) {
+                        judged[i] = Some(v);
+                    }
+                }
+                // Again one by one: the failure is the customer's that caused it.
+                Err(_) => {
+                    for (&i, one) in ready.iter().zip(&all) {
+                        let v = match strikes.skipped(pack) {
+                            Some(f) => Err(f),
+                            None => usable(pack, ctx, &mut session).and_then(|()| {
+                                judge(pack, ctx, &[*one], session.as_mut().expect("an instance"))
+                                    .and_then(|mut v| v.pop().expect("one verdict"))
+                            }),
+                        };
+                        if let Err(f) = &v {
+                            strikes.note(pack, f);
+                        }
+                        judged[i] = Some(v);
+                    }
+                }
+            }
+        }
+        let per_customer = started.elapsed().as_secs_f64() / customers.len().max(1) as f64;
+        let labels = [pack.name(), pack.version.as_str()];
+        for (i, r) in reacted.into_iter().enumerate() {
+            let result = r.and_then(|(actions, _)| {
+                let (score, segments) = judged[i].take().expect("judged")?;
+                Ok((actions, score, segments))
+            });
+            packs
+                .metrics
+                .plugin_seconds
+                .with_label_values(&labels)
+                .observe(per_customer);
+            let outcome = result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok");
+            packs
+                .metrics
+                .plugin_calls
+                .with_label_values(&[labels[0], labels[1], outcome])
+                .inc();
+            match result {
+                Ok((actions, score, segments)) => {
+                    apply_to_record(&mut records[i], &actions);
+                    open[i] += follow_ups_in(&actions);
+                    if let Some(segs) = &segments {
+                        records[i]
+                            .segments
+                            .extend(segs.iter().map(|(s, _)| s.clone()));
+                    }
+                    let m = pack.plugin.manifest();
+                    out[i].0.push(PluginOutput {
+                        pack: pack.clone(),
+                        name: m.name.clone(),
+                        version: m.version.clone(),
+                        owns_lifecycle: pack.owns_lifecycle,
+                        actions,
+                        score,
+                        segments,
+                    });
+                }
+                Err(f) => {
+                    tracing::warn!(plugin = %f.plugin, version = %f.version, kind = %f.kind, "plugin failed: {}", f.message);
+                    out[i].1.push(f);
+                }
+            }
+        }
+    }
+    out
 }

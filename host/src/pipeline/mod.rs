@@ -58,7 +58,7 @@ mod input;
 mod record;
 mod writes;
 
-pub(crate) use evaluate::{evaluate, render, Bulk, Evaluated, Strikes};
+pub(crate) use evaluate::{evaluate, evaluate_many, render, Evaluated, Strikes};
 pub use input::EventInput;
 use record::Inputs;
 pub use record::{evaluate_ahead, record_events, record_one, Ahead, EventJob};

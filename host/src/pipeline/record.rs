@@ -110,7 +110,6 @@ pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
             &inputs.recent,
             inputs.open_follow_ups,
             Some(&job.event),
-            None,
         )
     })
     .await
@@ -253,7 +252,6 @@ pub async fn record_events(
                         &recent,
                         open_follow_ups,
                         Some(&job.event),
-                        None,
                     );
                     (i, evaluated)
                 })

@@ -33,24 +33,15 @@ pub(crate) fn reevaluate(
     batch: &[(CustomerRecord, Vec<EventRecord>)],
     strikes: &Strikes,
 ) -> Vec<(Evaluated, Effects)> {
-    // One thread's customers, in order, keeping each plugin's instance from one
-    // customer to the next as a batch call would (a fresh one after a failure).
+    // One thread's customers, plugin by plugin: each customer gets what a live
+    // event on its latest event would give it (`pipeline::evaluate_many`).
     let part = |customers: &[(CustomerRecord, Vec<EventRecord>)]| {
-        let mut bulk = pipeline::Bulk::new(strikes);
-        customers
-            .iter()
-            .map(|(c, recent)| {
-                let (outputs, failures) = pipeline::evaluate(
-                    packs,
-                    ctx,
-                    c.clone(),
-                    recent,
-                    0,
-                    recent.first(),
-                    Some(&mut bulk),
-                );
-                let fx = pipeline::effects(c, &outputs, ctx.now);
-                ((outputs, failures), fx)
+        pipeline::evaluate_many(packs, ctx, customers, strikes)
+            .into_iter()
+            .zip(customers)
+            .map(|(evaluated, (c, _))| {
+                let fx = pipeline::effects(c, &evaluated.0, ctx.now);
+                (evaluated, fx)
             })
             .collect::<Vec<_>>()
     };
