@@ -22,7 +22,7 @@ pub async fn stage_counts(
 }
 
 /// Members per (plugin, segment).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct SegmentSize {
     pub plugin: String,
     pub segment: String,
@@ -30,22 +30,13 @@ pub struct SegmentSize {
 }
 
 pub async fn segment_sizes(conn: &mut AnyConnection, tenant: &str) -> Result<Vec<SegmentSize>> {
-    sqlx::query(
-        "SELECT plugin, segment, CAST(COUNT(*) AS BIGINT) AS n FROM memberships WHERE tenant_id = $1 \
-         GROUP BY plugin, segment ORDER BY plugin, segment",
+    Ok(sqlx::query_as(
+        "SELECT plugin, segment, CAST(COUNT(*) AS BIGINT) AS customers FROM memberships \
+         WHERE tenant_id = $1 GROUP BY plugin, segment ORDER BY plugin, segment",
     )
     .bind(tenant)
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(SegmentSize {
-            plugin: r.try_get("plugin")?,
-            segment: r.try_get("segment")?,
-            customers: r.try_get("n")?,
-        })
-    })
-    .collect()
+    .await?)
 }
 
 /// How one plugin's scores are spread.

@@ -439,8 +439,9 @@ pub async fn memberships_of(
 }
 
 /// A reminder for staff to contact a customer.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct FollowUp {
+    #[sqlx(rename = "seq")]
     pub id: i64,
     pub due_at: i64,
     pub note: String,
@@ -448,6 +449,7 @@ pub struct FollowUp {
     pub plugin: Option<String>,
     /// The plugin's key for it (contract 0.2.0), if it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[sqlx(rename = "follow_up_key")]
     pub key: Option<String>,
     pub created_at: i64,
 }
@@ -539,7 +541,7 @@ pub fn queue_wake(
 }
 
 /// A plugin's pending wake for a customer.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Wake {
     pub plugin: String,
     pub due_at: i64,
@@ -548,23 +550,14 @@ pub struct Wake {
 
 /// The customer's pending wakes, soonest first.
 pub async fn wakes_of(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<Vec<Wake>> {
-    sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT plugin, due_at, set_at FROM wakes WHERE tenant_id = $1 AND customer_id = $2 \
          ORDER BY due_at, plugin",
     )
     .bind(tenant)
     .bind(id)
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(Wake {
-            plugin: r.try_get("plugin")?,
-            due_at: r.try_get("due_at")?,
-            set_at: r.try_get("set_at")?,
-        })
-    })
-    .collect()
+    .await?)
 }
 
 /// Marks an open follow-up of a customer done; `false` if there is no such open one.
@@ -603,27 +596,14 @@ pub async fn open_follow_ups(
     tenant: &str,
     id: &str,
 ) -> Result<Vec<FollowUp>> {
-    sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT seq, due_at, note, status, plugin, follow_up_key, created_at FROM follow_ups \
          WHERE tenant_id = $1 AND customer_id = $2 AND status = 'open' ORDER BY due_at",
     )
     .bind(tenant)
     .bind(id)
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(FollowUp {
-            id: r.try_get("seq")?,
-            due_at: r.try_get("due_at")?,
-            note: r.try_get("note")?,
-            status: r.try_get("status")?,
-            plugin: r.try_get("plugin")?,
-            key: r.try_get("follow_up_key")?,
-            created_at: r.try_get("created_at")?,
-        })
-    })
-    .collect()
+    .await?)
 }
 
 /// Filters for the customer list.

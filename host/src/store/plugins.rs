@@ -285,7 +285,7 @@ pub struct Pair {
 }
 
 /// One line of a plugin's activation history.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Activation {
     pub version: String,
     pub rules_version: Option<i64>,
@@ -303,27 +303,14 @@ pub async fn activations(
     tenant: &str,
     plugin: &str,
 ) -> Result<Vec<Activation>> {
-    sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT version, rules_version, kind, status, actor, reason, at FROM activations \
          WHERE tenant_id = $1 AND plugin = $2 ORDER BY seq DESC LIMIT 50",
     )
     .bind(tenant)
     .bind(plugin)
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(Activation {
-            version: r.try_get("version")?,
-            rules_version: r.try_get("rules_version")?,
-            kind: r.try_get("kind")?,
-            status: r.try_get("status")?,
-            actor: r.try_get("actor")?,
-            reason: r.try_get("reason")?,
-            at: r.try_get("at")?,
-        })
-    })
-    .collect()
+    .await?)
 }
 
 /// The pair a tenant runs now, if the plugin is enabled.
