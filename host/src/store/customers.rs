@@ -624,7 +624,7 @@ pub struct CustomerFilter {
 }
 
 /// A row of the customer list.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct CustomerSummary {
     pub id: String,
     pub name: Option<String>,
@@ -655,7 +655,7 @@ pub async fn list_customers(
     f: &CustomerFilter,
 ) -> Result<Vec<CustomerSummary>> {
     // Every filter is optional: `$n IS NULL OR ...` keeps one statement for all cases.
-    sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT c.id, c.name, c.stage, c.source, c.orders, c.spend_cents, c.updated_at FROM customers c \
          WHERE c.tenant_id = $1 \
          AND ($2 IS NULL OR c.stage = $2) \
@@ -681,18 +681,5 @@ pub async fn list_customers(
     .bind(f.min_score.unwrap_or(f64::MIN))
     .bind(f.max_score.unwrap_or(f64::MAX))
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(CustomerSummary {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            stage: r.try_get("stage")?,
-            source: r.try_get("source")?,
-            orders: r.try_get("orders")?,
-            spend_cents: r.try_get("spend_cents")?,
-            updated_at: r.try_get("updated_at")?,
-        })
-    })
-    .collect()
+    .await?)
 }

@@ -278,7 +278,7 @@ pub async fn rule_set(
 }
 
 /// What a tenant runs of one plugin: a (version, rule-set version) pair.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Pair {
     pub version: String,
     pub rules_version: Option<i64>,
@@ -454,12 +454,7 @@ pub async fn rollback(
     .bind(plugin)
     .fetch_all(&mut *conn)
     .await?;
-    let pair = |r: &sqlx::any::AnyRow| -> Result<Pair> {
-        Ok(Pair {
-            version: r.try_get("version")?,
-            rules_version: r.try_get("rules_version")?,
-        })
-    };
+    let pair = |r: &sqlx::any::AnyRow| -> Result<Pair> { Ok(sqlx::FromRow::from_row(r)?) };
     let Some(cur) = rows.first() else {
         return Err(StoreError::Conflict(format!("{plugin} is not active")));
     };
