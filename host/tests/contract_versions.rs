@@ -202,14 +202,17 @@ fn the_kept_0_1_0_builds_answer_as_before_the_upgrade() {
     }
 }
 
-/// Every version the host runs has its WIT under `wit/<version>/`, and the SDK
-/// carries a copy of the newest one (it builds outside this repository).
+/// Every version the host runs has its WIT under `wit/<version>/` (the released
+/// `wit/plugin.wit` stays, as 0.1.0), and the SDK carries a copy of the newest
+/// one (it builds outside this repository).
 #[test]
 fn each_version_has_its_wit_and_the_sdk_carries_the_newest() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut folders: Vec<String> = std::fs::read_dir(root.join("wit"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .map(|e| e.unwrap())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
     folders.sort();
     let versions: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();
@@ -221,6 +224,12 @@ fn each_version_has_its_wit_and_the_sdk_carries_the_newest() {
             "wit/{v} declares another version"
         );
     }
+    // The released path of 0.1.0 stays where integrators found it.
+    assert_eq!(
+        std::fs::read_to_string(root.join("wit/plugin.wit")).unwrap(),
+        std::fs::read_to_string(root.join("wit/0.1.0/plugin.wit")).unwrap(),
+        "wit/plugin.wit is the released 0.1.0 contract and must not change"
+    );
     let newest = Version::ALL.last().unwrap();
     assert_eq!(
         std::fs::read_to_string(root.join("plugins/sdk/wit/plugin.wit")).unwrap(),
