@@ -66,8 +66,17 @@ pub(super) fn run_in_session(
     let (score, segments) = judge(pack, ctx, &[(&after, recent)], session)?
         .pop()
         .expect("one judgement per customer")?;
+    Ok(output(pack, actions, score, segments))
+}
+
+fn output(
+    pack: &ActivePack,
+    actions: Vec<Action>,
+    score: Option<StoredScore>,
+    segments: Option<Vec<(String, RenderedReason)>>,
+) -> PluginOutput {
     let m = pack.plugin.manifest();
-    Ok(PluginOutput {
+    PluginOutput {
         pack: pack.clone(),
         name: m.name.clone(),
         version: m.version.clone(),
@@ -75,7 +84,22 @@ pub(super) fn run_in_session(
         actions,
         score,
         segments,
-    })
+    }
+}
+
+/// Counts a plugin's call for one customer in `/metrics`: its time and outcome.
+fn observe(packs: &TenantPacks, pack: &ActivePack, seconds: f64, outcome: &str) {
+    let labels = [pack.name(), pack.version.as_str()];
+    packs
+        .metrics
+        .plugin_seconds
+        .with_label_values(&labels)
+        .observe(seconds);
+    packs
+        .metrics
+        .plugin_calls
+        .with_label_values(&[labels[0], labels[1], outcome])
+        .inc();
 }
 
 fn failure(pack: &ActivePack, kind: &str, message: String) -> FailureReport {
@@ -346,18 +370,8 @@ pub(crate) fn evaluate(
     for pack in &packs.packs {
         let started = std::time::Instant::now();
         let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event);
-        let labels = [pack.name(), pack.version.as_str()];
-        packs
-            .metrics
-            .plugin_seconds
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
         let outcome = result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok");
-        packs
-            .metrics
-            .plugin_calls
-            .with_label_values(&[labels[0], labels[1], outcome])
-            .inc();
+        observe(packs, pack, started.elapsed().as_secs_f64(), outcome);
         match result {
             Ok(o) => {
                 apply_to_record(&mut customer, &o.actions);
@@ -472,23 +486,13 @@ pub(crate) fn evaluate_many(
             }
         }
         let per_customer = started.elapsed().as_secs_f64() / customers.len().max(1) as f64;
-        let labels = [pack.name(), pack.version.as_str()];
         for (i, r) in reacted.into_iter().enumerate() {
             let result = r.and_then(|(actions, _)| {
                 let (score, segments) = judged[i].take().expect("judged")?;
                 Ok((actions, score, segments))
             });
-            packs
-                .metrics
-                .plugin_seconds
-                .with_label_values(&labels)
-                .observe(per_customer);
             let outcome = result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok");
-            packs
-                .metrics
-                .plugin_calls
-                .with_label_values(&[labels[0], labels[1], outcome])
-                .inc();
+            observe(packs, pack, per_customer, outcome);
             match result {
                 Ok((actions, score, segments)) => {
                     apply_to_record(&mut records[i], &actions);
@@ -498,16 +502,7 @@ pub(crate) fn evaluate_many(
                             .segments
                             .extend(segs.iter().map(|(s, _)| s.clone()));
                     }
-                    let m = pack.plugin.manifest();
-                    out[i].0.push(PluginOutput {
-                        pack: pack.clone(),
-                        name: m.name.clone(),
-                        version: m.version.clone(),
-                        owns_lifecycle: pack.owns_lifecycle,
-                        actions,
-                        score,
-                        segments,
-                    });
+                    out[i].0.push(output(pack, actions, score, segments));
                 }
                 Err(f) => {
                     tracing::warn!(plugin = %f.plugin, version = %f.version, kind = %f.kind, "plugin failed: {}", f.message);

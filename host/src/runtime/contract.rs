@@ -379,33 +379,41 @@ macro_rules! conversions {
     };
 }
 
+/// `From<w::Action>` for a version's `w`: the variants every version has, and
+/// the version's own (`$extra` match arms).
+macro_rules! action_conversion {
+    ($($extra:tt)*) => {
+        impl From<w::Action> for Action {
+            fn from(a: w::Action) -> Self {
+                match a {
+                    w::Action::MoveToStage(m) => Action::MoveToStage {
+                        stage: m.stage,
+                        reason: m.reason.into(),
+                    },
+                    w::Action::AddTag(t) => Action::AddTag(t),
+                    w::Action::RemoveTag(t) => Action::RemoveTag(t),
+                    w::Action::SetField(f) => Action::SetField {
+                        key: f.key,
+                        value: f.value.into(),
+                    },
+                    w::Action::ScheduleFollowUp(f) => Action::ScheduleFollowUp {
+                        due_in_hours: f.due_in_hours,
+                        note: f.note,
+                    },
+                    $($extra)*
+                }
+            }
+        }
+    };
+}
+
 mod v0_1_conversions {
     use super::*;
     conversions!(
         super::v0_1::stagecraft::plugin::types,
         super::v0_1::stagecraft::plugin::host
     );
-
-    impl From<w::Action> for Action {
-        fn from(a: w::Action) -> Self {
-            match a {
-                w::Action::MoveToStage(m) => Action::MoveToStage {
-                    stage: m.stage,
-                    reason: m.reason.into(),
-                },
-                w::Action::AddTag(t) => Action::AddTag(t),
-                w::Action::RemoveTag(t) => Action::RemoveTag(t),
-                w::Action::SetField(f) => Action::SetField {
-                    key: f.key,
-                    value: f.value.into(),
-                },
-                w::Action::ScheduleFollowUp(f) => Action::ScheduleFollowUp {
-                    due_in_hours: f.due_in_hours,
-                    note: f.note,
-                },
-            }
-        }
-    }
+    action_conversion!();
 }
 
 mod v0_2_conversions {
@@ -414,32 +422,13 @@ mod v0_2_conversions {
         super::v0_2::stagecraft::plugin::types,
         super::v0_2::stagecraft::plugin::host
     );
-
-    impl From<w::Action> for Action {
-        fn from(a: w::Action) -> Self {
-            match a {
-                w::Action::MoveToStage(m) => Action::MoveToStage {
-                    stage: m.stage,
-                    reason: m.reason.into(),
-                },
-                w::Action::AddTag(t) => Action::AddTag(t),
-                w::Action::RemoveTag(t) => Action::RemoveTag(t),
-                w::Action::SetField(f) => Action::SetField {
-                    key: f.key,
-                    value: f.value.into(),
-                },
-                w::Action::ScheduleFollowUp(f) => Action::ScheduleFollowUp {
-                    due_in_hours: f.due_in_hours,
-                    note: f.note,
-                },
-                w::Action::FollowUp(f) => Action::FollowUp {
-                    key: f.key,
-                    due: f.due,
-                    note: f.note,
-                },
-                w::Action::CloseFollowUp(key) => Action::CloseFollowUp { key },
-                w::Action::WakeAt(at) => Action::WakeAt { at },
-            }
-        }
-    }
+    action_conversion!(
+        w::Action::FollowUp(f) => Action::FollowUp {
+            key: f.key,
+            due: f.due,
+            note: f.note,
+        },
+        w::Action::CloseFollowUp(key) => Action::CloseFollowUp { key },
+        w::Action::WakeAt(at) => Action::WakeAt { at },
+    );
 }
