@@ -21,6 +21,8 @@ pub struct Metrics {
     pub suspensions: IntCounterVec,
     /// Customers processed by jobs, by kind.
     pub job_customers: IntCounterVec,
+    /// Wakes fired by this host (contract 0.2.0 timers).
+    pub wakes_fired: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -58,7 +60,16 @@ impl Metrics {
         registry
             .register(Box::new(events.clone()))
             .expect("unique metric");
+        let wakes_fired = IntCounter::new(
+            "stagecraft_wakes_fired_total",
+            "Wakes (plugin timers) fired by this host",
+        )
+        .expect("metric definition");
+        registry
+            .register(Box::new(wakes_fired.clone()))
+            .expect("unique metric");
         Metrics {
+            wakes_fired,
             http_requests: counter(
                 "stagecraft_http_requests_total",
                 "HTTP requests by route, method and status",

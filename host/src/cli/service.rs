@@ -47,6 +47,10 @@ pub struct Settings {
     /// notifications (`STAGECRAFT_SYNC_INTERVAL_MS`, default 250 ms; the tests
     /// stretch it to prove the notifications alone suffice).
     pub sync_interval: std::time::Duration,
+    /// How long a claim on due wakes lasts without its heartbeat: how long the
+    /// wakes a killed host held wait for another (`STAGECRAFT_WAKE_LEASE_MS`,
+    /// default 30 s).
+    pub wake_lease: std::time::Duration,
 }
 
 /// Milliseconds from the environment variable `name`, if set; an unreadable
@@ -82,6 +86,9 @@ impl Settings {
                 .max(std::time::Duration::from_millis(100)),
             sync_interval: env_ms("STAGECRAFT_SYNC_INTERVAL_MS")?
                 .unwrap_or(crate::services::SYNC_INTERVAL),
+            wake_lease: env_ms("STAGECRAFT_WAKE_LEASE_MS")?
+                .unwrap_or(crate::services::wakes::LEASE)
+                .max(std::time::Duration::from_millis(100)),
         })
     }
 }
@@ -130,6 +137,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Crm> {
     let crm = Crm::connect(&settings.database_url, packs)
         .await?
         .with_chunk_lease(settings.chunk_lease)
+        .with_wake_lease(settings.wake_lease)
         .with_sync_interval(settings.sync_interval);
     crm.load_all().await?;
     Ok(crm)
@@ -147,10 +155,12 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{b}").and_then(|_| std::io::stdout().flush());
     }
-    // Follow changes made by other hosts, and share bulk work with them.
+    // Follow changes made by other hosts, and share bulk work and due wakes
+    // with them.
     let watcher = crm.watch();
     let helper = crm.jobs().help_with_jobs();
-    let _stop = AbortOnDrop(vec![watcher, helper]);
+    let waker = crm.wakes().run();
+    let _stop = AbortOnDrop(vec![watcher, helper, waker]);
     crate::http::serve(listener, crm, async {
         let _ = tokio::signal::ctrl_c().await;
     })

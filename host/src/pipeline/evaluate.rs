@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// What a plugin is asked to react to before it scores and segments.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Trigger<'a> {
+    /// An event: a new one (live), or the customer's latest (a rescore, a
+    /// dry-run; `None` when it has none). Every plugin's `on-event` runs.
+    Event(Option<&'a EventRecord>),
+    /// The due wake of the plugin named (contract 0.2.0): its `on-wake` runs,
+    /// the other plugins only score and segment.
+    Wake(&'a str),
+}
+
 /// Renders a reason in English for storage; the API can re-render on request.
 pub(crate) fn render(pack: &ActivePack, r: &Reason) -> RenderedReason {
     RenderedReason {
@@ -34,7 +45,7 @@ pub(super) fn run_plugin(
     customer: &CustomerRecord,
     recent: &[EventRecord],
     open_follow_ups: u32,
-    event: Option<&EventRecord>,
+    trigger: Trigger<'_>,
 ) -> Result<PluginOutput, FailureReport> {
     // A live event always gets a fresh instance.
     let mut session = pack
@@ -48,7 +59,7 @@ pub(super) fn run_plugin(
         customer,
         recent,
         open_follow_ups,
-        event,
+        trigger,
         &mut session,
     )
 }
@@ -59,10 +70,18 @@ pub(super) fn run_in_session(
     customer: &CustomerRecord,
     recent: &[EventRecord],
     open_follow_ups: u32,
-    event: Option<&EventRecord>,
+    trigger: Trigger<'_>,
     session: &mut Session<'_>,
 ) -> Result<PluginOutput, FailureReport> {
-    let (actions, after) = react(pack, ctx, customer, recent, open_follow_ups, event, session)?;
+    let (actions, after) = react(
+        pack,
+        ctx,
+        customer,
+        recent,
+        open_follow_ups,
+        trigger,
+        session,
+    )?;
     let (score, segments) = judge(pack, ctx, &[(&after, recent)], session)?
         .pop()
         .expect("one judgement per customer")?;
@@ -124,17 +143,17 @@ fn react(
     customer: &CustomerRecord,
     recent: &[EventRecord],
     open_follow_ups: u32,
-    event: Option<&EventRecord>,
+    trigger: Trigger<'_>,
     session: &mut Session<'_>,
 ) -> Reaction {
     let fail = |kind: &str, message: String| failure(pack, kind, message);
-    let mut actions = Vec::new();
-    if let Some(event) = event {
-        let snap = customer_snapshot_granted(customer, recent, &pack.granted_fields);
-        actions = session
-            .on_event(ctx, &snap, &event.snapshot())
-            .map_err(|e| from_runtime(pack, e))?;
+    let snap = || customer_snapshot_granted(customer, recent, &pack.granted_fields);
+    let actions = match trigger {
+        Trigger::Event(Some(event)) => session.on_event(ctx, &snap(), &event.snapshot()),
+        Trigger::Wake(plugin) if plugin == pack.name() => session.on_wake(ctx, &snap()),
+        Trigger::Event(None) | Trigger::Wake(_) => Ok(Vec::new()),
     }
+    .map_err(|e| from_runtime(pack, e))?;
     for a in &actions {
         match a {
             Action::MoveToStage { .. } if !pack.owns_lifecycle => {
@@ -363,13 +382,13 @@ pub(crate) fn evaluate(
     mut customer: CustomerRecord,
     recent: &[EventRecord],
     mut open_follow_ups: u32,
-    event: Option<&EventRecord>,
+    trigger: Trigger<'_>,
 ) -> Evaluated {
     let mut outputs = Vec::new();
     let mut failures = Vec::new();
     for pack in &packs.packs {
         let started = std::time::Instant::now();
-        let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, event);
+        let result = run_plugin(pack, ctx, &customer, recent, open_follow_ups, trigger);
         let outcome = result.as_ref().map_or_else(|f| f.kind.as_str(), |_| "ok");
         observe(packs, pack, started.elapsed().as_secs_f64(), outcome);
         match result {
@@ -392,6 +411,55 @@ pub(crate) fn evaluate(
     (outputs, failures)
 }
 
+/// Runs `packs` on each customer of a batch through the one evaluation path
+/// ([`evaluate`], on the customer's latest event, or with `woken_by` on the wake
+/// of the plugin named for each customer) and derives what would be written
+/// ([`effects`]). Blocking.
+///
+/// Customers are independent, so the batch is cut across the cores; within a
+/// thread each plugin's configured instance serves customer after customer, as
+/// the batch calls of the rescore before did (a plugin keeps nothing between
+/// calls, so the results are those of a fresh instance per customer).
+pub(crate) fn reevaluate(
+    packs: &TenantPacks,
+    ctx: &CallContext,
+    batch: &[(CustomerRecord, Vec<EventRecord>)],
+    woken_by: Option<&[String]>,
+    strikes: &Strikes,
+) -> Vec<(Evaluated, Effects)> {
+    // One thread's customers, plugin by plugin: each customer gets what a live
+    // event on its latest event would give it (`pipeline::evaluate_many`).
+    let part = |customers: &[(CustomerRecord, Vec<EventRecord>)], woken_by: Option<&[String]>| {
+        evaluate_many(packs, ctx, customers, woken_by, strikes)
+            .into_iter()
+            .zip(customers)
+            .map(|(evaluated, (c, _))| {
+                let fx = effects(c, &evaluated.0, ctx.now);
+                (evaluated, fx)
+            })
+            .collect::<Vec<_>>()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 || batch.len() < 32 {
+        return part(batch, woken_by);
+    }
+    let per = batch.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = batch
+            .chunks(per)
+            .enumerate()
+            .map(|(n, customers)| {
+                let woken_by = woken_by.map(|w| &w[n * per..n * per + customers.len()]);
+                scope.spawn(move || part(customers, woken_by))
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("evaluation thread"))
+            .collect()
+    })
+}
+
 /// Makes `session` a usable instance of `pack`, configured with its rules (a
 /// fresh one after a failure).
 fn usable<'p>(
@@ -410,7 +478,8 @@ fn usable<'p>(
 }
 
 /// [`evaluate`] for many customers at once, each on its latest event, as a
-/// rescore and a dry-run need: every customer gets exactly what [`evaluate`]
+/// rescore and a dry-run need (or, with `woken_by`, on the due wake of the
+/// plugin named for each, as the wake worker needs): every customer gets exactly what [`evaluate`]
 /// would give it (customers do not see each other), but plugin by plugin — a
 /// plugin reacts to each customer's event, then scores and segments all of
 /// them in one call each, instead of one call per customer. A call that fails
@@ -420,6 +489,7 @@ pub(crate) fn evaluate_many(
     packs: &TenantPacks,
     ctx: &CallContext,
     customers: &[(CustomerRecord, Vec<EventRecord>)],
+    woken_by: Option<&[String]>,
     strikes: &Strikes,
 ) -> Vec<Evaluated> {
     let mut records: Vec<CustomerRecord> = customers.iter().map(|(c, _)| c.clone()).collect();
@@ -438,7 +508,11 @@ pub(crate) fn evaluate_many(
             let r = usable(pack, ctx, &mut session).and_then(|()| {
                 let s = session.as_mut().expect("an instance");
                 s.withhold(domain::granted_secrets(&records[i], &pack.granted_fields));
-                react(pack, ctx, &records[i], recent, open[i], recent.first(), s)
+                let trigger = match woken_by {
+                    Some(w) => Trigger::Wake(&w[i]),
+                    None => Trigger::Event(recent.first()),
+                };
+                react(pack, ctx, &records[i], recent, open[i], trigger, s)
             });
             if let Err(f) = &r {
                 strikes.note(pack, f);

@@ -58,12 +58,12 @@ mod input;
 mod record;
 mod writes;
 
-pub(crate) use evaluate::{evaluate, evaluate_many, render, Evaluated, Strikes};
+pub(crate) use evaluate::{evaluate, reevaluate, render, Evaluated, Strikes, Trigger};
 pub use input::EventInput;
 use record::Inputs;
 pub use record::{evaluate_ahead, record_events, record_one, Ahead, EventJob};
 use writes::queue_writes;
-pub(crate) use writes::{effects, Effects};
+pub(crate) use writes::{effects, queue_effects, queue_failures, Effects};
 
 /// What an event caused; also the body of the event route's response.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

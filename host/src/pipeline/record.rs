@@ -109,7 +109,7 @@ pub async fn evaluate_ahead(store: &Store, job: &EventJob) -> Option<Ahead> {
             inputs.customer,
             &inputs.recent,
             inputs.open_follow_ups,
-            Some(&job.event),
+            Trigger::Event(Some(&job.event)),
         )
     })
     .await
@@ -251,7 +251,7 @@ pub async fn record_events(
                         customer,
                         &recent,
                         open_follow_ups,
-                        Some(&job.event),
+                        Trigger::Event(Some(&job.event)),
                     );
                     (i, evaluated)
                 })

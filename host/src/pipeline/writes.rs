@@ -152,54 +152,16 @@ pub(super) fn queue_writes(
     };
     let ev_id = Some(event.id.as_str());
     store::queue_metrics(writes, tenant, customer_id, &stored_metrics, now);
-    let fx = effects(&before, &outputs, now);
-    for mv in &fx.stage_moves {
-        store::queue_stage_moves(writes, tenant, &[(customer_id, mv)], ev_id, now);
-        outcome.stage = Some(StageChange {
-            from: mv.from.clone(),
-            to: mv.to.clone(),
-            reason: mv.reason_text.clone(),
-            plugin: mv.plugin.clone(),
-        });
-    }
-    for t in &fx.tags_added {
-        store::queue_add_tag(writes, tenant, customer_id, t);
-    }
-    for t in &fx.tags_removed {
-        store::queue_remove_tag(writes, tenant, customer_id, t);
-    }
-    outcome.tags_added = fx.tags_added;
-    outcome.tags_removed = fx.tags_removed;
-    for f in &fx.fields_set {
-        store::queue_field(writes, tenant, customer_id, f);
-        outcome
-            .fields_set
-            .insert(f.key.clone(), domain::field_value_to_json(&f.value));
-    }
-    // Per plugin and key an answer either closes or opens (updates): `effects`
-    // keeps its last word, so the order of these writes does not matter.
-    for c in &fx.follow_ups_closed {
-        store::queue_close_follow_up(writes, tenant, customer_id, &c.plugin, &c.key, now);
-    }
-    outcome.follow_ups_closed = fx.follow_ups_closed;
-    for f in fx.follow_ups {
-        store::queue_follow_up(
-            writes,
-            tenant,
-            customer_id,
-            f.due_at,
-            &f.note,
-            Some(&f.plugin),
-            f.key.as_deref(),
-            ev_id,
-            now,
-        );
-        outcome.follow_ups.push(f);
-    }
-    for w in &fx.wakes {
-        store::queue_wake(writes, tenant, customer_id, &w.plugin, w.due_at, ev_id, now);
-    }
-    outcome.wakes = fx.wakes;
+    let mut fx = effects(&before, &outputs, now);
+    queue_effects(
+        writes,
+        tenant,
+        customer_id,
+        &mut fx,
+        ev_id,
+        now,
+        &mut outcome,
+    );
     let scores: Vec<(String, StoredScore)> = fx
         .scores
         .into_iter()
@@ -236,15 +198,7 @@ pub(super) fn queue_writes(
         outcome.segments_joined.extend(joined);
         outcome.segments_left.extend(left);
     }
-    for f in &outcome.failures {
-        let pf = PluginFailure {
-            plugin: f.plugin.clone(),
-            plugin_version: f.version.clone(),
-            kind: f.kind.clone(),
-            message: f.message.clone(),
-        };
-        store::queue_failure(writes, tenant, customer_id, &pf, ev_id, now);
-    }
+    queue_failures(writes, tenant, customer_id, &outcome.failures, ev_id, now);
     let body = json!(outcome);
     store::queue_event(
         writes,
@@ -256,4 +210,86 @@ pub(super) fn queue_writes(
         now,
     );
     outcome
+}
+
+/// Queues what `fx` changes on a customer but its scores and segments (which
+/// the caller writes over what it read): stage moves, tags, fields, follow-ups
+/// opened, updated and closed, wakes; and says so in `outcome`, taking those
+/// parts out of `fx`. `event_id` names the event that caused them, if one did.
+pub(crate) fn queue_effects(
+    writes: &mut store::Batch,
+    tenant: &str,
+    customer_id: &str,
+    fx: &mut Effects,
+    ev_id: Option<&str>,
+    now: i64,
+    outcome: &mut EventOutcome,
+) {
+    for mv in &fx.stage_moves {
+        store::queue_stage_moves(writes, tenant, &[(customer_id, mv)], ev_id, now);
+        outcome.stage = Some(StageChange {
+            from: mv.from.clone(),
+            to: mv.to.clone(),
+            reason: mv.reason_text.clone(),
+            plugin: mv.plugin.clone(),
+        });
+    }
+    for t in &fx.tags_added {
+        store::queue_add_tag(writes, tenant, customer_id, t);
+    }
+    for t in &fx.tags_removed {
+        store::queue_remove_tag(writes, tenant, customer_id, t);
+    }
+    outcome.tags_added = std::mem::take(&mut fx.tags_added);
+    outcome.tags_removed = std::mem::take(&mut fx.tags_removed);
+    for f in &fx.fields_set {
+        store::queue_field(writes, tenant, customer_id, f);
+        outcome
+            .fields_set
+            .insert(f.key.clone(), domain::field_value_to_json(&f.value));
+    }
+    // Per plugin and key an answer either closes or opens (updates): `effects`
+    // keeps its last word, so the order of these writes does not matter.
+    for c in &fx.follow_ups_closed {
+        store::queue_close_follow_up(writes, tenant, customer_id, &c.plugin, &c.key, now);
+    }
+    outcome.follow_ups_closed = std::mem::take(&mut fx.follow_ups_closed);
+    for f in std::mem::take(&mut fx.follow_ups) {
+        store::queue_follow_up(
+            writes,
+            tenant,
+            customer_id,
+            f.due_at,
+            &f.note,
+            Some(&f.plugin),
+            f.key.as_deref(),
+            ev_id,
+            now,
+        );
+        outcome.follow_ups.push(f);
+    }
+    for w in &fx.wakes {
+        store::queue_wake(writes, tenant, customer_id, &w.plugin, w.due_at, ev_id, now);
+    }
+    outcome.wakes = std::mem::take(&mut fx.wakes);
+}
+
+/// Queues the records of plugins' failures on a customer's timeline.
+pub(crate) fn queue_failures(
+    writes: &mut store::Batch,
+    tenant: &str,
+    customer_id: &str,
+    failures: &[FailureReport],
+    ev_id: Option<&str>,
+    now: i64,
+) {
+    for f in failures {
+        let pf = PluginFailure {
+            plugin: f.plugin.clone(),
+            plugin_version: f.version.clone(),
+            kind: f.kind.clone(),
+            message: f.message.clone(),
+        };
+        store::queue_failure(writes, tenant, customer_id, &pf, ev_id, now);
+    }
 }

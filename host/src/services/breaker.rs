@@ -2,7 +2,7 @@
 //! a row is suspended for its tenant and the previous pair restored.
 
 use super::CrmError;
-use crate::domain::now_ms;
+use crate::domain::time::Clock;
 use crate::packs::{ActivePack, Packs};
 use crate::store::{self, Store};
 use serde_json::json;
@@ -11,11 +11,17 @@ use serde_json::json;
 pub struct Breaker {
     store: Store,
     packs: Packs,
+    /// The one clock (see [`Clock`]).
+    clock: Clock,
 }
 
 impl Breaker {
-    pub(crate) fn new(store: Store, packs: Packs) -> Breaker {
-        Breaker { store, packs }
+    pub(crate) fn new(store: Store, packs: Packs, clock: Clock) -> Breaker {
+        Breaker {
+            store,
+            packs,
+            clock,
+        }
     }
 
     /// Counts a plugin's outcome for an event and trips the circuit breaker when a
@@ -26,7 +32,7 @@ impl Breaker {
         let name = pack.name().to_string();
         let h = self
             .packs
-            .record_call(tenant, &name, &pack.version, failure, now_ms());
+            .record_call(tenant, &name, &pack.version, failure, self.clock.now());
         if h.consecutive_failures < self.packs.breaker_threshold || failure.is_none() {
             return;
         }
@@ -52,7 +58,7 @@ impl Breaker {
         reason: &str,
     ) -> Result<(), CrmError> {
         tracing::warn!(%tenant, plugin = %name, %version, "{reason}");
-        let at = now_ms();
+        let at = self.clock.now();
         let mut tx = self.store.begin().await?;
         // Another host may have tripped it already.
         match store::active_pair(tx.conn(), tenant, name).await? {

@@ -4,7 +4,7 @@
 use super::{invalid, CrmError};
 use crate::domain::text::text_problem;
 use crate::domain::{
-    self, field_value_from_json, now_ms, CustomerRecord, FieldEntry, ALWAYS_SENSITIVE,
+    self, field_value_from_json, time::Clock, CustomerRecord, FieldEntry, ALWAYS_SENSITIVE,
 };
 use crate::packs::Packs;
 use crate::pipeline::PipelineError;
@@ -231,11 +231,17 @@ pub(crate) fn validate_customer(input: CustomerInput, now: i64) -> Result<NewCus
 pub struct Customers {
     store: Store,
     packs: Packs,
+    /// The one clock (see [`Clock`]).
+    clock: Clock,
 }
 
 impl Customers {
-    pub(crate) fn new(store: Store, packs: Packs) -> Customers {
-        Customers { store, packs }
+    pub(crate) fn new(store: Store, packs: Packs, clock: Clock) -> Customers {
+        Customers {
+            store,
+            packs,
+            clock,
+        }
     }
 
     /// Creates a customer; returns its id.
@@ -244,7 +250,7 @@ impl Customers {
         tenant: &str,
         input: CustomerInput,
     ) -> Result<String, CrmError> {
-        let c = validate_customer(input, now_ms())?;
+        let c = validate_customer(input, self.clock.now())?;
         let id = c.id.clone();
         let mut tx = self.store.begin().await?;
         store::insert_customer(tx.conn(), tenant, &c).await?;
@@ -288,7 +294,7 @@ impl Customers {
                 _ => {}
             }
         }
-        let now = now_ms();
+        let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let backend = tx.backend();
         let current = store::load_customer(tx.conn(), backend, tenant, id, true)
@@ -346,7 +352,8 @@ impl Customers {
             .await?
             .ok_or_else(|| PipelineError::UnknownCustomer(id.to_string()))?;
         let mut metrics = c.metrics;
-        metrics.touchpoints_90d = store::touchpoints_90d(&mut conn, tenant, id, now_ms()).await?;
+        metrics.touchpoints_90d =
+            store::touchpoints_90d(&mut conn, tenant, id, self.clock.now()).await?;
         Ok(CustomerView {
             id: c.id,
             name: c.name,
@@ -410,7 +417,7 @@ impl Customers {
         follow_up: i64,
     ) -> Result<bool, CrmError> {
         let mut tx = self.store.begin().await?;
-        if !store::complete_follow_up(tx.conn(), tenant, id, follow_up, now_ms()).await? {
+        if !store::complete_follow_up(tx.conn(), tenant, id, follow_up, self.clock.now()).await? {
             return Ok(false);
         }
         tx.commit().await?;

@@ -5,7 +5,7 @@
 use super::breaker::Breaker;
 use super::group_commit::GroupCommit;
 use super::{invalid, CrmError};
-use crate::domain::{self, now_ms};
+use crate::domain::{self, time::Clock};
 use crate::packs::Packs;
 use crate::pipeline::{self, EventInput, EventJob, EventOutcome, PipelineError};
 use crate::store::{self, Backend, Store, StoreError};
@@ -17,17 +17,19 @@ pub struct Events {
     pub(super) store: Store,
     packs: Packs,
     breaker: Breaker,
+    clock: Clock,
     /// SQLite: events that arrive together are recorded in one transaction.
     group_commit: Option<Arc<GroupCommit>>,
 }
 
 impl Events {
-    pub(crate) fn new(store: Store, packs: Packs, breaker: Breaker) -> Events {
+    pub(crate) fn new(store: Store, packs: Packs, breaker: Breaker, clock: Clock) -> Events {
         let group_commit = (store.backend() == Backend::Sqlite).then(Arc::default);
         Events {
             store,
             packs,
             breaker,
+            clock,
             group_commit,
         }
     }
@@ -52,7 +54,7 @@ impl Events {
         if let Some(k) = idempotency_key {
             domain::check_idempotency_key(k).map_err(invalid)?;
         }
-        let wall = now_ms();
+        let wall = self.clock.now();
         let event = input.validate(wall)?;
         let now = now.unwrap_or(wall);
         let packs = self.packs.for_tenant(tenant);

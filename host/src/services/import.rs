@@ -8,7 +8,7 @@
 use super::customers::{validate_customer, CustomerInput};
 use super::CrmError;
 use crate::domain::time::parse_time;
-use crate::domain::{self, now_ms, EventRecord};
+use crate::domain::{self, time::Clock, EventRecord};
 use crate::packs::Packs;
 use crate::pipeline::{self, EventInput, EventJob, PipelineError};
 use crate::store::{self, NewCustomer, Store, StoreError};
@@ -364,11 +364,17 @@ fn csv_reader<R: AsyncRead + Unpin + Send>(r: R) -> csv_async::AsyncReader<R> {
 pub struct Imports {
     store: Store,
     packs: Packs,
+    /// The one clock (see [`Clock`]).
+    clock: Clock,
 }
 
 impl Imports {
-    pub(crate) fn new(store: Store, packs: Packs) -> Imports {
-        Imports { store, packs }
+    pub(crate) fn new(store: Store, packs: Packs, clock: Clock) -> Imports {
+        Imports {
+            store,
+            packs,
+            clock,
+        }
     }
     /// Imports customers from CSV: columns `id` (required), `name`, `source`,
     /// `created_at`, `tags` (separated by `;`); every other column is a field.
@@ -564,7 +570,7 @@ impl Imports {
 
     fn new_customer(&self, input: CustomerInput) -> Result<NewCustomer, CrmError> {
         // The same checks as the API, by building through the same path.
-        validate_customer(input, now_ms())
+        validate_customer(input, self.clock.now())
     }
 }
 
@@ -612,7 +618,7 @@ impl<'a> EventBatch<'a> {
         ev: &EventInput,
         key: Option<&str>,
     ) -> Result<(), ImportError> {
-        let wall = now_ms();
+        let wall = self.imports.clock.now();
         let event: EventRecord = match ev.validate(wall) {
             Ok(e) => e,
             Err(e) => {

@@ -2,11 +2,10 @@
 //! heartbeat), evaluated through the one evaluation path and written with the
 //! chunk marked done in one transaction.
 
-use super::registry::dry_run::reevaluate;
 use super::registry::{CustomerFailure, RegistryError, LISTED_FAILURES, RESCORE_CHUNK};
-use crate::domain::{now_ms, CustomerRecord, EventRecord};
+use crate::domain::{time::Clock, CustomerRecord, EventRecord};
 use crate::packs::Packs;
-use crate::pipeline::{Effects, Evaluated, Strikes, RECENT_EVENTS};
+use crate::pipeline::{reevaluate, Effects, Evaluated, Strikes, RECENT_EVENTS};
 use crate::runtime::CallContext;
 use crate::store::{self, Store, StoreError};
 use serde_json::json;
@@ -21,15 +20,17 @@ pub const CHUNK_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 pub struct Jobs {
     store: Store,
     packs: Packs,
+    clock: Clock,
     /// How long a chunk claim lasts without its heartbeat.
     chunk_lease: std::time::Duration,
 }
 
 impl Jobs {
-    pub(crate) fn new(store: Store, packs: Packs) -> Jobs {
+    pub(crate) fn new(store: Store, packs: Packs, clock: Clock) -> Jobs {
         Jobs {
             store,
             packs,
+            clock,
             chunk_lease: CHUNK_LEASE,
         }
     }
@@ -69,7 +70,7 @@ impl Jobs {
             "rescore",
             &json!({ "by": actor }),
             total,
-            now_ms(),
+            self.clock.now(),
         )
         .await?;
         store::audit(
@@ -122,13 +123,14 @@ impl Jobs {
     /// worked on, so that no host (this one included) takes a chunk that is
     /// merely slow for one left by a dead host and does its writes twice.
     fn heartbeat(&self, job: String, chunk: i64, claim: String) -> tokio::task::JoinHandle<()> {
-        let (store, every) = (self.store.clone(), self.chunk_lease / 4);
+        let (store, clock, every) = (self.store.clone(), self.clock.clone(), self.chunk_lease / 4);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let renewed = match store.begin().await {
                     Ok(mut tx) => {
-                        match store::renew_claim(tx.conn(), &job, chunk, &claim, now_ms()).await {
+                        match store::renew_claim(tx.conn(), &job, chunk, &claim, clock.now()).await
+                        {
                             Ok(held) => tx.commit().await.map(|_| held),
                             Err(e) => Err(e),
                         }
@@ -150,7 +152,7 @@ impl Jobs {
         job: &str,
         claim: &str,
     ) -> Result<Option<store::Chunk>, RegistryError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let stale_before = now - self.chunk_lease.as_millis() as i64;
         let mut tx = self.store.begin().await?;
         let backend = tx.backend();
@@ -167,7 +169,7 @@ impl Jobs {
         tenant: &str,
         chunk: store::Chunk,
     ) -> Result<RescoredChunk, RegistryError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let ids = {
             let mut conn = self.store.conn().await?;
             store::customer_ids_between(&mut conn, tenant, &chunk.first_id, &chunk.last_id).await?
@@ -180,7 +182,7 @@ impl Jobs {
         };
         let p = packs.clone();
         let (batch, results) = crate::spawn_blocking(move || {
-            let results = reevaluate(&p, &ctx, &batch, &Strikes::default());
+            let results = reevaluate(&p, &ctx, &batch, None, &Strikes::default());
             (batch, results)
         })
         .await
@@ -277,7 +279,7 @@ impl Jobs {
             tracing::warn!(%job, chunk = chunk.chunk, "chunk taken over by another host; not stored twice");
             return Ok(0);
         }
-        store::add_progress(tx.conn(), job, customers, now_ms()).await?;
+        store::add_progress(tx.conn(), job, customers, self.clock.now()).await?;
         if failed > 0 {
             store::add_failed(tx.conn(), job, failed).await?;
         }
@@ -288,7 +290,7 @@ impl Jobs {
                 .unwrap_or((0, 0));
             let listed = store::chunk_failures(tx.conn(), job, LISTED_FAILURES).await?;
             let result = json!({ "customers": total, "failed": failed, "failures": listed });
-            store::finish_job(tx.conn(), job, Ok(&result), now_ms()).await?;
+            store::finish_job(tx.conn(), job, Ok(&result), self.clock.now()).await?;
         }
         tx.commit().await?;
         self.packs

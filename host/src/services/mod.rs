@@ -9,6 +9,7 @@
 //! - [`Registry`]: plugin versions, rule sets, grants, activation, rollback,
 //!   dry-run, `install` (the one path of the API and `stagecraft plugin install`).
 //! - [`Jobs`]: bulk rescore jobs shared by every host.
+//! - [`Wakes`]: the timers plugins set (`wake-at`), fired by every host.
 //! - [`Breaker`]: suspends a version that keeps failing.
 //! - [`Tokens`]: tenants and API tokens.
 //! - [`Reports`]: the audit log and the analytics.
@@ -24,6 +25,7 @@ pub mod jobs;
 pub mod registry;
 pub mod reports;
 pub mod tokens;
+pub mod wakes;
 
 pub use breaker::Breaker;
 pub use customers::{CustomerInput, CustomerPatch, CustomerView, Customers};
@@ -33,6 +35,7 @@ pub use jobs::Jobs;
 pub use registry::{Registry, RegistryError};
 pub use reports::Reports;
 pub use tokens::Tokens;
+pub use wakes::Wakes;
 
 /// What the services hand to the edges as they are stored: plain data.
 pub use crate::store::{
@@ -41,6 +44,7 @@ pub use crate::store::{
     StoredScore, TimelineEntry, Wake,
 };
 
+use crate::domain::time::Clock;
 use crate::packs::{Packs, TenantPacks};
 use crate::pipeline::PipelineError;
 use crate::store::Store;
@@ -71,8 +75,10 @@ pub struct Crm {
     jobs: Jobs,
     tokens: Tokens,
     reports: Reports,
+    wakes: Wakes,
     packs: Packs,
     store: Store,
+    clock: Clock,
     /// How often [`Crm::watch`] re-reads the generations besides notifications.
     sync_interval: std::time::Duration,
 }
@@ -81,21 +87,35 @@ pub struct Crm {
 pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl Crm {
+    /// The application on the system's clock.
     pub fn new(store: Store, packs: Packs) -> Crm {
-        let breaker = Breaker::new(store.clone(), packs.clone());
-        let events = Events::new(store.clone(), packs.clone(), breaker.clone());
+        Crm::with_clock(store, packs, Clock::system())
+    }
+
+    /// The application on `clock`: every service reads its time there.
+    pub fn with_clock(store: Store, packs: Packs, clock: Clock) -> Crm {
+        let c = clock.clone();
+        let breaker = Breaker::new(store.clone(), packs.clone(), c.clone());
+        let events = Events::new(store.clone(), packs.clone(), breaker.clone(), c.clone());
         Crm {
-            customers: Customers::new(store.clone(), packs.clone()),
-            imports: Imports::new(store.clone(), packs.clone()),
+            customers: Customers::new(store.clone(), packs.clone(), c.clone()),
+            imports: Imports::new(store.clone(), packs.clone(), c.clone()),
             events,
-            registry: Registry::new(store.clone(), packs.clone()),
-            jobs: Jobs::new(store.clone(), packs.clone()),
+            registry: Registry::new(store.clone(), packs.clone(), c.clone()),
+            jobs: Jobs::new(store.clone(), packs.clone(), c.clone()),
+            wakes: Wakes::new(store.clone(), packs.clone(), c),
             tokens: Tokens::new(store.clone()),
-            reports: Reports::new(store.clone(), packs.clone()),
+            reports: Reports::new(store.clone(), packs.clone(), clock.clone()),
             packs,
             store,
+            clock,
             sync_interval: SYNC_INTERVAL,
         }
+    }
+
+    /// The clock every service reads.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Sets how often [`Crm::watch`] re-reads the generations (default
@@ -114,6 +134,13 @@ impl Crm {
     /// (default [`jobs::CHUNK_LEASE`]); the heartbeat renews it every quarter.
     pub fn with_chunk_lease(mut self, lease: std::time::Duration) -> Crm {
         self.jobs.set_chunk_lease(lease);
+        self
+    }
+
+    /// Sets how long a claim on due wakes lasts without its heartbeat (default
+    /// [`wakes::LEASE`]): how long the wakes of a host that died wait.
+    pub fn with_wake_lease(mut self, lease: std::time::Duration) -> Crm {
+        self.wakes.set_lease(lease);
         self
     }
 
@@ -144,6 +171,9 @@ impl Crm {
     }
     pub fn reports(&self) -> &Reports {
         &self.reports
+    }
+    pub fn wakes(&self) -> &Wakes {
+        &self.wakes
     }
 
     /// What `tenant` runs now (for rendering reasons in its language).

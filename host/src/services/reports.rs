@@ -1,7 +1,7 @@
 //! Reports: the audit log and the analytics (funnel, segments, scores), read-only.
 
 use super::CrmError;
-use crate::domain::{day_of, now_ms};
+use crate::domain::{day_of, time::Clock};
 use crate::packs::Packs;
 use crate::store::{self, AuditEntry, ScoreDistribution, SegmentSize, Store};
 use stagecraft_plugin::snapshot::DAY_MS;
@@ -10,6 +10,8 @@ use stagecraft_plugin::snapshot::DAY_MS;
 pub struct Reports {
     store: Store,
     packs: Packs,
+    /// The one clock (see [`Clock`]).
+    clock: Clock,
 }
 
 /// Customers per stage: the lifecycle owner's graph in rank order, those with
@@ -24,8 +26,12 @@ pub struct Funnel {
 }
 
 impl Reports {
-    pub(crate) fn new(store: Store, packs: Packs) -> Reports {
-        Reports { store, packs }
+    pub(crate) fn new(store: Store, packs: Packs, clock: Clock) -> Reports {
+        Reports {
+            store,
+            packs,
+            clock,
+        }
     }
 
     /// The newest `limit` entries of `tenant`'s audit log.
@@ -78,7 +84,7 @@ impl Reports {
     pub async fn scores(&self, tenant: &str) -> Result<(Vec<ScoreDistribution>, i64), CrmError> {
         let mut conn = self.store.conn().await?;
         let dist = store::score_distributions(&mut conn, tenant).await?;
-        let end_of_today = (day_of(now_ms()) + 1) * DAY_MS;
+        let end_of_today = (day_of(self.clock.now()) + 1) * DAY_MS;
         let due = store::follow_ups_due(&mut conn, tenant, end_of_today).await?;
         Ok((dist, due))
     }

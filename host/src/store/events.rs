@@ -495,6 +495,19 @@ pub enum TimelineEntry {
         message: String,
         event_id: Option<String>,
     },
+    /// A plugin's wake fired (contract 0.2.0): no event, time passed. `at` is
+    /// when it was due, which is the `now` the plugins were told; what it caused
+    /// is listed with the same time.
+    Wake {
+        at: i64,
+        /// The plugin that asked to be woken.
+        plugin: String,
+        /// When it was asked for.
+        set_at: i64,
+        /// When a host got to it, and which.
+        fired_at: i64,
+        host: String,
+    },
 }
 
 impl TimelineEntry {
@@ -504,7 +517,8 @@ impl TimelineEntry {
             | TimelineEntry::StageMove { at, .. }
             | TimelineEntry::ScoreChange { at, .. }
             | TimelineEntry::FollowUp { at, .. }
-            | TimelineEntry::PluginFailure { at, .. } => *at,
+            | TimelineEntry::PluginFailure { at, .. }
+            | TimelineEntry::Wake { at, .. } => *at,
         }
     }
 }
@@ -612,7 +626,26 @@ pub async fn timeline(
             },
         ));
     }
-    // Newest first; at the same instant, what an event caused is listed above the event.
+    for r in q(
+        "SELECT plugin, due_at, set_at, fired_at, host FROM wake_log \
+                WHERE tenant_id = $1 AND customer_id = $2 ORDER BY due_at DESC, seq DESC LIMIT $3",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        out.push((
+            0,
+            TimelineEntry::Wake {
+                at: r.try_get("due_at")?,
+                plugin: r.try_get("plugin")?,
+                set_at: r.try_get("set_at")?,
+                fired_at: r.try_get("fired_at")?,
+                host: r.try_get("host")?,
+            },
+        ));
+    }
+    // Newest first; at the same instant, what an event or a wake caused is
+    // listed above it.
     out.sort_by(|(ka, a), (kb, b)| b.at().cmp(&a.at()).then(kb.cmp(ka)));
     out.truncate(limit as usize);
     Ok(out.into_iter().map(|(_, e)| e).collect())

@@ -28,6 +28,7 @@ mod events;
 mod jobs;
 mod plugins;
 mod readers;
+mod wakes;
 
 pub use analytics::*;
 pub use auth::*;
@@ -38,6 +39,7 @@ pub use events::*;
 pub use jobs::*;
 pub use plugins::*;
 pub use readers::ReadConn;
+pub use wakes::*;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTransactionManager};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, TransactionManager};

@@ -8,6 +8,7 @@
 use super::{test_limits, wasm_path};
 use serde_json::Value;
 use stagecraft::cli::service;
+use stagecraft::domain::time::Clock;
 use stagecraft::domain::Role;
 use stagecraft::packs::Packs;
 use stagecraft::runtime::Runtime;
@@ -87,13 +88,19 @@ async fn fresh_database(db: &Db, dir: &std::path::Path) -> (String, Option<(Stri
 
 impl TestServer {
     pub async fn start(db: Db, packs: &[Pack<'_>]) -> TestServer {
+        TestServer::start_with_clock(db, packs, Clock::system()).await
+    }
+
+    /// A server on `clock`, which the test moves (`crm.clock().advance(...)`);
+    /// its wake worker runs as a real server's does.
+    pub async fn start_with_clock(db: Db, packs: &[Pack<'_>], clock: Clock) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = fresh_database(&db, dir.path()).await;
         let store = Store::connect(&url).await.unwrap();
         let db_url = url.clone();
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
         let runtime = Runtime::new(test_limits(), Some(cache)).unwrap();
-        let crm = Crm::new(store, Packs::new(runtime));
+        let crm = Crm::with_clock(store, Packs::new(runtime), clock);
         let tenant = "acme".to_string();
         let token = crm
             .tokens()
@@ -119,11 +126,13 @@ impl TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let serving = crm.clone();
         let task = tokio::spawn(async move {
+            let waker = serving.wakes().run();
             stagecraft::http::serve(listener, serving, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
+            waker.abort();
         });
         TestServer {
             base,

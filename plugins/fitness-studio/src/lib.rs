@@ -7,6 +7,14 @@
 //! price-sensitive member becomes at risk, it tags a cheaper or group-plan offer
 //! and schedules a follow-up, instead of letting them go.
 //!
+//! It keeps its verdicts current without events (contract 0.2.0): after every
+//! event and every wake it asks to be woken when the member's band or segments
+//! would next change with time alone — the day they would lapse, fall at risk
+//! or out of `new`, or their membership ends — so a member who stops coming is
+//! `lapsed` on the configured day with nobody posting anything. Its follow-ups
+//! are keyed: `offer` (the plan offer) and `win-back` (when a member lapses),
+//! each closed when it no longer applies (the member came back, or lapsed).
+//!
 //! It keeps what it needs on the customer as fields, updated from events:
 //! `last_visit_at`, `avg_visit_gap_days` (a smoothed average of the days between
 //! visits), `missed_payments` and `membership_ends`. Staff set `price_sensitive`.
@@ -154,6 +162,83 @@ impl FitnessStudio {
         m.membership_ends.is_some_and(|e| e < now)
             || m.last_visit_at
                 .is_some_and(|l| days(now, l) >= self.lapsed_after_days as f64)
+    }
+
+    /// The next time after `now` at which the member's band or segments change
+    /// with time alone: the wake the pack asks for. Risk grows with the days
+    /// since the last visit (until capped) and steps at the membership's end
+    /// and the window before it; segments change when the member stops being
+    /// new, may become loyal, or lapses.
+    fn next_change(&self, now: Timestamp, m: &Member) -> Option<Timestamp> {
+        let day = |d: f64| (d * DAY_MS as f64).ceil() as i64;
+        if self.lapsed(now, m) {
+            // Lapsed stays lapsed until a visit; only the membership's end
+            // still moves the risk.
+            let end = m.membership_ends.filter(|&e| e > now);
+            return end
+                .into_iter()
+                .chain(end.map(|e| e - day(self.ending_within_days as f64)))
+                .filter(|&t| t > now)
+                .min();
+        }
+        let mut at = vec![
+            m.created_at + day(self.new_within_days as f64),
+            m.created_at + day(self.loyal_min_days as f64),
+        ];
+        if let Some(last) = m.last_visit_at {
+            at.push(last + day(self.lapsed_after_days as f64));
+            // Overdue points grow as (days since / gap - 1) x points per gap:
+            // the days at which the risk reaches each band's threshold.
+            let gap = m.avg_gap_days.unwrap_or(self.default_gap_days).max(0.5);
+            let (risk, _) = self.risk(now, m);
+            let overdue = risk
+                - self
+                    .risk(
+                        now,
+                        &Member {
+                            last_visit_at: Some(now),
+                            ..*m
+                        },
+                    )
+                    .0;
+            for threshold in [self.at_risk_from, self.loyal_below] {
+                let need = threshold - (risk - overdue);
+                if need > 0.0
+                    && need <= self.max_overdue_points
+                    && self.overdue_points_per_gap > 0.0
+                {
+                    at.push(last + day(gap * (1.0 + need / self.overdue_points_per_gap)));
+                }
+            }
+        }
+        if let Some(end) = m.membership_ends {
+            at.push(end);
+            at.push(end - day(self.ending_within_days as f64));
+        }
+        at.into_iter().filter(|&t| t > now).min()
+    }
+
+    /// What the pack asks after an event or a wake, once the member is `m` at
+    /// `now`: the next wake, and its follow-ups kept to what still applies.
+    fn keep_current(&self, now: Timestamp, m: &Member, actions: &mut Vec<Action>) {
+        if self.lapsed(now, m) {
+            // An offer to keep them is late; winning them back is not.
+            actions.push(Action::CloseFollowUp("offer".into()));
+            actions.push(Action::FollowUp {
+                key: "win-back".into(),
+                due: now + DAY_MS,
+                note: match m.last_visit_at {
+                    Some(l) => format!("Win back: no visit for {:.0} days", days(now, l).floor()),
+                    None => "Win back: their membership ended".to_string(),
+                },
+            });
+        } else {
+            actions.push(Action::CloseFollowUp("win-back".into()));
+            if self.risk(now, m).0 < self.at_risk_from {
+                actions.push(Action::CloseFollowUp("offer".into()));
+            }
+        }
+        actions.push(Action::WakeAt(self.next_change(now, m)));
     }
 
     /// The member after this event, and the field changes that record it.
@@ -336,13 +421,21 @@ impl Plugin for FitnessStudio {
                 "a cheaper plan"
             };
             actions.push(Action::AddTag(tag.into()));
-            actions.push(Action::ScheduleFollowUp {
-                due_in_hours: self.offer_follow_up_hours,
+            actions.push(Action::FollowUp {
+                key: "offer".into(),
+                due: ctx.now + self.offer_follow_up_hours as i64 * 3_600_000,
                 note: format!(
                     "Offer {plan} before they leave (churn risk {risk:.0}, mainly {why})"
                 ),
             });
         }
+        self.keep_current(ctx.now, &m, &mut actions);
+        Ok(actions)
+    }
+
+    fn on_wake(&self, ctx: &Context, c: &Customer) -> Result<Vec<Action>, PluginError> {
+        let mut actions = Vec::new();
+        self.keep_current(ctx.now, &Member::of(c), &mut actions);
         Ok(actions)
     }
 }
@@ -474,14 +567,14 @@ mod tests {
             a.contains(&Action::AddTag("offer:group-plan".into())),
             "{a:?}"
         );
-        assert!(a.iter().any(|x| matches!(x, Action::ScheduleFollowUp { due_in_hours: 24, note } if note.starts_with("Offer a group plan"))));
+        assert!(a.iter().any(|x| matches!(x, Action::FollowUp { key, due, note } if key == "offer" && *due == NOW + 24 * 3_600_000 && note.starts_with("Offer a group plan"))));
         // Already offered: no second offer.
         let mut tagged = member(fields, 300);
         tagged.tags = vec!["offer:group-plan"];
         let again = plugin().on_event(&context(NOW), &tagged, &e).unwrap();
         assert!(!again
             .iter()
-            .any(|x| matches!(x, Action::AddTag(_) | Action::ScheduleFollowUp { .. })));
+            .any(|x| matches!(x, Action::AddTag(_) | Action::FollowUp { .. })));
     }
 
     #[test]
@@ -533,11 +626,77 @@ mod tests {
             .on_event(&context(NOW), &member(vec![], 1), &e)
             .unwrap();
         assert_eq!(
-            a,
-            [Action::SetField {
+            a[0],
+            Action::SetField {
                 key: "membership_ends".into(),
                 value: FieldValue::Time(NOW + 90 * DAY_MS)
-            }]
+            }
+        );
+    }
+
+    fn wake_of(a: &[Action]) -> Option<Timestamp> {
+        match a.last() {
+            Some(Action::WakeAt(at)) => *at,
+            other => panic!("no wake asked for last: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_member_is_woken_the_day_they_would_lapse_and_then_won_back() {
+        // Joined long ago, coming every 30 days (never at risk before lapsing
+        // with these rules): the next change is the lapse, 60 days after the visit.
+        let p = FitnessStudio::configure(
+            &DEFAULT_RULES.replace("\"at_risk_from\": 50", "\"at_risk_from\": 100"),
+        )
+        .unwrap();
+        let m = member(
+            vec![
+                ("last_visit_at", Value::Time(NOW)),
+                ("avg_visit_gap_days", Value::Number(30.0)),
+            ],
+            400,
+        );
+        let e = Event {
+            kind: "call",
+            at: NOW,
+            ..Default::default()
+        };
+        let a = p.on_event(&context(NOW), &m, &e).unwrap();
+        assert!(
+            a.contains(&Action::CloseFollowUp("win-back".into())),
+            "{a:?}"
+        );
+        let lapse = NOW + 60 * DAY_MS;
+        // The risk reaches `loyal_below` (20) that day too: 30 x (1 + 20/20) days.
+        assert_eq!(wake_of(&a), Some(NOW + 60 * DAY_MS));
+        // Woken then: lapsed, a win-back follow-up, the offer closed, and no
+        // further change ahead but none of time (the wake is cancelled).
+        let w = p.on_wake(&context(lapse), &m).unwrap();
+        assert!(p.segment(&context(lapse), &m).unwrap()[0].segment == "lapsed");
+        assert!(w.contains(&Action::CloseFollowUp("offer".into())), "{w:?}");
+        assert!(w.iter().any(|x| matches!(x, Action::FollowUp { key, note, .. } if key == "win-back" && note == "Win back: no visit for 60 days")), "{w:?}");
+        assert_eq!(wake_of(&w), None);
+    }
+
+    #[test]
+    fn the_wake_is_the_day_the_risk_reaches_at_risk() {
+        // Every 5 days, last visit today, nothing else: overdue points reach
+        // 50 ... never (capped at 40), so the next change is `loyal_below` (20):
+        // 5 x (1 + 20/20) = 10 days on.
+        let m = member(
+            vec![
+                ("last_visit_at", Value::Time(NOW)),
+                ("avg_visit_gap_days", Value::Number(5.0)),
+            ],
+            400,
+        );
+        let a = plugin().on_wake(&context(NOW), &m).unwrap();
+        assert_eq!(wake_of(&a), Some(NOW + 10 * DAY_MS));
+        let before = plugin().score(&context(NOW + 10 * DAY_MS - 1), &m).unwrap();
+        let after = plugin().score(&context(NOW + 10 * DAY_MS), &m).unwrap();
+        assert_eq!(
+            (before.band.as_deref(), after.band.as_deref()),
+            (Some("low"), Some("medium"))
         );
     }
 

@@ -19,49 +19,6 @@ pub struct Verdict {
     pub error: Option<String>,
 }
 
-/// Runs `packs` on each customer of a batch through the one evaluation path
-/// ([`pipeline::evaluate`], on the customer's latest event) and derives what
-/// would be written ([`pipeline::effects`]). Blocking.
-///
-/// Customers are independent, so the batch is cut across the cores; within a
-/// thread each plugin's configured instance serves customer after customer, as
-/// the batch calls of the rescore before did (a plugin keeps nothing between
-/// calls, so the results are those of a fresh instance per customer).
-pub(crate) fn reevaluate(
-    packs: &TenantPacks,
-    ctx: &CallContext,
-    batch: &[(CustomerRecord, Vec<EventRecord>)],
-    strikes: &Strikes,
-) -> Vec<(Evaluated, Effects)> {
-    // One thread's customers, plugin by plugin: each customer gets what a live
-    // event on its latest event would give it (`pipeline::evaluate_many`).
-    let part = |customers: &[(CustomerRecord, Vec<EventRecord>)]| {
-        pipeline::evaluate_many(packs, ctx, customers, strikes)
-            .into_iter()
-            .zip(customers)
-            .map(|(evaluated, (c, _))| {
-                let fx = pipeline::effects(c, &evaluated.0, ctx.now);
-                (evaluated, fx)
-            })
-            .collect::<Vec<_>>()
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads < 2 || batch.len() < 32 {
-        return part(batch);
-    }
-    let per = batch.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parts: Vec<_> = batch
-            .chunks(per)
-            .map(|customers| scope.spawn(move || part(customers)))
-            .collect();
-        parts
-            .into_iter()
-            .flat_map(|p| p.join().expect("evaluation thread"))
-            .collect()
-    })
-}
-
 /// What `name` and the customer come to under a set of plugins (see [`Verdict`]).
 fn verdict(
     name: &str,
@@ -297,7 +254,7 @@ impl Registry {
         top: usize,
         job: Option<&str>,
     ) -> Result<DryRunReport, RegistryError> {
-        let now = now_ms();
+        let now = self.clock.now();
         let mut report = DryRunReport {
             plugin: name.to_string(),
             active: active.as_ref().map(|a| Pair {
@@ -344,8 +301,8 @@ impl Registry {
             let (sets, bt, plugin) = (sets.clone(), batch.clone(), name.to_string());
             let verdicts = crate::spawn_blocking(move || {
                 let (now_set, with_candidate, before_strikes, after_strikes) = &*sets;
-                let before = reevaluate(now_set, &ctx, &bt, before_strikes);
-                let after = reevaluate(with_candidate, &ctx, &bt, after_strikes);
+                let before = reevaluate(now_set, &ctx, &bt, None, before_strikes);
+                let after = reevaluate(with_candidate, &ctx, &bt, None, after_strikes);
                 bt.iter()
                     .zip(before.iter().zip(&after))
                     .map(|((c, _), ((eb, fb), (ea, fa)))| {
@@ -360,7 +317,7 @@ impl Registry {
             }
             if let Some(id) = job {
                 let mut conn = self.store.conn().await?;
-                store::add_progress(&mut conn, id, chunk.len() as i64, now_ms()).await?;
+                store::add_progress(&mut conn, id, chunk.len() as i64, self.clock.now()).await?;
                 self.packs
                     .metrics()
                     .job_customers
@@ -409,7 +366,7 @@ impl Registry {
             "dry-run",
             &params,
             ids.len() as i64,
-            now_ms(),
+            self.clock.now(),
         )
         .await?;
         drop(conn);
@@ -442,11 +399,15 @@ impl Registry {
                     let mut result = json!(rep);
                     result["failed"] = json!(rep.changed.errors_after);
                     match store::add_failed(&mut conn, &id, rep.changed.errors_after).await {
-                        Ok(()) => store::finish_job(&mut conn, &id, Ok(&result), now_ms()).await,
+                        Ok(()) => {
+                            store::finish_job(&mut conn, &id, Ok(&result), crm.clock.now()).await
+                        }
                         Err(e) => Err(e),
                     }
                 }
-                Err(e) => store::finish_job(&mut conn, &id, Err(&e.to_string()), now_ms()).await,
+                Err(e) => {
+                    store::finish_job(&mut conn, &id, Err(&e.to_string()), crm.clock.now()).await
+                }
             };
             if let Err(e) = end {
                 tracing::error!("dry-run job {id}: {e}");

@@ -16,10 +16,10 @@ pub mod dry_run;
 pub use dry_run::*;
 
 use super::CrmError;
-use crate::domain::{now_ms, CustomerRecord, EventRecord};
+use crate::domain::{time::Clock, CustomerRecord, EventRecord};
+use crate::packs::ActivePack;
 use crate::packs::Packs;
-use crate::packs::{ActivePack, TenantPacks};
-use crate::pipeline::{self, Effects, Evaluated, PipelineError, Strikes, RECENT_EVENTS};
+use crate::pipeline::{reevaluate, Effects, Evaluated, PipelineError, Strikes, RECENT_EVENTS};
 use crate::runtime::{CallContext, LoadedPlugin, Manifest, RuntimeError};
 use crate::store::Store;
 use crate::store::{self, Pair, StoreError};
@@ -135,11 +135,17 @@ fn check_rules(plugin: &LoadedPlugin, rules: &str) -> Result<(), RegistryError> 
 pub struct Registry {
     store: Store,
     packs: Packs,
+    /// The one clock (see [`Clock`]).
+    clock: Clock,
 }
 
 impl Registry {
-    pub(crate) fn new(store: Store, packs: Packs) -> Registry {
-        Registry { store, packs }
+    pub(crate) fn new(store: Store, packs: Packs, clock: Clock) -> Registry {
+        Registry {
+            store,
+            packs,
+            clock,
+        }
     }
     /// Stores a component after checking it like `stagecraft plugin check`.
     pub async fn upload_plugin(
@@ -182,13 +188,19 @@ impl Registry {
     ) -> Result<Uploaded, RegistryError> {
         let m = plugin.manifest().clone();
         let mut tx = self.store.begin().await?;
-        let stored =
-            store::save_plugin_version(tx.conn(), tenant, &m, plugin.digest(), &wasm, now_ms())
-                .await
-                .map_err(|e| match e {
-                    StoreError::Conflict(m) => RegistryError::Conflict(m),
-                    other => other.into(),
-                })?;
+        let stored = store::save_plugin_version(
+            tx.conn(),
+            tenant,
+            &m,
+            plugin.digest(),
+            &wasm,
+            self.clock.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) => RegistryError::Conflict(m),
+            other => other.into(),
+        })?;
         if stored {
             store::audit(
                 tx.conn(),
@@ -275,7 +287,7 @@ impl Registry {
             .await
             .expect("rules check task")?;
         let mut tx = self.store.begin().await?;
-        let n = store::save_rule_set(tx.conn(), tenant, name, &text, now_ms()).await?;
+        let n = store::save_rule_set(tx.conn(), tenant, name, &text, self.clock.now()).await?;
         store::audit(
             tx.conn(),
             tenant,
@@ -375,7 +387,7 @@ impl Registry {
                 .await
                 .expect("rules check task")?;
         }
-        let at = now_ms();
+        let at = self.clock.now();
         let mut tx = self.store.begin().await?;
         let from = store::activate(
             tx.conn(),
@@ -417,7 +429,7 @@ impl Registry {
         reason: &str,
     ) -> Result<(Pair, Option<Pair>), RegistryError> {
         self.ensure_plugin(tenant, name).await?;
-        let at = now_ms();
+        let at = self.clock.now();
         let mut tx = self.store.begin().await?;
         let (from, to) = store::rollback(tx.conn(), tenant, name, actor, reason, at)
             .await

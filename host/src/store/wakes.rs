@@ -1,0 +1,127 @@
+//! The timers plugins set (`wake-at`, contract 0.2.0), as shared work: any host
+//! claims due wakes with a lease, works them, and removes each in the same
+//! transaction as what it caused, so a wake fires exactly once however many
+//! hosts work and whichever of them dies.
+//!
+//! - [`claim_wakes`] takes up to `limit` due wakes whose lease is free or ran
+//!   out (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so hosts claim different rows
+//!   side by side; SQLite: the one writer is the lock);
+//! - [`renew_wakes`] is the heartbeat of a claim being worked;
+//! - [`take_wakes`] deletes, inside the transaction that writes what they caused,
+//!   the wakes the claim still holds: a wake replaced meanwhile (a new request
+//!   clears the claim) or taken over by another host after the lease ran out is
+//!   not returned, and its results are not written.
+
+use super::{Batch, Result};
+use crate::store::Backend;
+use sqlx::AnyConnection;
+
+/// A due wake as claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
+pub struct DueWake {
+    pub tenant_id: String,
+    pub customer_id: String,
+    pub plugin: String,
+    pub due_at: i64,
+    pub set_at: i64,
+}
+
+/// Claims up to `limit` wakes due at `now` (soonest first) that no live lease
+/// holds, for `claim` until `lease_until`. Commit before working on them.
+pub async fn claim_wakes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    claim: &str,
+    now: i64,
+    lease_until: i64,
+    limit: i64,
+) -> Result<Vec<DueWake>> {
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE wakes SET claimed_by = $1, lease_until = $2 \
+         WHERE (tenant_id, customer_id, plugin) IN ( \
+           SELECT tenant_id, customer_id, plugin FROM wakes \
+           WHERE due_at <= $3 AND (lease_until IS NULL OR lease_until < $3) \
+           ORDER BY due_at LIMIT $4 {lock}) \
+         RETURNING tenant_id, customer_id, plugin, due_at, set_at"
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(claim)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// The heartbeat of a claim: its lease runs until `lease_until`. Returns how
+/// many wakes it still holds.
+pub async fn renew_wakes(conn: &mut AnyConnection, claim: &str, lease_until: i64) -> Result<u64> {
+    Ok(
+        sqlx::query("UPDATE wakes SET lease_until = $1 WHERE claimed_by = $2")
+            .bind(lease_until)
+            .bind(claim)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// Lets go of a claimed wake without firing it (another wake of the same
+/// customer is worked first); it is due again at once.
+pub async fn release_wake(conn: &mut AnyConnection, claim: &str, w: &DueWake) -> Result<()> {
+    sqlx::query(
+        "UPDATE wakes SET claimed_by = NULL, lease_until = NULL \
+         WHERE claimed_by = $1 AND tenant_id = $2 AND customer_id = $3 AND plugin = $4",
+    )
+    .bind(claim)
+    .bind(&w.tenant_id)
+    .bind(&w.customer_id)
+    .bind(&w.plugin)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the wakes `claim` still holds and returns them: those, and only
+/// those, are fired by the caller's transaction.
+pub async fn take_wakes(conn: &mut AnyConnection, claim: &str) -> Result<Vec<DueWake>> {
+    Ok(sqlx::query_as(
+        "DELETE FROM wakes WHERE claimed_by = $1 \
+         RETURNING tenant_id, customer_id, plugin, due_at, set_at",
+    )
+    .bind(claim)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Queues the record that `w` fired, on `host`, at `fired_at`.
+pub fn queue_wake_fired(batch: &mut Batch, w: &DueWake, fired_at: i64, host: &str) {
+    batch.push_rows(
+        "INSERT INTO wake_log (tenant_id, customer_id, plugin, due_at, set_at, fired_at, host) VALUES ",
+        7,
+        "",
+        vec![
+            (&w.tenant_id).into(),
+            (&w.customer_id).into(),
+            (&w.plugin).into(),
+            w.due_at.into(),
+            w.set_at.into(),
+            fired_at.into(),
+            host.into(),
+        ],
+    );
+}
+
+/// The earliest due time of a wake no live lease holds, if any.
+pub async fn next_wake_due(conn: &mut AnyConnection, now: i64) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT MIN(due_at) FROM wakes WHERE lease_until IS NULL OR lease_until < $1",
+    )
+    .bind(now)
+    .fetch_one(conn)
+    .await?)
+}
