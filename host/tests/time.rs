@@ -10,7 +10,10 @@ use common::server::{Db, Pack, TestServer};
 use serde_json::{json, Value};
 use stagecraft::domain::time::Clock;
 
-on_both_databases!(a_member_lapses_on_the_configured_day_and_a_visit_moves_the_wake);
+on_both_databases!(
+    a_member_lapses_on_the_configured_day_and_a_visit_moves_the_wake,
+    a_killed_host_s_wakes_fire_once_after_restart,
+);
 
 const DAY: i64 = 86_400_000;
 /// 2026-01-05T00:00:00Z.
@@ -117,5 +120,177 @@ async fn a_member_lapses_on_the_configured_day_and_a_visit_moves_the_wake(db: Db
     let leo = customer(&s, "leo").await;
     assert!(!segments(&leo).contains(&"lapsed".to_string()), "{leo}");
     assert_eq!(leo["wakes"][0]["due_at"], leo_wake, "{leo}");
+    s.finish().await;
+}
+
+/// Wakes due now for customers `w0000`..: the rows a plugin's `wake-at` writes,
+/// put there directly so that no host fires them before the test's hosts start.
+async fn due_wakes(s: &TestServer, n: usize) {
+    let now = stagecraft::domain::now_ms();
+    for i in 0..n {
+        s.crm
+            .customers()
+            .create_customer(
+                "acme",
+                stagecraft::services::CustomerInput {
+                    id: Some(format!("w{i:04}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let mut conn = s.crm.store().conn().await.unwrap();
+    for i in 0..n {
+        sqlx::query(
+            "INSERT INTO wakes (tenant_id, customer_id, plugin, due_at, set_at) VALUES ('acme', $1, 'reminder', $2, $2)",
+        )
+        .bind(format!("w{i:04}"))
+        .bind(now - 1_000)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// (wakes fired per customer, hosts that fired them, wakes left, open win-back
+/// follow-ups per customer) as stored.
+async fn fired(s: &TestServer) -> (Vec<i64>, Vec<String>, i64, Vec<i64>) {
+    let mut conn = s.crm.store().conn().await.unwrap();
+    let per_customer: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM wake_log WHERE tenant_id = 'acme' GROUP BY customer_id ORDER BY customer_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let hosts: Vec<String> = sqlx::query_scalar("SELECT DISTINCT host FROM wake_log ORDER BY host")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM wakes")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    let follow_ups: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM follow_ups WHERE follow_up_key = 'win-back' AND status = 'open' \
+         GROUP BY customer_id ORDER BY customer_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    (per_customer, hosts, left, follow_ups)
+}
+
+/// Wakes a claim holds.
+async fn claimed(s: &TestServer) -> i64 {
+    let mut conn = s.crm.store().conn().await.unwrap();
+    sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM wakes WHERE claimed_by IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+/// The reminder (its `on-wake` tags and opens `win-back`) and a plugin that
+/// spends a while scoring each customer, so that a chunk of wakes takes long
+/// enough for a host to die in the middle of it.
+fn slow_reminder() -> [Pack<'static>; 2] {
+    [
+        Pack {
+            stem: "reminder",
+            rules: None,
+            owns_lifecycle: false,
+        },
+        Pack {
+            stem: "hostile",
+            rules: Some(r#"{"mode": "slow", "value": 1}"#),
+            owns_lifecycle: false,
+        },
+    ]
+}
+
+const LEASE: [(&str, &str); 1] = [("STAGECRAFT_WAKE_LEASE_MS", "1500")];
+
+/// Waits (at most `secs` of real time) until `done` holds for what was fired.
+async fn until_fired(
+    s: &TestServer,
+    secs: u64,
+    done: impl Fn(&(Vec<i64>, Vec<String>, i64, Vec<i64>)) -> bool,
+) -> (Vec<i64>, Vec<String>, i64, Vec<i64>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let f = fired(s).await;
+        if done(&f) {
+            return f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fired so far: {} customers, {} left",
+            f.0.len(),
+            f.2
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A `stagecraft serve` process is killed (SIGKILL) while it fires a burst of
+/// due wakes; a new one started on the same database fires what is left when
+/// the dead one's lease runs out. Every wake fired exactly once (counted in the
+/// log and in its effects), none left.
+async fn a_killed_host_s_wakes_fire_once_after_restart(db: Db) {
+    const N: usize = 1200;
+    let s = TestServer::start_idle(db, &slow_reminder()).await;
+    due_wakes(&s, N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::server::free_port();
+    let mut first = common::server::spawn_serve(dir.path(), s.database_url(), port, &LEASE);
+    // Killed once a chunk is done, while it holds a claim on the next.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if !fired(&s).await.0.is_empty() && claimed(&s).await > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no claim seen");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let held = claimed(&s).await;
+    let (before, ..) = fired(&s).await;
+    assert!(
+        before.len() < N,
+        "the kill came before the end of the burst"
+    );
+    assert!(
+        held > 0,
+        "the dead host held no claim: nothing tested the lease"
+    );
+    let port = common::server::free_port();
+    let _second = common::server::spawn_serve(dir.path(), s.database_url(), port, &LEASE);
+    let (per_customer, hosts, left, follow_ups) =
+        until_fired(&s, 180, |f| f.0.len() == N && f.2 == 0).await;
+    assert!(per_customer.iter().all(|&n| n == 1), "a wake fired twice");
+    assert_eq!(hosts.len(), 2, "both processes fired: {hosts:?}");
+    assert_eq!(left, 0);
+    assert_eq!(follow_ups, vec![1; N], "one win-back follow-up each");
+    s.finish().await;
+}
+
+/// Two hosts on one PostgreSQL, 1,000 wakes due at once: each fired exactly
+/// once (counted), and both hosts fired some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_fire_a_thousand_wakes_each_once() {
+    let Some(db) = Db::postgres() else { return };
+    const N: usize = 1000;
+    let s = TestServer::start_idle(db, &slow_reminder()).await;
+    due_wakes(&s, N).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port_a, port_b) = (common::server::free_port(), common::server::free_port());
+    let _a = common::server::spawn_serve(dir_a.path(), s.database_url(), port_a, &LEASE);
+    let _b = common::server::spawn_serve(dir_b.path(), s.database_url(), port_b, &LEASE);
+    let (per_customer, hosts, left, follow_ups) =
+        until_fired(&s, 180, |f| f.0.len() == N && f.2 == 0).await;
+    assert!(per_customer.iter().all(|&n| n == 1), "a wake fired twice");
+    assert_eq!(hosts.len(), 2, "both hosts fired: {hosts:?}");
+    assert_eq!((left, follow_ups), (0, vec![1; N]));
     s.finish().await;
 }

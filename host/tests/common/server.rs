@@ -94,6 +94,15 @@ impl TestServer {
     /// A server on `clock`, which the test moves (`crm.clock().advance(...)`);
     /// its wake worker runs as a real server's does.
     pub async fn start_with_clock(db: Db, packs: &[Pack<'_>], clock: Clock) -> TestServer {
+        TestServer::start_inner(db, packs, clock, true).await
+    }
+
+    /// A server that fires no wakes: the processes a test starts beside it do.
+    pub async fn start_idle(db: Db, packs: &[Pack<'_>]) -> TestServer {
+        TestServer::start_inner(db, packs, Clock::system(), false).await
+    }
+
+    async fn start_inner(db: Db, packs: &[Pack<'_>], clock: Clock, waker: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = fresh_database(&db, dir.path()).await;
         let store = Store::connect(&url).await.unwrap();
@@ -126,13 +135,15 @@ impl TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let serving = crm.clone();
         let task = tokio::spawn(async move {
-            let waker = serving.wakes().run();
+            let waker = waker.then(|| serving.wakes().run());
             stagecraft::http::serve(listener, serving, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
-            waker.abort();
+            if let Some(w) = waker {
+                w.abort();
+            }
         });
         TestServer {
             base,
