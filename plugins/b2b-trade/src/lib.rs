@@ -11,6 +11,12 @@
 //! change schedules a follow-up on the stage's cadence; an inquiry schedules one
 //! that names the question to answer. Segments are the four management
 //! dimensions: select, acquire, retain, expand.
+//!
+//! In time (contract 0.2.0): a buyer is woken when their reorder is due on the
+//! stage's cadence (a keyed `reorder` follow-up asks staff to reach out, closed
+//! by the next order) and when they would lapse (the step back happens then,
+//! not at their next event). The stage's follow-up has the key `stage`, so a
+//! stage left behind leaves no follow-up; an inquiry's has the key `inquiry`.
 
 use serde::Deserialize;
 use stagecraft_plugin::*;
@@ -114,11 +120,34 @@ impl B2bTrade {
         self.cadence_days.get(stage).copied().unwrap_or(30) * 24
     }
 
-    fn follow_up(&self, stage: &str, note: String) -> Action {
-        Action::ScheduleFollowUp {
-            due_in_hours: self.cadence_hours(stage),
+    fn follow_up(&self, key: &'static str, now: Timestamp, stage: &str, note: String) -> Action {
+        Action::FollowUp {
+            key: key.into(),
+            due: now + self.cadence_hours(stage) as i64 * 3_600_000,
             note,
         }
+    }
+
+    /// The next time after `now` at which the buyer is due a reorder on the
+    /// cadence of `stage`, or would lapse.
+    fn next_change(&self, now: Timestamp, stage: Option<usize>, c: &Customer) -> Option<Timestamp> {
+        let last = c.metrics.last_order_at?;
+        let stage = stage?;
+        let mut at = vec![last + self.cadence_hours(STAGES[stage]) as i64 * 3_600_000];
+        if let Some(days) = self.lapse_days {
+            if (3..=5).contains(&stage) {
+                at.push(last + days as i64 * DAY_MS);
+            }
+        }
+        at.into_iter().filter(|&t| t > now).min()
+    }
+
+    /// The step back of a buyer who stopped ordering, if due at `now`.
+    fn lapse(&self, now: Timestamp, current: usize, c: &Customer) -> Option<(usize, Reason)> {
+        let (days, last) = (self.lapse_days?, c.metrics.last_order_at?);
+        let idle = (now - last) / DAY_MS;
+        (idle >= days as i64 && (3..=5).contains(&current))
+            .then(|| (current - 1, Reason::new("lapsed", 0.0).args([idle as f64])))
     }
 }
 
@@ -200,16 +229,18 @@ impl Plugin for B2bTrade {
         let mut target = current.map_or(earned, |r| r.max(earned));
         let mut why = reason;
         // A lapse steps back one stage; contracts and referrals do not lapse.
-        if let (Some(days), Some(last)) = (self.lapse_days, c.metrics.last_order_at) {
-            let idle = (ctx.now - last) / DAY_MS;
-            if e.kind != "order" && idle >= days as i64 && (3..=5).contains(&target) {
-                target -= 1;
-                why = Reason::new("lapsed", 0.0).args([idle as f64]);
+        if e.kind != "order" && !c.tags.contains(&"lapsed") {
+            if let Some((back, reason)) = self.lapse(ctx.now, target, c) {
+                target = back;
+                why = reason;
                 actions.push(Action::AddTag("lapsed".into()));
             }
         }
-        if e.kind == "order" && c.tags.contains(&"lapsed") {
-            actions.push(Action::RemoveTag("lapsed".into()));
+        if e.kind == "order" {
+            if c.tags.contains(&"lapsed") {
+                actions.push(Action::RemoveTag("lapsed".into()));
+            }
+            actions.push(Action::CloseFollowUp("reorder".into()));
         }
         if Some(target) != current {
             let stage = STAGES[target];
@@ -217,7 +248,12 @@ impl Plugin for B2bTrade {
                 stage: stage.into(),
                 reason: why,
             });
-            actions.push(self.follow_up(stage, format!("Follow up with a {stage} customer")));
+            actions.push(self.follow_up(
+                "stage",
+                ctx.now,
+                stage,
+                format!("Follow up with a {stage} customer"),
+            ));
             if target == 7 {
                 if let Some(role) = e.fields.get("role").and_then(|v| v.as_text()) {
                     actions.push(Action::AddTag(format!("partner:{role}").into()));
@@ -232,8 +268,48 @@ impl Plugin for B2bTrade {
                 ),
                 None => "Answer their inquiry".to_string(),
             };
-            actions.push(self.follow_up("prospect", note));
+            actions.push(self.follow_up("inquiry", ctx.now, "prospect", note));
         }
+        actions.push(Action::WakeAt(self.next_change(ctx.now, Some(target), c)));
+        Ok(actions)
+    }
+
+    fn on_wake(&self, ctx: &Context, c: &Customer) -> Result<Vec<Action>, PluginError> {
+        let mut actions = Vec::new();
+        let Some(mut stage) = rank(c.stage) else {
+            return Ok(actions);
+        };
+        let last = c.metrics.last_order_at;
+        if !c.tags.contains(&"lapsed") {
+            if let Some((back, reason)) = self.lapse(ctx.now, stage, c) {
+                stage = back;
+                actions.push(Action::MoveToStage {
+                    stage: STAGES[back].into(),
+                    reason,
+                });
+                actions.push(Action::AddTag("lapsed".into()));
+                actions.push(self.follow_up(
+                    "stage",
+                    ctx.now,
+                    STAGES[back],
+                    format!("Follow up with a {} customer", STAGES[back]),
+                ));
+            } else if let Some(last) = last {
+                let cadence = self.cadence_hours(STAGES[stage]) as i64 * 3_600_000;
+                if ctx.now - last >= cadence {
+                    actions.push(Action::FollowUp {
+                        key: "reorder".into(),
+                        due: ctx.now,
+                        note: format!(
+                            "No reorder for {} days (their cadence: {} days): reach out",
+                            (ctx.now - last) / DAY_MS,
+                            cadence / DAY_MS
+                        ),
+                    });
+                }
+            }
+        }
+        actions.push(Action::WakeAt(self.next_change(ctx.now, Some(stage), c)));
         Ok(actions)
     }
 
@@ -336,10 +412,37 @@ mod tests {
                 &e,
             )
             .unwrap();
-        assert!(a.contains(&Action::ScheduleFollowUp {
-            due_in_hours: 72,
+        assert!(a.contains(&Action::FollowUp {
+            key: "inquiry".into(),
+            due: NOW + 72 * 3_600_000,
             note: "Answer their question: MOQ for 40ft container?".into()
         }));
+    }
+
+    #[test]
+    fn a_buyer_is_woken_for_the_reorder_then_steps_back_when_they_lapse() {
+        let m = Metrics {
+            orders: 3,
+            purchase_days: 3,
+            last_order_at: Some(NOW),
+            first_order_at: Some(NOW - 60 * DAY_MS),
+            ..Default::default()
+        };
+        let c = customer(Some("repeat"), m);
+        let a = plugin().on_event(&context(NOW), &c, &ev("order")).unwrap();
+        assert!(a.contains(&Action::CloseFollowUp("reorder".into())));
+        // Repeat buyers' cadence: 14 days.
+        assert_eq!(a.last(), Some(&Action::WakeAt(Some(NOW + 14 * DAY_MS))));
+        let w = plugin().on_wake(&context(NOW + 14 * DAY_MS), &c).unwrap();
+        assert!(w.iter().any(|x| matches!(x, Action::FollowUp { key, note, .. } if key == "reorder" && note == "No reorder for 14 days (their cadence: 14 days): reach out")), "{w:?}");
+        assert_eq!(w.last(), Some(&Action::WakeAt(Some(NOW + 180 * DAY_MS))));
+        let w = plugin().on_wake(&context(NOW + 180 * DAY_MS), &c).unwrap();
+        assert_eq!(
+            moves(&w),
+            [("first-purchase".into(), "no order for 180 days".into())]
+        );
+        assert!(w.contains(&Action::AddTag("lapsed".into())));
+        assert_eq!(w.last(), Some(&Action::WakeAt(None)));
     }
 
     #[test]

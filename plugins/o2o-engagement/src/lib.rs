@@ -12,6 +12,13 @@
 //!   `social-like`, `content-view`) with a `topic` field (`promotions`,
 //!   `product-news`, `industry-info`) are counted per topic; a topic engaged with
 //!   `preference_min` times becomes a tag `pref:<topic>`, so outreach matches.
+//! - **In time** (contract 0.2.0): after every event and wake it asks to be
+//!   woken when something changes with time alone — the day the customer would
+//!   go dormant, their endangered window ends, or their recency rank drops — so
+//!   a silent customer is `dormant` on day `dormant_days` without an event.
+//!   Follow-ups are keyed (`rescue`, `welcome-back`): repeated causes update
+//!   one, and they close when stale (a good experience after a rescue call was
+//!   asked for, the endangered window or a welcome gone by).
 //! - **RFM score**: recency, frequency and monetary value, each 1–5 from the rule
 //!   set's thresholds; the score is R·100 + F·10 + M (e.g. 545) and the band names
 //!   the group (champions, loyal, promising, needs-attention, hibernating).
@@ -103,6 +110,42 @@ impl O2oEngagement {
         let days = (now - bad) as f64 / DAY_MS as f64;
         let recovered = time(c, "last_good_experience_at").is_some_and(|g| g > bad);
         (days <= self.endangered_days as f64 && !recovered).then_some(days.floor().max(0.0))
+    }
+
+    /// The next time after `now` at which a segment or the RFM score changes
+    /// with time alone.
+    fn next_change(&self, now: Timestamp, c: &Customer) -> Option<Timestamp> {
+        let day = |d: f64| (d * DAY_MS as f64).ceil() as i64;
+        let m = &c.metrics;
+        let mut at = Vec::new();
+        if let Some(last) = m.last_contact_at {
+            at.push(last + day(self.dormant_days as f64));
+        }
+        if self.endangered(now, c).is_some() {
+            if let Some(bad) = time(c, "last_bad_experience_at") {
+                // Endangered while at most `endangered_days` old.
+                at.push(bad + day(self.endangered_days as f64) + 1);
+            }
+        }
+        if let (Some(last), true) = (m.last_order_at, m.orders > 0) {
+            at.extend(self.recency_days.iter().map(|d| last + day(*d)));
+        }
+        at.into_iter().filter(|&t| t > now).min()
+    }
+
+    /// What it asks after an event or a wake: stale follow-ups closed, the next wake.
+    fn keep_current(&self, now: Timestamp, c: &Customer, actions: &mut Vec<Action>) {
+        if self.endangered(now, c).is_none() {
+            actions.push(Action::CloseFollowUp("rescue".into()));
+        }
+        let idle = c
+            .metrics
+            .last_contact_at
+            .map(|l| (now - l) as f64 / DAY_MS as f64);
+        if idle.is_some_and(|d| d >= self.dormant_days as f64) {
+            actions.push(Action::CloseFollowUp("welcome-back".into()));
+        }
+        actions.push(Action::WakeAt(self.next_change(now, c)));
     }
 
     fn dormant_days_before(&self, c: &Customer, e: &Event) -> Option<f64> {
@@ -214,12 +257,13 @@ impl Plugin for O2oEngagement {
         Ok(out)
     }
 
-    fn on_event(
-        &self,
-        _ctx: &Context,
-        c: &Customer,
-        e: &Event,
-    ) -> Result<Vec<Action>, PluginError> {
+    fn on_wake(&self, ctx: &Context, c: &Customer) -> Result<Vec<Action>, PluginError> {
+        let mut actions = Vec::new();
+        self.keep_current(ctx.now, c, &mut actions);
+        Ok(actions)
+    }
+
+    fn on_event(&self, ctx: &Context, c: &Customer, e: &Event) -> Result<Vec<Action>, PluginError> {
         let mut actions = Vec::new();
         let rating = e.fields.get("rating").and_then(|v| v.as_number());
         let good = e.kind == "experience" && rating.is_some_and(|r| r >= 4.0);
@@ -241,6 +285,7 @@ impl Plugin for O2oEngagement {
             if c.has_tag("endangered") {
                 actions.push(Action::RemoveTag("endangered".into()));
             }
+            actions.push(Action::CloseFollowUp("rescue".into()));
         }
         if bad {
             actions.push(Action::SetField {
@@ -255,8 +300,9 @@ impl Plugin for O2oEngagement {
                 .get("note")
                 .and_then(|v| v.as_text())
                 .unwrap_or("their bad experience");
-            actions.push(Action::ScheduleFollowUp {
-                due_in_hours: self.rescue_follow_up_hours,
+            actions.push(Action::FollowUp {
+                key: "rescue".into(),
+                due: e.at.max(ctx.now) + self.rescue_follow_up_hours as i64 * 3_600_000,
                 note: format!(
                     "Rescue: call about {}",
                     what.chars().take(200).collect::<String>()
@@ -265,8 +311,9 @@ impl Plugin for O2oEngagement {
         }
         if let Some(gap) = self.dormant_days_before(c, e) {
             actions.push(Action::AddTag("reactivated".into()));
-            actions.push(Action::ScheduleFollowUp {
-                due_in_hours: self.welcome_back_follow_up_hours,
+            actions.push(Action::FollowUp {
+                key: "welcome-back".into(),
+                due: e.at.max(ctx.now) + self.welcome_back_follow_up_hours as i64 * 3_600_000,
                 note: format!(
                     "Welcome back after {gap} days: thank them and ask what brought them back"
                 ),
@@ -288,6 +335,19 @@ impl Plugin for O2oEngagement {
                 }
             }
         }
+        // Closing what this event made stale must not undo what it opened.
+        let opened: Vec<String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::FollowUp { key, .. } => Some(key.to_string()),
+                _ => None,
+            })
+            .collect();
+        let mut later = Vec::new();
+        self.keep_current(ctx.now.max(e.at), c, &mut later);
+        actions.extend(later.into_iter().filter(
+            |a| !matches!(a, Action::CloseFollowUp(k) if opened.iter().any(|o| o == k.as_ref())),
+        ));
         Ok(actions)
     }
 }
@@ -354,7 +414,7 @@ mod tests {
         };
         let a = plugin().on_event(&context(NOW), &c, &rated(1.0)).unwrap();
         assert!(a.contains(&Action::AddTag("endangered".into())));
-        assert!(a.iter().any(|x| matches!(x, Action::ScheduleFollowUp { due_in_hours: 24, note } if note.starts_with("Rescue"))));
+        assert!(a.iter().any(|x| matches!(x, Action::FollowUp { key, due, note } if key == "rescue" && *due == NOW + 24 * 3_600_000 && note.starts_with("Rescue"))));
         let bad = Customer {
             id: "c",
             fields: Fields(vec![(
@@ -402,7 +462,7 @@ mod tests {
         };
         let a = plugin().on_event(&context(NOW), &c, &e).unwrap();
         assert!(a.contains(&Action::AddTag("reactivated".into())));
-        assert!(a.iter().any(|x| matches!(x, Action::ScheduleFollowUp { note, .. } if note.starts_with("Welcome back after 120 days"))));
+        assert!(a.iter().any(|x| matches!(x, Action::FollowUp { key, note, .. } if key == "welcome-back" && note.starts_with("Welcome back after 120 days"))));
         let idle = Customer {
             id: "d",
             metrics: Metrics {
@@ -412,6 +472,41 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(segments(&idle), ["dormant"]);
+    }
+
+    #[test]
+    fn a_customer_is_woken_the_day_they_would_go_dormant_and_rescue_closes_when_stale() {
+        // Last order 10 days ago, last contact today: recency drops at 30 days
+        // after the order, dormancy at 90 after the contact.
+        let c = Customer {
+            metrics: Metrics {
+                orders: 1,
+                last_order_at: Some(NOW - 10 * DAY_MS),
+                last_contact_at: Some(NOW),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = Event {
+            kind: "message",
+            at: NOW,
+            ..Default::default()
+        };
+        let a = plugin().on_event(&context(NOW), &c, &e).unwrap();
+        assert_eq!(a.last(), Some(&Action::WakeAt(Some(NOW + 20 * DAY_MS))));
+        // Then at each recency step (60 days after the order), then dormancy.
+        let w = plugin().on_wake(&context(NOW + 20 * DAY_MS), &c).unwrap();
+        assert_eq!(w.last(), Some(&Action::WakeAt(Some(NOW + 50 * DAY_MS))));
+        assert!(w.contains(&Action::CloseFollowUp("rescue".into())), "{w:?}");
+        let w = plugin().on_wake(&context(NOW + 50 * DAY_MS), &c).unwrap();
+        assert_eq!(w.last(), Some(&Action::WakeAt(Some(NOW + 90 * DAY_MS))));
+        // Dormant on day 90: the welcome is stale; next, recency at 120 days.
+        let w = plugin().on_wake(&context(NOW + 90 * DAY_MS), &c).unwrap();
+        assert!(
+            w.contains(&Action::CloseFollowUp("welcome-back".into())),
+            "{w:?}"
+        );
+        assert_eq!(w.last(), Some(&Action::WakeAt(Some(NOW + 110 * DAY_MS))));
     }
 
     #[test]
@@ -426,12 +521,13 @@ mod tests {
             .on_event(&context(NOW), &Customer::default(), &e)
             .unwrap();
         assert_eq!(
-            first,
-            [Action::SetField {
+            first[0],
+            Action::SetField {
                 key: "topic_promotions".into(),
                 value: FieldValue::Number(1.0)
-            }]
+            }
         );
+        assert!(!first.iter().any(|a| matches!(a, Action::AddTag(_))));
         let once = Customer {
             fields: Fields(vec![("topic_promotions", Value::Number(1.0))]),
             ..Default::default()
@@ -444,10 +540,11 @@ mod tests {
             fields: Fields(vec![("topic", Value::Text("cats"))]),
             ..Default::default()
         };
-        assert!(plugin()
+        assert!(!plugin()
             .on_event(&context(NOW), &Customer::default(), &odd)
             .unwrap()
-            .is_empty());
+            .iter()
+            .any(|a| matches!(a, Action::SetField { .. } | Action::AddTag(_))));
     }
 
     #[test]
