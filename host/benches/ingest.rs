@@ -605,7 +605,12 @@ async fn rescore(n: usize) {
 
     reset_peak();
     let t = Instant::now();
-    let job = s.crm.jobs().start_rescore(TENANT, "bench").await.unwrap();
+    let job = s
+        .crm
+        .jobs()
+        .start_rescore(TENANT, "bench", None)
+        .await
+        .unwrap();
     let done = s
         .crm
         .jobs()

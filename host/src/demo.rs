@@ -232,8 +232,10 @@ pub async fn load_stories(crm: &Crm, tenant: &str) -> Result<usize, CrmError> {
             body["at"] = json!(now - days_ago * DAY_MS);
             let input: EventInput = serde_json::from_value(body).expect("story events are valid");
             let key = format!("demo:{}:{events}", s.id);
+            // Each event at its own time: what it causes is due from then.
+            let at = now - days_ago * DAY_MS;
             crm.events()
-                .record_event(tenant, s.id, &input, Some(&key), None)
+                .record_event(tenant, s.id, &input, Some(&key), Some(at))
                 .await?;
             events += 1;
         }

@@ -591,7 +591,11 @@ async fn a_slow_rescore_chunk_is_not_taken_over_while_it_is_worked_on() {
         .crm
         .clone()
         .with_chunk_lease(std::time::Duration::from_millis(800));
-    let job = crm.jobs().start_rescore(&s.tenant, "test").await.unwrap();
+    let job = crm
+        .jobs()
+        .start_rescore(&s.tenant, "test", None)
+        .await
+        .unwrap();
     let first = {
         let (crm, tenant, job) = (crm.clone(), s.tenant.clone(), job.clone());
         tokio::spawn(async move { crm.jobs().work_on_rescore(&tenant, &job, "host-a").await })

@@ -205,6 +205,8 @@ fn the_demo_starts_fresh_with_packs_and_data_and_prints_a_working_token() {
             .arg(common::wasm_path("b2b_trade"))
             .arg("--pack")
             .arg(common::wasm_path("value_tiers"))
+            .arg("--pack")
+            .arg(common::wasm_path("o2o_engagement"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join(format!("demo-{round}.log"))).unwrap());
         let mut server = Server(c.spawn().unwrap());
@@ -240,7 +242,7 @@ fn the_demo_starts_fresh_with_packs_and_data_and_prints_a_working_token() {
         let funnel = get("/v1/analytics/funnel");
         assert_eq!(funnel["owner"], "b2b-trade", "round {round}: {funnel}");
         let plugins = get("/v1/plugins");
-        assert_eq!(plugins["plugins"].as_array().unwrap().len(), 2);
+        assert_eq!(plugins["plugins"].as_array().unwrap().len(), 3);
         // Three order lines after the header: 00001 once, 00002 twice, not 00003; and a
         // fresh database each round (the second round would double the orders otherwise).
         let list = get("/v1/customers?limit=500");
@@ -263,9 +265,65 @@ fn the_demo_starts_fresh_with_packs_and_data_and_prints_a_working_token() {
             "round {round}: {ids:?}"
         );
         assert_eq!(get("/v1/customers/trade-partner")["stage"], "partner");
-        let c2 = get("/v1/customers/00002");
+        // The history's wakes fire at start (their time is long past): 00002,
+        // a repeat buyer whose last order was on 1997-03-01, was due a reorder
+        // 14 days later and lapsed 180 days later, back to first purchase.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let c2 = loop {
+            let c = get("/v1/customers/00002");
+            if c["wakes"].as_array().is_some_and(|w| w.is_empty()) {
+                break c;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wakes never fired: {c}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
         assert_eq!(c2["metrics"]["orders"], 2, "round {round}");
-        assert_eq!(c2["stage"], "repeat");
+        assert_eq!(c2["stage"], "first-purchase", "{c2}");
+        const MAR_1_1997: i64 = 857_174_400_000;
+        const DAY: i64 = 86_400_000;
+        let due = |plugin: &str, key: &str| -> Option<i64> {
+            c2["follow_ups"].as_array().unwrap().iter().find_map(|f| {
+                (f["plugin"] == plugin && f["key"] == key && f["status"] == "open")
+                    .then(|| f["due_at"].as_i64().unwrap())
+            })
+        };
+        // Due where they belong in that history, not in the year of the demo.
+        assert_eq!(
+            due("b2b-trade", "reorder"),
+            Some(MAR_1_1997 + 14 * DAY),
+            "{c2}"
+        );
+        assert_eq!(
+            due("b2b-trade", "stage"),
+            Some(MAR_1_1997 + 180 * DAY + 7 * DAY),
+            "{c2}"
+        );
+        // No customer has two open follow-ups of one plugin and key, and none
+        // names a stage the customer has left.
+        for id in &ids {
+            let c = get(&format!("/v1/customers/{id}"));
+            let mut keys = std::collections::BTreeSet::new();
+            for f in c["follow_ups"].as_array().unwrap() {
+                if f["status"] != "open" || f["key"].is_null() {
+                    continue;
+                }
+                assert!(
+                    keys.insert((f["plugin"].to_string(), f["key"].to_string())),
+                    "two open follow-ups with one key: {c}"
+                );
+                if f["plugin"] == "b2b-trade" && f["key"] == "stage" {
+                    let stage = c["stage"].as_str().unwrap();
+                    assert_eq!(
+                        f["note"],
+                        format!("Follow up with a {stage} customer"),
+                        "{c}"
+                    );
+                }
+            }
+        }
     }
 }
 

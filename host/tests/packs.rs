@@ -433,6 +433,9 @@ async fn the_demo_data_makes_every_stage_and_segment_appear(db: Db) {
         .await
         .unwrap();
     assert!(n > 30);
+    // What time alone changes (a membership that ended, a member who stopped
+    // coming) is there once the wakes due have fired.
+    s.wait_for_due_wakes().await;
     let (_, funnel) = s.get("/v1/analytics/funnel").await;
     for st in funnel["stages"].as_array().unwrap() {
         assert!(

@@ -413,7 +413,9 @@ async fn import_cdnow_sample(s: &TestServer, lines: usize) {
         .take(lines + 1)
         .map(|l| format!("{l}\n"))
         .collect();
-    let (status, r) = send(s.req(Method::POST, "/v1/import/cdnow").body(sample)).await;
+    // Scored as of today, as the native computation it is compared with.
+    let url = format!("/v1/import/cdnow?now={}", now_ms());
+    let (status, r) = send(s.req(Method::POST, &url).body(sample)).await;
     assert_eq!(status, 200, "{r}");
 }
 
@@ -993,7 +995,12 @@ async fn a_rescore_left_unfinished_by_a_dead_host_is_resumed(db: Db) {
             .await
             .unwrap();
     }
-    let job = s.crm.jobs().start_rescore("acme", "test").await.unwrap();
+    let job = s
+        .crm
+        .jobs()
+        .start_rescore("acme", "test", None)
+        .await
+        .unwrap();
     // A host claims the first chunk and dies before finishing it.
     let mut tx = s.crm.store().begin().await.unwrap();
     let backend = tx.backend();

@@ -294,3 +294,55 @@ async fn two_hosts_fire_a_thousand_wakes_each_once() {
     assert_eq!((left, follow_ups), (0, vec![1; N]));
     s.finish().await;
 }
+
+/// A history is scored as of its own end: a rescore and a dry-run take the
+/// `now` plugins are told (the clock's otherwise), as ms or an RFC 3339 time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rescore_and_a_dry_run_score_as_of_a_given_now() {
+    let s = TestServer::start_idle(Db::Sqlite, &[common::server::pack("o2o_engagement")]).await;
+    let (status, c) = s.post("/v1/customers", json!({"id": "old"})).await;
+    assert_eq!(status, 201, "{c}");
+    let body = json!({"kind": "order", "amount_cents": 1200, "at": "1998-06-20T00:00:00Z"});
+    let (status, o) = s.post("/v1/customers/old/events", body).await;
+    assert_eq!(status, 201, "{o}");
+    let recency = |c: &Value| {
+        c["scores"]["o2o-engagement"]["reasons"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (status, j) = s
+        .post("/v1/rescore?now=1998-07-01T00:00:00Z", json!(null))
+        .await;
+    assert_eq!(status, 202, "{j}");
+    let job = s.wait_for_job(j["job"].as_str().unwrap()).await;
+    assert_eq!(job["params"]["now"], 899_251_200_000i64, "{job}");
+    assert_eq!(
+        recency(&customer(&s, "old").await),
+        "R5: last order 11 days ago"
+    );
+
+    let (status, r) = s
+        .post(
+            "/v1/plugins/o2o-engagement/dry-run",
+            json!({"now": "1998-09-01", "top": 5}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["as_of"].as_i64(), r["customers"].as_i64()),
+        (Some(904_608_000_000), Some(1)),
+        "{r}"
+    );
+
+    let (status, e) = s.post("/v1/rescore?now=yesterday", json!(null)).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a time"),
+        "{e}"
+    );
+    s.finish().await;
+}

@@ -299,8 +299,10 @@ pub async fn demo(
             }
             None => file,
         };
-        // The data ends in June 1998: plugins are told it is 1 July 1998.
-        let report = import_file(&crm, tenant, ImportKind::Cdnow, file, Some(DEMO_NOW)).await?;
+        // Each order is evaluated at its own time, so what it causes (follow-ups,
+        // wakes) is due in 1997-98 as it would have been; the wakes then fire
+        // at once and bring every customer to today.
+        let report = import_file(&crm, tenant, ImportKind::Cdnow, file, None).await?;
         eprintln!(
             "imported {} CDNOW orders ({} rows, {} errors)",
             report.imported, report.rows, report.error_count
@@ -316,7 +318,8 @@ pub async fn demo(
     serve(crm, listen, Some(banner)).await
 }
 
-/// 1998-07-01T00:00:00Z, the day after the CDNOW data ends.
+/// 1998-07-01T00:00:00Z, the day after the CDNOW data ends: the `now` to
+/// score CDNOW as of its own end (`?now=` of an import, a rescore, a dry-run).
 pub const DEMO_NOW: i64 = 899_251_200_000;
 
 /// Aborts background tasks when the server stops.
@@ -332,7 +335,7 @@ impl Drop for AbortOnDrop {
 
 /// Runs a bulk rescore of `tenant` here, with a progress bar; returns the job.
 pub async fn rescore(crm: &Crm, tenant: &str) -> anyhow::Result<Value> {
-    let job = crm.jobs().start_rescore(tenant, "cli").await?;
+    let job = crm.jobs().start_rescore(tenant, "cli", None).await?;
     let total = { crm.jobs().job(tenant, &job).await?.map_or(0, |j| j.total) };
     let bar = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template(

@@ -418,18 +418,31 @@ impl JobStarted {
     }
 }
 
+/// As of when a rescore evaluates.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct RescoreQuery {
+    /// The `now` plugins are told: ms since the epoch or an RFC 3339 time
+    /// (a history scored as of its own end); the clock's now if absent.
+    #[serde(default, deserialize_with = "crate::domain::time::de_time")]
+    now: Option<i64>,
+}
+
 /// Rescores every customer of the tenant with the active pairs, as a job (integrator).
 #[utoipa::path(post, path = "/v1/rescore", tag = PLUGINS, security(("bearer" = [])),
+    params(RescoreQuery),
     responses((status = 202, description = "The job", body = JobStarted), Errors))]
 async fn rescore(
     State(s): State<AppState>,
     auth: Auth,
+    ApiQuery(q): ApiQuery<RescoreQuery>,
 ) -> Result<(StatusCode, Json<JobStarted>), ApiError> {
     auth.require(Role::Integrator)?;
     let job = s
         .crm
         .jobs()
-        .start_rescore(auth.tenant(), &auth.0.token_id)
+        .start_rescore(auth.tenant(), &auth.0.token_id, q.now)
         .await?;
     let (crm, tenant, id) = (s.crm.clone(), auth.tenant().to_string(), job.clone());
     // The job's log lines keep the request id of the request that started it.

@@ -641,7 +641,10 @@ impl<'a> EventBatch<'a> {
             }
         }
         let packs = self.imports.packs.for_tenant(self.tenant);
-        let now = self.now.unwrap_or(wall).max(event.at);
+        // History is evaluated at each event's own time (so what it causes,
+        // follow-ups and wakes, lands where it belongs in that history) unless
+        // the import names a `now`.
+        let now = self.now.map_or(event.at, |n| n.max(event.at));
         let job = EventJob::new(packs, self.tenant, customer, event, key, now);
         match pipeline::record_one(tx, &job).await {
             Ok(o) if o.replayed => report.already_present += 1,

@@ -59,7 +59,15 @@ impl Jobs {
     /// Starts a bulk rescore of every customer of the tenant with what it runs now.
     /// The work is cut into chunks in the database; this host starts working on
     /// them, and on PostgreSQL any other host's [`Jobs::help_with_jobs`] joins in.
-    pub async fn start_rescore(&self, tenant: &str, actor: &str) -> Result<String, RegistryError> {
+    /// `now` is the time the plugins are told (the clock's now if `None`):
+    /// a history is scored as of its own end with `now` at that end.
+    pub async fn start_rescore(
+        &self,
+        tenant: &str,
+        actor: &str,
+        now: Option<i64>,
+    ) -> Result<String, RegistryError> {
+        let as_of = now.unwrap_or_else(|| self.clock.now());
         let job = format!("job_{}", uuid::Uuid::now_v7().simple());
         let mut tx = self.store.begin().await?;
         let total = store::create_chunks(tx.conn(), tenant, &job, RESCORE_CHUNK).await?;
@@ -68,7 +76,7 @@ impl Jobs {
             tenant,
             &job,
             "rescore",
-            &json!({ "by": actor }),
+            &json!({ "by": actor, "now": as_of }),
             total,
             self.clock.now(),
         )
@@ -100,6 +108,13 @@ impl Jobs {
         host: &str,
     ) -> Result<i64, RegistryError> {
         let mut done = 0;
+        // The time the job's plugins are told, fixed when it started.
+        let now = {
+            let mut conn = self.store.conn().await?;
+            store::job(&mut conn, tenant, job).await?
+        }
+        .and_then(|j| j.params["now"].as_i64())
+        .unwrap_or_else(|| self.clock.now());
         loop {
             // Each claim is named alone, so that two workers of one host (this
             // one and `help_with_jobs`) tell their claims apart too.
@@ -109,7 +124,7 @@ impl Jobs {
             };
             let heartbeat = self.heartbeat(job.to_string(), chunk.chunk, claim.clone());
             let worked = async {
-                let scored = self.rescore_chunk(tenant, chunk).await?;
+                let scored = self.rescore_chunk(tenant, chunk, now).await?;
                 self.store_rescored(tenant, job, &claim, scored).await
             }
             .await;
@@ -168,8 +183,8 @@ impl Jobs {
         &self,
         tenant: &str,
         chunk: store::Chunk,
+        now: i64,
     ) -> Result<RescoredChunk, RegistryError> {
-        let now = self.clock.now();
         let ids = {
             let mut conn = self.store.conn().await?;
             store::customer_ids_between(&mut conn, tenant, &chunk.first_id, &chunk.last_id).await?

@@ -159,6 +159,30 @@ impl TestServer {
         }
     }
 
+    /// Waits (at most two minutes) until no wake is due: the server's worker
+    /// fired every one whose time has come.
+    pub async fn wait_for_due_wakes(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let due: i64 = {
+                let mut conn = self.crm.store().conn().await.unwrap();
+                sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM wakes WHERE due_at <= $1")
+                    .bind(self.crm.clock().now())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap()
+            };
+            if due == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{due} wakes still due"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The database the server uses (for other processes to share it).
     pub fn database_url(&self) -> &str {
         &self.url

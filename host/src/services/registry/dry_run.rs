@@ -67,6 +67,8 @@ pub struct DryRunReport {
     pub active: Option<Pair>,
     pub candidate: Pair,
     pub candidate_rules_inline: bool,
+    /// The `now` the plugins were told.
+    pub as_of: i64,
     pub customers: i64,
     pub changed: ChangeCounts,
     /// "before → after" band moves and how many customers make each.
@@ -253,9 +255,10 @@ impl Registry {
         ids: Vec<String>,
         top: usize,
         job: Option<&str>,
+        now: i64,
     ) -> Result<DryRunReport, RegistryError> {
-        let now = self.clock.now();
         let mut report = DryRunReport {
+            as_of: now,
             plugin: name.to_string(),
             active: active.as_ref().map(|a| Pair {
                 version: a.version.clone(),
@@ -344,6 +347,7 @@ impl Registry {
             (false, n) => Some(n.unwrap_or(INLINE_DRY_RUN)),
         };
         let top = c.top.unwrap_or(20).min(200);
+        let now = c.now.unwrap_or_else(|| self.clock.now());
         let inline_rules = c.rules.is_some();
         let (active, candidate, pair) = self.dry_run_pair(tenant, name, &c).await?;
         let mut conn = self.store.conn().await?;
@@ -351,13 +355,14 @@ impl Registry {
         drop(conn);
         if sample.is_some_and(|n| n <= INLINE_DRY_RUN) {
             let mut r = self
-                .compare(tenant, name, (active, candidate, pair), ids, top, None)
+                .compare(tenant, name, (active, candidate, pair), ids, top, None, now)
                 .await?;
             r.candidate_rules_inline = inline_rules;
             return Ok(DryRunOutcome::Done(Box::new(r)));
         }
         let job = format!("job_{}", uuid::Uuid::now_v7().simple());
-        let params = json!({ "plugin": name, "candidate": pair, "customers": ids.len() });
+        let params =
+            json!({ "plugin": name, "candidate": pair, "customers": ids.len(), "now": now });
         let mut conn = self.store.conn().await?;
         store::create_job(
             &mut conn,
@@ -385,6 +390,7 @@ impl Registry {
                     ids,
                     top,
                     Some(&id),
+                    now,
                 )
                 .await;
             let mut conn = match crm.store.conn().await {

@@ -113,6 +113,12 @@ pub struct Candidate {
     /// How many of the largest differences to list (default 20).
     #[serde(default)]
     pub top: Option<usize>,
+    /// As of when to evaluate, the `now` plugins are told (dry-run only): ms
+    /// since the epoch or an RFC 3339 time; the clock's now if absent. Scoring
+    /// an imported history as of its own end is a dry-run (or a rescore) with
+    /// `now` at that end.
+    #[serde(default, deserialize_with = "crate::domain::time::de_time")]
+    pub now: Option<i64>,
 }
 
 /// Checks a rule set against a plugin's JSON Schema (if it declares one; checked
