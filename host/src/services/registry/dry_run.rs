@@ -252,10 +252,8 @@ impl Registry {
         tenant: &str,
         name: &str,
         (active, candidate, pair): (Option<ActivePack>, ActivePack, Pair),
-        ids: Vec<String>,
-        top: usize,
+        (ids, top, now): (Vec<String>, usize, i64),
         job: Option<&str>,
-        now: i64,
     ) -> Result<DryRunReport, RegistryError> {
         let mut report = DryRunReport {
             as_of: now,
@@ -355,7 +353,13 @@ impl Registry {
         drop(conn);
         if sample.is_some_and(|n| n <= INLINE_DRY_RUN) {
             let mut r = self
-                .compare(tenant, name, (active, candidate, pair), ids, top, None, now)
+                .compare(
+                    tenant,
+                    name,
+                    (active, candidate, pair),
+                    (ids, top, now),
+                    None,
+                )
                 .await?;
             r.candidate_rules_inline = inline_rules;
             return Ok(DryRunOutcome::Done(Box::new(r)));
@@ -387,10 +391,8 @@ impl Registry {
                     &tenant,
                     &name,
                     (active, candidate, pair),
-                    ids,
-                    top,
+                    (ids, top, now),
                     Some(&id),
-                    now,
                 )
                 .await;
             let mut conn = match crm.store.conn().await {
