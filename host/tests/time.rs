@@ -13,6 +13,7 @@ use stagecraft::domain::time::Clock;
 on_both_databases!(
     a_member_lapses_on_the_configured_day_and_a_visit_moves_the_wake,
     a_killed_host_s_wakes_fire_once_after_restart,
+    a_nightly_schedule_runs_once_per_occurrence_across_hosts_and_once_after_a_restart,
 );
 
 const DAY: i64 = 86_400_000;
@@ -344,5 +345,124 @@ async fn a_rescore_and_a_dry_run_score_as_of_a_given_now() {
             .contains("not a time"),
         "{e}"
     );
+    s.finish().await;
+}
+
+/// Another host of the same database, on the same clock, whose schedule
+/// worker the test starts and stops.
+async fn host_on(s: &TestServer, clock: &Clock) -> stagecraft::Crm {
+    let store = stagecraft::store::Store::connect(s.database_url())
+        .await
+        .unwrap();
+    let runtime = stagecraft::runtime::Runtime::new(common::test_limits(), None).unwrap();
+    stagecraft::Crm::with_clock(store, stagecraft::packs::Packs::new(runtime), clock.clone())
+}
+
+/// The jobs the schedule `id` started, as `GET /v1/jobs` lists them.
+async fn scheduled_jobs(s: &TestServer, id: &str) -> Vec<Value> {
+    let (status, j) = s.get("/v1/jobs?limit=500").await;
+    assert_eq!(status, 200, "{j}");
+    j["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["params"]["schedule"] == id)
+        .cloned()
+        .collect()
+}
+
+async fn until_runs(s: &TestServer, id: &str, runs: i64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, sch) = s.get(&format!("/v1/schedules/{id}")).await;
+        assert_eq!(status, 200, "{sch}");
+        if sch["runs"].as_i64() >= Some(runs) {
+            return sch;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ran {runs} times: {sch}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A nightly schedule with two hosts running schedules: each occurrence starts
+/// one rescore; then every host stops, three nights pass, and a host started
+/// again runs the missed occurrences once, not three times.
+async fn a_nightly_schedule_runs_once_per_occurrence_across_hosts_and_once_after_a_restart(db: Db) {
+    let clock = Clock::at(T0);
+    let s = TestServer::start_idle(db, &[common::server::pack("value_tiers")]).await;
+    // The server reads the same time as the hosts.
+    s.crm.clock().set(T0);
+    let (a, b) = (host_on(&s, &clock).await, host_on(&s, &clock).await);
+    let workers = [a.schedules().run(), b.schedules().run()];
+
+    for bad in [
+        json!({"cron": "61 * * * *"}),
+        json!({"cron": "0 3 * * *", "kind": "email"}),
+    ] {
+        let (status, e) = s.post("/v1/schedules", bad).await;
+        assert_eq!(status, 422, "{e}");
+    }
+    let (status, sch) = s.post("/v1/schedules", json!({"cron": "0 3 * * *"})).await;
+    assert_eq!(status, 201, "{sch}");
+    let id = sch["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        sch["next_at"],
+        T0 + 3 * 3_600_000,
+        "nightly at 03:00 UTC: {sch}"
+    );
+
+    for night in 0..3 {
+        clock.set(T0 + night * DAY + 3 * 3_600_000);
+        let sch = until_runs(&s, &id, night + 1).await;
+        assert_eq!(
+            sch["next_at"],
+            T0 + (night + 1) * DAY + 3 * 3_600_000,
+            "{sch}"
+        );
+        // Let both hosts look again: nothing more starts this night.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        clock.set(T0 + night * DAY + 4 * 3_600_000);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(scheduled_jobs(&s, &id).await.len() as i64, night + 1);
+    }
+
+    // Every host stops; three nights pass; one host starts.
+    for w in workers {
+        w.abort();
+    }
+    clock.set(T0 + 5 * DAY + 12 * 3_600_000);
+    let c = host_on(&s, &clock).await;
+    let worker = c.schedules().run();
+    let sch = until_runs(&s, &id, 4).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, sch_after) = s.get(&format!("/v1/schedules/{id}")).await;
+    assert_eq!(
+        sch_after["runs"], 4,
+        "the missed nights ran once: {sch_after}"
+    );
+    assert_eq!(sch["next_at"], T0 + 6 * DAY + 3 * 3_600_000, "{sch}");
+    assert_eq!(
+        sch["last_at"],
+        T0 + 3 * DAY + 3 * 3_600_000,
+        "the first missed: {sch}"
+    );
+    let jobs = scheduled_jobs(&s, &id).await;
+    assert_eq!(jobs.len(), 4);
+    assert_eq!(jobs[0]["id"], sch["last_job"]);
+    assert_eq!(jobs[0]["kind"], "rescore");
+    worker.abort();
+
+    let (status, _) = s
+        .req(reqwest::Method::DELETE, &format!("/v1/schedules/{id}"))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 204);
+    let (status, _) = s.get(&format!("/v1/schedules/{id}")).await;
+    assert_eq!(status, 404);
     s.finish().await;
 }

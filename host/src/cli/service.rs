@@ -155,12 +155,13 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{b}").and_then(|_| std::io::stdout().flush());
     }
-    // Follow changes made by other hosts, and share bulk work and due wakes
-    // with them.
+    // Follow changes made by other hosts, and share bulk work, due wakes and
+    // schedules with them.
     let watcher = crm.watch();
     let helper = crm.jobs().help_with_jobs();
     let waker = crm.wakes().run();
-    let _stop = AbortOnDrop(vec![watcher, helper, waker]);
+    let scheduler = crm.schedules().run();
+    let _stop = AbortOnDrop(vec![watcher, helper, waker, scheduler]);
     crate::http::serve(listener, crm, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -133,3 +133,44 @@ mod clock_tests {
         assert!(c.is_held());
     }
 }
+
+/// A cron expression as schedules take it: five fields (minute hour
+/// day-of-month month day-of-week) or six with seconds first, evaluated in UTC,
+/// parsed by `croner` (ranges, lists, steps, names, `L`, `W`, `#`, `@daily`...).
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    let expr = expr.trim();
+    if expr.is_empty() || expr.len() > 120 {
+        return Err("a cron expression is 1 to 120 characters".into());
+    }
+    croner::parser::CronParser::new()
+        .parse(expr)
+        .map_err(|e| format!("{expr:?} is not a cron expression: {e}"))
+}
+
+/// The first occurrence of `cron` strictly after `after` (ms), if any.
+pub fn next_occurrence(cron: &croner::Cron, after: i64) -> Option<i64> {
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(after)?;
+    cron.find_next_occurrence(&t, false)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+#[cfg(test)]
+mod cron_tests {
+    use super::*;
+
+    #[test]
+    fn nightly_occurs_at_three_every_day_and_nonsense_is_refused() {
+        let c = parse_cron("0 3 * * *").unwrap();
+        // 2026-01-05T00:00Z → 03:00 that day, then the next day.
+        let t0 = 1_767_571_200_000;
+        let first = next_occurrence(&c, t0).unwrap();
+        assert_eq!(first, t0 + 3 * 3_600_000);
+        assert_eq!(next_occurrence(&c, first), Some(first + 86_400_000));
+        assert!(parse_cron("61 * * * *")
+            .unwrap_err()
+            .contains("not a cron expression"));
+        assert!(parse_cron("").is_err());
+        assert!(parse_cron("@daily").is_ok());
+    }
+}

@@ -9,6 +9,7 @@ pub mod error;
 mod import;
 pub mod openapi;
 mod plugins;
+mod schedules;
 pub mod wire;
 
 pub use error::ApiError;
@@ -48,6 +49,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(import::routes())
         .merge(analytics::routes())
         .merge(plugins::routes())
+        .merge(schedules::routes())
         .routes(routes!(me))
         .routes(routes!(audit))
         .routes(routes!(create_token))

@@ -68,15 +68,32 @@ impl Jobs {
         now: Option<i64>,
     ) -> Result<String, RegistryError> {
         let as_of = now.unwrap_or_else(|| self.clock.now());
-        let job = format!("job_{}", uuid::Uuid::now_v7().simple());
         let mut tx = self.store.begin().await?;
+        let job = self
+            .create_rescore(&mut tx, tenant, actor, json!({ "by": actor, "now": as_of }))
+            .await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// Creates a rescore job of every customer of `tenant` inside `tx` (its
+    /// chunks, the job with `params`, the audit entry); returns its id. Any
+    /// host's [`Jobs::help_with_jobs`] works on it once `tx` commits.
+    pub(crate) async fn create_rescore(
+        &self,
+        tx: &mut store::Tx,
+        tenant: &str,
+        actor: &str,
+        params: serde_json::Value,
+    ) -> Result<String, StoreError> {
+        let job = format!("job_{}", uuid::Uuid::now_v7().simple());
         let total = store::create_chunks(tx.conn(), tenant, &job, RESCORE_CHUNK).await?;
         store::create_job(
             tx.conn(),
             tenant,
             &job,
             "rescore",
-            &json!({ "by": actor, "now": as_of }),
+            &params,
             total,
             self.clock.now(),
         )
@@ -90,8 +107,13 @@ impl Jobs {
             &json!({ "customers": total }),
         )
         .await?;
-        tx.commit().await?;
         Ok(job)
+    }
+
+    /// The tenant's newest jobs (at most `limit`), newest first.
+    pub async fn jobs(&self, tenant: &str, limit: i64) -> Result<Vec<store::Job>, StoreError> {
+        let mut conn = self.store.conn().await?;
+        store::jobs(&mut conn, tenant, limit).await
     }
 
     /// Works on a rescore job's chunks until none is left; returns how many

@@ -10,6 +10,7 @@
 //!   dry-run, `install` (the one path of the API and `stagecraft plugin install`).
 //! - [`Jobs`]: bulk rescore jobs shared by every host.
 //! - [`Wakes`]: the timers plugins set (`wake-at`), fired by every host.
+//! - [`Schedules`]: cron expressions per tenant that start rescores.
 //! - [`Breaker`]: suspends a version that keeps failing.
 //! - [`Tokens`]: tenants and API tokens.
 //! - [`Reports`]: the audit log and the analytics.
@@ -24,6 +25,7 @@ pub mod import;
 pub mod jobs;
 pub mod registry;
 pub mod reports;
+pub mod schedules;
 pub mod tokens;
 pub mod wakes;
 
@@ -34,14 +36,15 @@ pub use import::{ImportError, ImportReport, Imports};
 pub use jobs::Jobs;
 pub use registry::{Registry, RegistryError};
 pub use reports::Reports;
+pub use schedules::{ScheduleInput, Schedules};
 pub use tokens::Tokens;
 pub use wakes::Wakes;
 
 /// What the services hand to the edges as they are stored: plain data.
 pub use crate::store::{
     Activation, AuditEntry, CustomerFilter, CustomerSummary, FollowUp, Job, NewToken, Pair,
-    RenderedReason, RuleSet, ScoreDistribution, SegmentMembership, SegmentSize, StoreError,
-    StoredScore, TimelineEntry, Wake,
+    RenderedReason, RuleSet, Schedule, ScoreDistribution, SegmentMembership, SegmentSize,
+    StoreError, StoredScore, TimelineEntry, Wake,
 };
 
 use crate::domain::time::Clock;
@@ -76,6 +79,7 @@ pub struct Crm {
     tokens: Tokens,
     reports: Reports,
     wakes: Wakes,
+    schedules: Schedules,
     packs: Packs,
     store: Store,
     clock: Clock,
@@ -97,12 +101,14 @@ impl Crm {
         let c = clock.clone();
         let breaker = Breaker::new(store.clone(), packs.clone(), c.clone());
         let events = Events::new(store.clone(), packs.clone(), breaker.clone(), c.clone());
+        let jobs = Jobs::new(store.clone(), packs.clone(), c.clone());
         Crm {
             customers: Customers::new(store.clone(), packs.clone(), c.clone()),
             imports: Imports::new(store.clone(), packs.clone(), c.clone()),
             events,
             registry: Registry::new(store.clone(), packs.clone(), c.clone()),
-            jobs: Jobs::new(store.clone(), packs.clone(), c.clone()),
+            jobs: jobs.clone(),
+            schedules: Schedules::new(store.clone(), jobs, c.clone()),
             wakes: Wakes::new(store.clone(), packs.clone(), c),
             tokens: Tokens::new(store.clone()),
             reports: Reports::new(store.clone(), packs.clone(), clock.clone()),
@@ -174,6 +180,9 @@ impl Crm {
     }
     pub fn wakes(&self) -> &Wakes {
         &self.wakes
+    }
+    pub fn schedules(&self) -> &Schedules {
+        &self.schedules
     }
 
     /// What `tenant` runs now (for rendering reasons in its language).

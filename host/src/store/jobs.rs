@@ -56,23 +56,39 @@ pub async fn job(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<Opt
         .bind(id)
         .fetch_optional(conn)
         .await?
-        .map(|r| {
-            let result: Option<String> = r.try_get("result")?;
-            Ok(Job {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                status: r.try_get("status")?,
-                params: from_json(&r.try_get::<String, _>("params")?)?,
-                done: r.try_get("done")?,
-                total: r.try_get("total")?,
-                failed: r.try_get("failed")?,
-                result: result.map(|s| from_json(&s)).transpose()?,
-                error: r.try_get("error")?,
-                created_at: r.try_get("created_at")?,
-                updated_at: r.try_get("updated_at")?,
-            })
-        })
+        .map(|r| job_from_row(&r))
         .transpose()
+}
+
+/// The tenant's newest `limit` jobs, newest first.
+pub async fn jobs(conn: &mut AnyConnection, tenant: &str, limit: i64) -> Result<Vec<Job>> {
+    sqlx::query(
+        "SELECT * FROM jobs WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+    )
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(job_from_row)
+    .collect()
+}
+
+fn job_from_row(r: &sqlx::any::AnyRow) -> Result<Job> {
+    let result: Option<String> = r.try_get("result")?;
+    Ok(Job {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        status: r.try_get("status")?,
+        params: from_json(&r.try_get::<String, _>("params")?)?,
+        done: r.try_get("done")?,
+        total: r.try_get("total")?,
+        failed: r.try_get("failed")?,
+        result: result.map(|s| from_json(&s)).transpose()?,
+        error: r.try_get("error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
 }
 
 /// Adds to a job's progress.

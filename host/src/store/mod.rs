@@ -28,6 +28,7 @@ mod events;
 mod jobs;
 mod plugins;
 mod readers;
+mod schedules;
 mod wakes;
 
 pub use analytics::*;
@@ -39,6 +40,7 @@ pub use events::*;
 pub use jobs::*;
 pub use plugins::*;
 pub use readers::ReadConn;
+pub use schedules::*;
 pub use wakes::*;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTransactionManager};

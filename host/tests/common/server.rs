@@ -92,12 +92,13 @@ impl TestServer {
     }
 
     /// A server on `clock`, which the test moves (`crm.clock().advance(...)`);
-    /// its wake worker runs as a real server's does.
+    /// its wake and schedule workers run as a real server's do.
     pub async fn start_with_clock(db: Db, packs: &[Pack<'_>], clock: Clock) -> TestServer {
         TestServer::start_inner(db, packs, clock, true).await
     }
 
-    /// A server that fires no wakes: the processes a test starts beside it do.
+    /// A server that fires no wakes and runs no schedules: the processes a
+    /// test starts beside it do.
     pub async fn start_idle(db: Db, packs: &[Pack<'_>]) -> TestServer {
         TestServer::start_inner(db, packs, Clock::system(), false).await
     }
@@ -135,13 +136,13 @@ impl TestServer {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let serving = crm.clone();
         let task = tokio::spawn(async move {
-            let waker = waker.then(|| serving.wakes().run());
+            let workers = waker.then(|| [serving.wakes().run(), serving.schedules().run()]);
             stagecraft::http::serve(listener, serving, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
-            if let Some(w) = waker {
+            for w in workers.into_iter().flatten() {
                 w.abort();
             }
         });
