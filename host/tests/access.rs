@@ -79,6 +79,23 @@ fn routes(job: &str) -> Vec<(Method, String, Option<Value>, Role)> {
         (Method::GET, "/v1/plugins".into(), None, Viewer),
         (Method::GET, "/v1/plugins/value-tiers".into(), None, Viewer),
         (Method::GET, format!("/v1/jobs/{job}"), None, Viewer),
+        (Method::GET, "/v1/jobs".into(), None, Viewer),
+        (Method::GET, "/v1/schedules".into(), None, Viewer),
+        (Method::GET, "/v1/schedules/sch-none".into(), None, Viewer),
+        (Method::GET, "/v1/follow-ups".into(), None, Agent),
+        (
+            Method::POST,
+            "/v1/customers/c1/follow-ups/999999/snooze".into(),
+            j(json!({"until": "2099-01-01T00:00:00Z"})),
+            Agent,
+        ),
+        (
+            Method::POST,
+            "/v1/schedules".into(),
+            j(json!({"cron": "0 3 * * *"})),
+            Admin,
+        ),
+        (Method::DELETE, "/v1/schedules/sch-none".into(), None, Admin),
         (Method::POST, "/v1/customers".into(), j(json!({})), Agent),
         (
             Method::PATCH,
@@ -211,6 +228,9 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
                 | "/v1/tokens"
                 | "/v1/rescore"
                 | "/v1/import/customers"
+                | "/v1/jobs"
+                | "/v1/schedules"
+                | "/v1/follow-ups"
         ) || r.1.starts_with("/v1/analytics");
         if own {
             // Routes on the caller's own tenant: they act there and show nothing of acme.
@@ -218,6 +238,8 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
             match (r.0.as_str(), r.1.as_str()) {
                 ("GET", "/v1/customers") => assert_eq!(body["customers"], json!([]), "{body}"),
                 ("GET", "/v1/plugins") => assert_eq!(body["plugins"], json!([]), "{body}"),
+                ("GET", "/v1/jobs") => assert_eq!(body["jobs"], json!([]), "{body}"),
+                ("GET", "/v1/follow-ups") => assert_eq!(body["overdue"], json!([]), "{body}"),
                 ("GET", "/v1/analytics/segments") => {
                     assert_eq!(body["segments"], json!([]), "{body}")
                 }

@@ -69,6 +69,8 @@ pub struct Principal {
     pub tenant: String,
     pub role: Role,
     pub token_id: String,
+    /// The token's label: the agent it stands for (`owner=me` in a work list).
+    pub agent: String,
 }
 
 /// A field on a customer, as stored.
@@ -86,6 +88,8 @@ pub struct CustomerRecord {
     pub name: Option<String>,
     pub source: Option<String>,
     pub stage: Option<String>,
+    /// The agent who looks after the customer.
+    pub owner: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// Stored metrics; `touchpoints_90d` is filled in relative to a `now`.
@@ -300,6 +304,7 @@ mod tests {
             name: None,
             source: None,
             stage: None,
+            owner: None,
             created_at: 0,
             updated_at: 0,
             metrics: Metrics::default(),

@@ -6,6 +6,7 @@ use crate::domain::Role;
 use crate::pipeline::{EventInput, EventOutcome};
 use crate::services::{
     CustomerFilter, CustomerInput, CustomerPatch, CustomerSummary, CustomerView, TimelineEntry,
+    WorkList,
 };
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -21,6 +22,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(record_event))
         .routes(routes!(timeline))
         .routes(routes!(follow_up_done))
+        .routes(routes!(follow_up_snooze))
+        .routes(routes!(work_list))
 }
 
 /// Creates a customer (agent).
@@ -265,5 +268,88 @@ async fn follow_up_done(
     }
     Ok(Json(
         s.crm.customers().customer_view(auth.tenant(), &id).await?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Snooze {
+    /// Due again at this time (ms since the epoch or an RFC 3339 time), after now.
+    #[serde(deserialize_with = "crate::domain::time::de_time")]
+    #[schema(value_type = i64)]
+    until: Option<i64>,
+}
+
+/// Snoozes a follow-up: it is due again at `until` (agent).
+#[utoipa::path(post, path = "/v1/customers/{id}/follow-ups/{follow_up}/snooze", tag = CUSTOMERS, security(("bearer" = [])),
+    params(("id" = String, Path, description = "Customer id"), ("follow_up" = i64, Path, description = "Follow-up number")),
+    request_body = Snooze,
+    responses((status = 200, description = "The customer after the change", body = CustomerView), Errors))]
+async fn follow_up_snooze(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiPath((id, follow_up)): ApiPath<(String, i64)>,
+    ApiJson(b): ApiJson<Snooze>,
+) -> Result<Json<CustomerView>, ApiError> {
+    auth.require(Role::Agent)?;
+    let until = b
+        .until
+        .ok_or_else(|| ApiError::Unprocessable("until is required".into()))?;
+    if !s
+        .crm
+        .customers()
+        .snooze_follow_up(auth.tenant(), &id, follow_up, until)
+        .await?
+    {
+        return Err(ApiError::NotFound(format!(
+            "open follow-up {follow_up} of customer {id} not found"
+        )));
+    }
+    Ok(Json(
+        s.crm.customers().customer_view(auth.tenant(), &id).await?,
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct WorkListQuery {
+    /// Whose list: `me` (the agent the token is labelled for, the default), an
+    /// agent's name, or `none` (customers nobody looks after).
+    owner: Option<String>,
+    /// Only follow-ups due before this time (ms or RFC 3339).
+    #[serde(default, deserialize_with = "crate::domain::time::de_time")]
+    due_before: Option<i64>,
+    /// At most this many in all, soonest due first (default 200, at most 1,000).
+    limit: Option<i64>,
+}
+
+/// An agent's work list: the open follow-ups of the customers they look after,
+/// overdue, due today (UTC) and later, soonest first (agent).
+#[utoipa::path(get, path = "/v1/follow-ups", tag = CUSTOMERS, security(("bearer" = [])), params(WorkListQuery),
+    responses((status = 200, description = "The work list", body = WorkList), Errors))]
+async fn work_list(
+    State(s): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<WorkListQuery>,
+) -> Result<Json<WorkList>, ApiError> {
+    auth.require(Role::Agent)?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let owner = match q.owner.as_deref() {
+        None | Some("me") => Some(auth.0.agent.clone()),
+        Some("none") => None,
+        Some(o) => Some(o.to_string()),
+    };
+    Ok(Json(
+        s.crm
+            .customers()
+            .work_list(auth.tenant(), owner.as_deref(), q.due_before, limit)
+            .await?,
     ))
 }

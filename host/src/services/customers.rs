@@ -27,6 +27,10 @@ pub struct CustomerInput {
     /// Where the customer came from: `web`, `referral`, `event`, `rep-visit`...
     #[serde(default)]
     pub source: Option<String>,
+    /// The agent who looks after the customer (their follow-ups make that
+    /// agent's work list): 1-64 characters, as the agent's token is labelled.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// ms since the epoch or an RFC 3339 time; defaults to now.
     #[serde(default, deserialize_with = "crate::domain::time::de_time")]
     pub created_at: Option<i64>,
@@ -47,6 +51,9 @@ pub struct CustomerPatch {
     pub name: Option<String>,
     #[serde(default)]
     pub source: Option<String>,
+    /// The agent who looks after the customer; `""` leaves them with none.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// `null` removes a field.
     #[serde(default)]
     pub fields: BTreeMap<String, Json>,
@@ -81,6 +88,18 @@ pub struct MetricsDoc {
     touchpoints_90d: u32,
 }
 
+/// An agent's work list (see [`Customers::work_list`]).
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct WorkList {
+    /// Whose list: `null` for customers nobody looks after.
+    pub owner: Option<String>,
+    /// The clock's now the parts are cut at.
+    pub now: i64,
+    pub overdue: Vec<store::WorkItem>,
+    pub due_today: Vec<store::WorkItem>,
+    pub later: Vec<store::WorkItem>,
+}
+
 /// Everything about a customer, for the API.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CustomerView {
@@ -88,6 +107,8 @@ pub struct CustomerView {
     pub name: Option<String>,
     pub source: Option<String>,
     pub stage: Option<String>,
+    /// The agent who looks after the customer.
+    pub owner: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     #[schema(value_type = MetricsDoc)]
@@ -216,14 +237,24 @@ pub(crate) fn validate_customer(input: CustomerInput, now: i64) -> Result<NewCus
         }
     }
     check_tags(&input.tags)?;
+    check_owner(input.owner.as_deref().filter(|o| !o.is_empty()))?;
     Ok(NewCustomer {
         id,
         name: input.name,
         source: input.source,
+        owner: input.owner.filter(|o| !o.is_empty()),
         created_at: input.created_at.unwrap_or(now),
         fields: field_entries(&input.fields, &input.sensitive)?,
         tags: input.tags,
     })
+}
+
+/// An owner is an agent's name as their token is labelled: 1-64 bytes of text.
+fn check_owner(owner: Option<&str>) -> Result<(), CrmError> {
+    match owner.and_then(|o| text_problem(o, 64)) {
+        Some(p) => Err(invalid(format!("owner {p}"))),
+        None => Ok(()),
+    }
 }
 
 /// Customers: their profiles, views, lists, timelines and follow-ups.
@@ -275,6 +306,7 @@ impl Customers {
         }
         check_tags(&patch.add_tags)?;
         check_tags(&patch.remove_tags)?;
+        check_owner(patch.owner.as_deref().filter(|o| !o.is_empty()))?;
         let set = field_entries(&patch.fields, &patch.sensitive)?;
         let owner = self.packs.for_tenant(tenant);
         let owner = owner.lifecycle_owner();
@@ -310,6 +342,16 @@ impl Customers {
             now,
         )
         .await?;
+        if let Some(o) = &patch.owner {
+            let mut b = store::Batch::new();
+            store::queue_owner(
+                &mut b,
+                tenant,
+                id,
+                Some(o.as_str()).filter(|o| !o.is_empty()),
+            );
+            b.run(tx.conn()).await?;
+        }
         for f in &set {
             store::set_field(tx.conn(), tenant, id, f).await?;
         }
@@ -359,6 +401,7 @@ impl Customers {
             name: c.name,
             source: c.source,
             stage: c.stage,
+            owner: c.owner,
             created_at: c.created_at,
             updated_at: c.updated_at,
             metrics,
@@ -407,6 +450,52 @@ impl Customers {
             return Ok(None);
         }
         Ok(Some(store::timeline(&mut conn, tenant, id, limit).await?))
+    }
+
+    /// An agent's work list: the open follow-ups of the customers `owner`
+    /// looks after (`None`: of customers nobody looks after), due before
+    /// `due_before` if given, in three parts by the clock: overdue, due today
+    /// (UTC), later; soonest first, at most `limit` in all.
+    pub async fn work_list(
+        &self,
+        tenant: &str,
+        owner: Option<&str>,
+        due_before: Option<i64>,
+        limit: i64,
+    ) -> Result<WorkList, CrmError> {
+        let now = self.clock.now();
+        let end_of_today = (domain::day_of(now) + 1) * stagecraft_plugin::snapshot::DAY_MS;
+        let mut conn = self.store.conn().await?;
+        let items = store::work_list(&mut conn, tenant, owner, due_before, limit).await?;
+        let mut list = WorkList {
+            owner: owner.map(str::to_string),
+            now,
+            ..Default::default()
+        };
+        for i in items {
+            match i.due_at {
+                d if d < now => list.overdue.push(i),
+                d if d < end_of_today => list.due_today.push(i),
+                _ => list.later.push(i),
+            }
+        }
+        Ok(list)
+    }
+
+    /// Moves an open follow-up's due time to `until` (which must be later than
+    /// now); `false` if there is no such open follow-up.
+    pub async fn snooze_follow_up(
+        &self,
+        tenant: &str,
+        id: &str,
+        follow_up: i64,
+        until: i64,
+    ) -> Result<bool, CrmError> {
+        if until <= self.clock.now() {
+            return Err(invalid("a follow-up is snoozed until a time after now"));
+        }
+        let mut conn = self.store.conn().await?;
+        Ok(store::snooze_follow_up(&mut conn, tenant, id, follow_up, until).await?)
     }
 
     /// Marks an open follow-up done; `false` if there is no such open follow-up.

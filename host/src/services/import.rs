@@ -206,8 +206,9 @@ fn row_error(e: &CrmError) -> Option<String> {
     }
 }
 
-/// A customer from a CSV row: `id` (required), `name`, `source`, `created_at`,
-/// `tags` (separated by `;`); every other column is a field. Not yet validated
+/// A customer from a CSV row: `id` (required), `name`, `source`, `owner` (the
+/// agent who looks after them), `created_at`, `tags` (separated by `;`); every
+/// other column is a field. Not yet validated
 /// (the store's rules apply when it is built, as for the API).
 pub fn customer_from_row(
     headers: &csv_async::StringRecord,
@@ -223,6 +224,7 @@ pub fn customer_from_row(
             "id" => input.id = Some(v.to_string()),
             "name" => input.name = Some(v.to_string()),
             "source" => input.source = Some(v.to_string()),
+            "owner" => input.owner = Some(v.to_string()),
             "created_at" => match parse_time(v) {
                 Some(t) => input.created_at = Some(t),
                 None => bad = Some(format!("created_at {v:?} is not a time")),

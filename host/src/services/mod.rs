@@ -30,7 +30,7 @@ pub mod tokens;
 pub mod wakes;
 
 pub use breaker::Breaker;
-pub use customers::{CustomerInput, CustomerPatch, CustomerView, Customers};
+pub use customers::{CustomerInput, CustomerPatch, CustomerView, Customers, WorkList};
 pub use events::Events;
 pub use import::{ImportError, ImportReport, Imports};
 pub use jobs::Jobs;

@@ -74,7 +74,7 @@ pub async fn create_token(
 /// The tenant and role of a valid, unrevoked token.
 pub async fn principal(conn: &mut AnyConnection, secret: &str) -> Result<Option<Principal>> {
     let row = sqlx::query(
-        "SELECT id, tenant_id, role FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
+        "SELECT id, tenant_id, role, label FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
     )
     .bind(hash_token(secret))
     .fetch_optional(conn)
@@ -83,6 +83,7 @@ pub async fn principal(conn: &mut AnyConnection, secret: &str) -> Result<Option<
     let role: String = row.try_get("role")?;
     Ok(Some(Principal {
         token_id: row.try_get("id")?,
+        agent: row.try_get("label")?,
         tenant: row.try_get("tenant_id")?,
         role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role}")))?,
     }))

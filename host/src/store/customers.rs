@@ -15,6 +15,7 @@ pub struct NewCustomer {
     pub id: String,
     pub name: Option<String>,
     pub source: Option<String>,
+    pub owner: Option<String>,
     pub created_at: i64,
     pub fields: Vec<FieldEntry>,
     pub tags: Vec<String>,
@@ -27,14 +28,15 @@ pub async fn insert_customer(
     c: &NewCustomer,
 ) -> Result<()> {
     let r = sqlx::query(
-        "INSERT INTO customers (tenant_id, id, name, source, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (tenant_id, id) DO NOTHING",
+        "INSERT INTO customers (tenant_id, id, name, source, created_at, updated_at, owner) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (tenant_id, id) DO NOTHING",
     )
     .bind(tenant)
     .bind(&c.id)
     .bind(&c.name)
     .bind(&c.source)
     .bind(c.created_at)
+    .bind(&c.owner)
     .execute(&mut *conn)
     .await?;
     if r.rows_affected() == 0 {
@@ -175,6 +177,7 @@ pub(super) fn customer_from_row(row: &sqlx::any::AnyRow) -> Result<CustomerRecor
         name: row.try_get("name")?,
         source: row.try_get("source")?,
         stage: row.try_get("stage")?,
+        owner: row.try_get("owner")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         metrics,
@@ -224,6 +227,14 @@ pub fn queue_metrics(batch: &mut Batch, tenant: &str, id: &str, m: &Metrics, at:
     );
 }
 
+/// Sets (`Some`) or clears (`None`) the customer's owner, in `batch`.
+pub fn queue_owner(batch: &mut Batch, tenant: &str, id: &str, owner: Option<&str>) {
+    batch.push(
+        "UPDATE customers SET owner = ?, rev = rev + 1 WHERE tenant_id = ? AND id = ?".into(),
+        vec![owner.into(), tenant.into(), id.into()],
+    );
+}
+
 /// Changes name and source; `None` leaves a value as it is. It bumps the
 /// customer's `rev`, which covers the fields, tags and stage an edit changes in
 /// the same transaction.
@@ -261,8 +272,21 @@ pub async fn set_field(
     Ok(())
 }
 
-/// Queues [`set_field`] in `batch`.
+/// The field that is the customer's owner: a plugin (or a client) setting it
+/// to text sets the owner, to anything else clears it.
+pub const OWNER_FIELD: &str = "owner";
+
+/// Queues [`set_field`] in `batch` (the field [`OWNER_FIELD`] sets the owner).
 pub fn queue_field(batch: &mut Batch, tenant: &str, id: &str, f: &FieldEntry) {
+    if f.key == OWNER_FIELD {
+        let owner = match &f.value {
+            crate::domain::FieldValue::Text(t) if !t.is_empty() && t.len() <= 64 => {
+                Some(t.as_str())
+            }
+            _ => None,
+        };
+        return queue_owner(batch, tenant, id, owner);
+    }
     batch.push(
         "INSERT INTO customer_fields (tenant_id, customer_id, key, value, sensitive) VALUES (?, ?, ?, ?, ?) \
          ON CONFLICT (tenant_id, customer_id, key) DO UPDATE SET value = excluded.value, \
@@ -682,4 +706,72 @@ pub async fn list_customers(
     .bind(f.max_score.unwrap_or(f64::MAX))
     .fetch_all(conn)
     .await?)
+}
+
+/// An open follow-up on an agent's work list, with its customer.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct WorkItem {
+    /// The follow-up's number (for `done` and `snooze`).
+    #[sqlx(rename = "seq")]
+    pub id: i64,
+    pub customer_id: String,
+    pub customer_name: Option<String>,
+    pub owner: Option<String>,
+    pub due_at: i64,
+    pub note: String,
+    pub plugin: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[sqlx(rename = "follow_up_key")]
+    pub key: Option<String>,
+    pub created_at: i64,
+}
+
+/// The open follow-ups of the customers `owner` looks after (`None`: of those
+/// nobody looks after), due before `due_before` if given, soonest first.
+pub async fn work_list(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    owner: Option<&str>,
+    due_before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<WorkItem>> {
+    let who = match owner {
+        Some(_) => "c.owner = $2",
+        None => "c.owner IS NULL AND CAST($2 AS TEXT) IS NULL",
+    };
+    Ok(sqlx::query_as(&format!(
+        "SELECT f.seq, f.customer_id, c.name AS customer_name, c.owner, f.due_at, f.note, f.plugin, \
+                f.follow_up_key, f.created_at \
+         FROM follow_ups f JOIN customers c ON c.tenant_id = f.tenant_id AND c.id = f.customer_id \
+         WHERE f.tenant_id = $1 AND f.status = 'open' AND {who} AND f.due_at < $3 \
+         ORDER BY f.due_at, f.seq LIMIT $4"
+    ))
+    .bind(tenant)
+    .bind(owner)
+    .bind(due_before.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Moves an open follow-up's due time; `false` if there is no such open one.
+pub async fn snooze_follow_up(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    customer: &str,
+    id: i64,
+    until: i64,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE follow_ups SET due_at = $1 \
+         WHERE tenant_id = $2 AND customer_id = $3 AND seq = $4 AND status = 'open'",
+    )
+    .bind(until)
+    .bind(tenant)
+    .bind(customer)
+    .bind(id)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
 }

@@ -5,6 +5,7 @@
 //! - an `order` closes `check-in` and cancels the wake;
 //! - a `complaint` asks for the follow-up `check-in` twice and `sorry` once in
 //!   one answer (the last word per key counts);
+//! - an `assign` sets the field `owner` (the customer's owner) to its `agent`;
 //! - when woken, it tags the customer `lapsed` and opens `win-back`.
 
 use serde::Deserialize;
@@ -64,6 +65,13 @@ impl Plugin for Rules {
                 },
                 Action::WakeAt(Some(ctx.now + self.lapse_days * DAY_MS)),
             ],
+            "assign" => match e.fields.get("agent").and_then(|v| v.as_text()) {
+                Some(agent) => vec![Action::SetField {
+                    key: "owner".into(),
+                    value: FieldValue::Text(agent.to_string()),
+                }],
+                None => vec![],
+            },
             "order" => vec![
                 Action::CloseFollowUp("check-in".into()),
                 Action::WakeAt(None),
