@@ -275,6 +275,10 @@ function timelineEntry(e) {
     case 'follow_up':
       what = [el('strong', {}, 'Follow-up'), ` ${e.status}, due ${fmtTime(e.due_at)}: ${e.note}`];
       break;
+    case 'wake':
+      what = [el('strong', {}, `Woken by ${e.plugin}`), ` (its timer, set ${fmtTime(e.set_at)})`,
+        el('div', { class: 'muted' }, `no event: time passed · fired ${fmtTime(e.fired_at)} by ${e.host}`)];
+      break;
     case 'plugin_failure':
       what = [el('strong', {}, `${e.plugin}@${e.version || ''} failed`), el('div', { class: 'error' }, `${e.kind || ''}: ${e.message || ''}`)];
       break;
@@ -298,6 +302,9 @@ async function pageCustomer(view, id) {
     el('div', { class: 'grid' },
       el('section', { class: 'card', id: 'profile' }, el('h2', {}, 'Profile'),
         el('p', {}, 'Stage: ', el('strong', { id: 'stage' }, c.stage || 'none'), c.source ? ` · source ${c.source}` : ''),
+        el('p', {}, 'Owner: ', el('strong', { id: 'owner' }, c.owner || 'nobody')),
+        (c.wakes || []).length ? el('p', { class: 'muted', id: 'wakes' }, 'Woken next: ',
+          c.wakes.map((w) => `${w.plugin} at ${fmtTime(w.due_at)}`).join(' · ')) : '',
         el('p', {}, `Orders ${fmtNum(c.metrics.orders)} · spend ${fmtMoney(c.metrics.total_spend_cents)} · complaints ${fmtNum(c.metrics.complaints)}`),
         el('p', {}, 'Tags: ', c.tags.length ? c.tags.map((x) => el('span', { class: 'pill' }, x)) : el('span', { class: 'muted' }, 'none')),
         el('p', {}, 'Segments: ', c.segments.length ? c.segments.map((s) =>
@@ -564,6 +571,86 @@ async function pagePlugin(view, name) {
     versions, dryCard, rulesCard, history);
 }
 
+// An agent's work list: the open follow-ups of the customers they own.
+async function pageFollowUps(view, params) {
+  if (!can('agent')) {
+    view.replaceChildren(el('h1', {}, 'My follow-ups'), el('p', { class: 'muted' }, 'A work list needs the agent role.'));
+    return;
+  }
+  const owner = params.get('owner') || 'me';
+  const { data } = await api('GET', `/v1/follow-ups?owner=${encodeURIComponent(owner)}`);
+  const item = (f) => el('li', { dataset: { followUp: f.id } },
+    el('span', { class: f.due_at < data.now ? 'error' : '' }, `due ${fmtTime(f.due_at)}`), ' · ',
+    el('a', { href: `#/customers/${encodeURIComponent(f.customer_id)}` }, f.customer_name || f.customer_id), `: ${f.note} `,
+    f.plugin ? el('span', { class: 'pill', title: f.key ? `key ${f.key}` : '' }, f.plugin) : '', ' ',
+    el('button', { class: 'secondary', type: 'button', 'data-done': f.id, onclick: async (ev) => {
+      ev.target.disabled = true;
+      await api('POST', `/v1/customers/${encodeURIComponent(f.customer_id)}/follow-ups/${f.id}/done`);
+      route();
+    } }, 'Done'), ' ',
+    el('button', { class: 'secondary', type: 'button', 'data-snooze': f.id, onclick: async (ev) => {
+      ev.target.disabled = true;
+      // A day later than it was due, or than now if it was overdue.
+      const until = Math.max(f.due_at, data.now) + 24 * 3600 * 1000;
+      await api('POST', `/v1/customers/${encodeURIComponent(f.customer_id)}/follow-ups/${f.id}/snooze`, { until });
+      route();
+    } }, 'Snooze a day'));
+  const part = (id, title, items) => el('section', { class: 'card', id },
+    el('h2', {}, `${title} (${items.length})`),
+    items.length ? el('ul', {}, items.map(item)) : el('p', { class: 'muted' }, 'Nothing here.'));
+  view.replaceChildren(
+    el('h1', {}, 'My follow-ups'),
+    el('form', { class: 'filters', id: 'owner-form', onsubmit: (ev) => {
+      ev.preventDefault();
+      location.hash = `#/follow-ups?owner=${encodeURIComponent(document.getElementById('f-owner').value.trim() || 'me')}`;
+    } }, el('label', { for: 'f-owner' }, 'Whose '),
+      el('input', { id: 'f-owner', value: owner, title: 'me, an agent, or none' }), ' ',
+      el('button', { type: 'submit', class: 'secondary' }, 'Show')),
+    el('p', { class: 'muted' }, data.owner ? `The open follow-ups of the customers ${data.owner} looks after.` : 'The open follow-ups of customers nobody looks after.'),
+    part('overdue', 'Overdue', data.overdue),
+    part('due-today', 'Due today', data.due_today),
+    part('later', 'Later', data.later));
+}
+
+// Cron schedules that start rescores, and the jobs they started.
+async function pageSchedules(view) {
+  const [{ data }, { data: jobs }] = await Promise.all([api('GET', '/v1/schedules'), api('GET', '/v1/jobs?limit=20')]);
+  const add = can('admin') ? el('form', { id: 'schedule-form', onsubmit: async (ev) => {
+    ev.preventDefault();
+    const err = document.getElementById('schedule-error');
+    err.textContent = '';
+    try {
+      await api('POST', '/v1/schedules', { cron: document.getElementById('cron').value.trim() });
+      route();
+    } catch (e) { err.textContent = e.message; }
+  } }, el('label', { for: 'cron' }, 'Cron expression (UTC)'), el('input', { id: 'cron', value: '0 3 * * *', required: true, spellcheck: 'false' }),
+    el('p', { id: 'schedule-error', class: 'error', role: 'alert' }),
+    el('button', { type: 'submit' }, 'Add a nightly rescore')) : el('p', { class: 'muted' }, 'Adding a schedule needs the admin role.');
+  view.replaceChildren(
+    el('h1', {}, 'Schedules'),
+    el('section', { class: 'card' }, el('h2', {}, 'Rescores on a schedule'),
+      el('p', { class: 'muted' }, 'Each occurrence starts one rescore across every host; occurrences missed while no host ran start one on start.'),
+      data.schedules.length === 0 ? el('p', { class: 'muted' }, 'No schedules.') :
+        el('div', { class: 'table-wrap' }, el('table', { id: 'schedules' },
+          el('thead', {}, el('tr', {}, ['Cron', 'Next', 'Last run', 'Runs', ''].map((h) => el('th', {}, h)))),
+          el('tbody', {}, data.schedules.map((x) => el('tr', {},
+            el('td', {}, el('code', {}, x.cron)), el('td', {}, fmtTime(x.next_at)),
+            el('td', {}, x.last_at ? `${fmtTime(x.last_at)} (${x.last_job})` : 'never'), el('td', {}, fmtNum(x.runs)),
+            el('td', {}, can('admin') ? el('button', { class: 'secondary', type: 'button', onclick: async (ev) => {
+              if (!(await confirmDialog('Delete this schedule?', el('p', {}, `${x.cron}: its jobs go on.`), 'Delete', true))) return;
+              ev.target.disabled = true;
+              await api('DELETE', `/v1/schedules/${encodeURIComponent(x.id)}`);
+              route();
+            } }, 'Delete') : '')))))),
+      add),
+    el('section', { class: 'card' }, el('h2', {}, 'Recent jobs'),
+      el('div', { class: 'table-wrap' }, el('table', { id: 'jobs' },
+        el('thead', {}, el('tr', {}, ['Started', 'Kind', 'Status', 'Done', 'By'].map((h) => el('th', {}, h)))),
+        el('tbody', {}, jobs.jobs.map((j) => el('tr', {},
+          el('td', {}, fmtTime(j.created_at)), el('td', {}, j.kind), el('td', {}, j.status),
+          el('td', {}, `${fmtNum(j.done)} / ${fmtNum(j.total)}`), el('td', {}, (j.params && j.params.by) || ''))))))));
+}
+
 async function pageAudit(view) {
   if (!can('admin')) {
     view.replaceChildren(el('h1', {}, 'Audit trail'), el('p', { class: 'muted' }, 'The audit trail needs the admin role.'));
@@ -597,6 +684,8 @@ async function route() {
     else if (parts[0] === 'plugins' && parts[1]) await pagePlugin(view, parts[1]);
     else if (parts[0] === 'plugins') await pagePlugins(view);
     else if (parts[0] === 'audit') await pageAudit(view);
+    else if (parts[0] === 'follow-ups') await pageFollowUps(view, params);
+    else if (parts[0] === 'schedules') await pageSchedules(view);
     else await pageAnalytics(view);
     document.title = `${document.querySelector('#view h1')?.textContent || 'Console'} · Stagecraft`;
   } catch (e) {

@@ -29,7 +29,8 @@ async fn the_console_signs_in_uploads_dry_runs_activates_and_rolls_back() {
     );
 
     // A tenant scored by value-tiers, with no lifecycle owner yet.
-    let s = TestServer::start(Db::Sqlite, &[pack("value_tiers")]).await;
+    // The reminder opens a follow-up on each visit: the work list's items.
+    let s = TestServer::start(Db::Sqlite, &[pack("value_tiers"), pack("reminder")]).await;
     let now = now_ms();
     for i in 0..12 {
         let id = format!("buyer-{i:02}");
@@ -58,6 +59,21 @@ async fn the_console_signs_in_uploads_dry_runs_activates_and_rolls_back() {
             )
             .await;
         }
+    }
+    // The admin's token is labelled `test`: its agent looks after four buyers.
+    for i in 0..4 {
+        let id = format!("buyer-{i:02}");
+        let (status, c) = s
+            .patch(&format!("/v1/customers/{id}"), json!({"owner": "test"}))
+            .await;
+        assert_eq!(status, 200, "{c}");
+        let (status, o) = s
+            .post(
+                &format!("/v1/customers/{id}/events"),
+                json!({"kind": "visit"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{o}");
     }
     let viewer = s.token_for(Role::Viewer).await;
     let artifacts = root.join("target/browser-artifacts");
@@ -95,6 +111,15 @@ async fn the_console_signs_in_uploads_dry_runs_activates_and_rolls_back() {
     }
     let (_, p) = s.get("/v1/plugins/b2b-trade").await;
     assert!(p["active"].is_null(), "rolled back to nothing: {p}");
+    // The work list's Done and Snooze, and the schedule added on the page.
+    let (_, list) = s.get("/v1/follow-ups").await;
+    assert_eq!(
+        list["later"].as_array().unwrap().len(),
+        3,
+        "one done: {list}"
+    );
+    let (_, sch) = s.get("/v1/schedules").await;
+    assert_eq!(sch["schedules"][0]["cron"], "0 3 * * *", "{sch}");
     for shot in [
         "01-sign-in",
         "05-dry-run",

@@ -166,6 +166,30 @@ try {
   assert.ok(audit.includes('browser test rollback'));
   await shot('12-audit');
 
+  log('my follow-ups: the work list, done and snooze');
+  await page.click('#nav a[href="#/follow-ups"]');
+  await page.locator('#later li').first().waitFor();
+  const listed = await page.locator('#later li').count();
+  assert.equal(listed, 4, 'the four buyers the agent looks after');
+  assert.equal(await page.locator('#overdue li').count(), 0);
+  await page.locator('#later li button[data-done]').first().click();
+  await page.waitForFunction(() => document.querySelectorAll('#later li').length === 3);
+  await page.locator('#later li button[data-snooze]').first().click();
+  await page.waitForFunction(() => document.querySelectorAll('#later li button[data-snooze]:not([disabled])').length === 3);
+  await shot('12b-follow-ups');
+
+  log('schedules: a bad cron is refused, a nightly rescore added');
+  await page.click('#nav a[href="#/schedules"]');
+  await page.locator('#schedule-form').waitFor();
+  await page.fill('#cron', '61 * * * *');
+  await page.click('#schedule-form button[type=submit]');
+  await page.locator('#schedule-error:has-text("not a cron expression")').waitFor();
+  await page.fill('#cron', '0 3 * * *');
+  await page.click('#schedule-form button[type=submit]');
+  await page.locator('#schedules tbody tr').first().waitFor();
+  assert.ok((await page.locator('#schedules').innerText()).includes('0 3 * * *'));
+  await shot('12c-schedules');
+
   log('keyboard: the sections are reachable with Tab');
   await page.goto(base + '/#/');
   await page.reload(); // focus starts at the top of the page
