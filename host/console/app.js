@@ -625,7 +625,7 @@ async function pageSchedules(view) {
     } catch (e) { err.textContent = e.message; }
   } }, el('label', { for: 'cron' }, 'Cron expression (UTC)'), el('input', { id: 'cron', value: '0 3 * * *', required: true, spellcheck: 'false' }),
     el('p', { id: 'schedule-error', class: 'error', role: 'alert' }),
-    el('button', { type: 'submit' }, 'Add a nightly rescore')) : el('p', { class: 'muted' }, 'Adding a schedule needs the admin role.');
+    el('button', { type: 'submit' }, 'Add the schedule')) : el('p', { class: 'muted' }, 'Adding a schedule needs the admin role.');
   view.replaceChildren(
     el('h1', {}, 'Schedules'),
     el('section', { class: 'card' }, el('h2', {}, 'Rescores on a schedule'),
