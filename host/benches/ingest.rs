@@ -665,6 +665,86 @@ async fn rescore(n: usize) {
     s.finish().await;
 }
 
+/// A burst of wakes due at once (a million at midnight) worked by the host's
+/// wake worker while an ingest load runs: the wakes' rate, plugins included,
+/// and the load's p99 against the same load on the same server idle.
+async fn wakes(n: usize, duration: Duration) {
+    let s = start(&Database::Sqlite, &[("value_tiers", false), ("clv", false)]).await;
+    let mut conn = s.crm.store().conn().await.unwrap();
+    let t = Instant::now();
+    // Customers with three purchase days each, as the rescore phase makes them,
+    // and each a pending wake of clv, due far ahead for now.
+    sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1) \
+         INSERT INTO customers (tenant_id, id, source, created_at, updated_at, orders, purchase_days, spend_cents, \
+                                first_order_at, last_order_at, last_contact_at, complaints, referrals) \
+         SELECT $2, printf('w%07d', i), 'web', 850000000000, 850000000000, 3, 3, 3000 + (i * 7919) % 90000, \
+                860000000000 + (i % 97) * 86400000, 890000000000 - (i % 89) * 86400000, 890000000000, (i % 17 = 0), 0 FROM n",
+    )
+    .bind(n as i64)
+    .bind(TENANT)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO wakes (tenant_id, customer_id, plugin, due_at, set_at) \
+         SELECT tenant_id, id, 'clv', 4102444800000, 890000000000 FROM customers WHERE tenant_id = $1 AND id LIKE 'w%'",
+    )
+    .bind(TENANT)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let generated = t.elapsed().as_secs_f64();
+    drop(conn);
+    let stop = || Arc::new(AtomicBool::new(false));
+    // Warm, then the load on the idle server.
+    load(s.crm.store(), &s.base, &s.token, Duration::from_secs(2), stop()).await;
+    let idle = load(s.crm.store(), &s.base, &s.token, duration, stop()).await;
+
+    // Midnight: every wake due at once; the worker fires them while the load runs.
+    let midnight = stagecraft::domain::now_ms() - 1_000;
+    let mut conn = s.crm.store().conn().await.unwrap();
+    sqlx::query("UPDATE wakes SET due_at = $1")
+        .bind(midnight)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let t = Instant::now();
+    let worker = {
+        let crm = s.crm.clone();
+        tokio::spawn(async move { crm.wakes().fire_due("bench").await.unwrap() })
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (store, base, token, done) = (s.crm.store().clone(), s.base.clone(), s.token.clone(), done.clone());
+        // As long as the burst lasts (bounded by ten loads' time).
+        tokio::spawn(async move { load(&store, &base, &token, duration * 10, done).await })
+    };
+    let fired = worker.await.unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let during = busy.await.unwrap();
+    let rate = fired as f64 / secs;
+    println!();
+    println!("a burst of wakes (SQLite): {n} customers (generated in {generated:.1} s), each a clv wake due at once; value-tiers + clv score and segment each; an ingest load of {CONCURRENCY} clients beside it");
+    println!(
+        "wakes: {fired} fired in {secs:.1} s = {rate:.0} customers/s; ingest p99 {:.2} ms during the burst ({:.0} events/s) against {:.2} ms idle ({:.0} events/s): {:.2}x",
+        during.percentile_ms(0.99),
+        during.per_second(),
+        idle.percentile_ms(0.99),
+        idle.per_second(),
+        during.percentile_ms(0.99) / idle.percentile_ms(0.99)
+    );
+    println!(
+        "targets: >= 20,000 customers/s -> {rate:.0}, {}; ingest p99 within 2x of idle -> {:.2}x, {}",
+        verdict(rate >= 20_000.0),
+        during.percentile_ms(0.99) / idle.percentile_ms(0.99),
+        verdict(during.percentile_ms(0.99) <= 2.0 * idle.percentile_ms(0.99))
+    );
+    s.finish().await;
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `--quick` shortens every phase.
     let quick = std::env::args().any(|a| a == "--quick");
@@ -701,6 +781,9 @@ fn main() {
         }
         if want("import") {
             import(if quick { 20_000 } else { 1_000_000 }).await;
+        }
+        if want("wakes") {
+            wakes(if quick { 50_000 } else { 1_000_000 }, duration).await;
         }
     });
 }
