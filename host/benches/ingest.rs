@@ -698,18 +698,36 @@ async fn wakes(n: usize, duration: Duration) {
     drop(conn);
     let stop = || Arc::new(AtomicBool::new(false));
     // Warm, then the load on the idle server.
-    load(s.crm.store(), &s.base, &s.token, Duration::from_secs(2), stop()).await;
+    load(
+        s.crm.store(),
+        &s.base,
+        &s.token,
+        Duration::from_secs(2),
+        stop(),
+    )
+    .await;
     let idle = load(s.crm.store(), &s.base, &s.token, duration, stop()).await;
 
-    // Midnight: every wake due at once; the worker fires them while the load runs.
-    let midnight = stagecraft::domain::now_ms() - 1_000;
-    let mut conn = s.crm.store().conn().await.unwrap();
-    sqlx::query("UPDATE wakes SET due_at = $1")
-        .bind(midnight)
+    // Midnight: every wake due at once. First the worker alone...
+    let due_now = |store: Store| async move {
+        let mut conn = store.conn().await.unwrap();
+        sqlx::query(
+            "INSERT INTO wakes (tenant_id, customer_id, plugin, due_at, set_at) \
+             SELECT tenant_id, id, 'clv', $1, $1 FROM customers WHERE tenant_id = $2 AND id LIKE 'w%' \
+             ON CONFLICT (tenant_id, customer_id, plugin) DO UPDATE SET due_at = excluded.due_at",
+        )
+        .bind(stagecraft::domain::now_ms() - 1_000)
+        .bind(TENANT)
         .execute(&mut *conn)
         .await
         .unwrap();
-    drop(conn);
+    };
+    due_now(s.crm.store().clone()).await;
+    let t = Instant::now();
+    let alone = s.crm.wakes().fire_due("bench").await.unwrap();
+    let alone_secs = t.elapsed().as_secs_f64();
+    // ...then every customer's wake due at once again, while the load runs.
+    due_now(s.crm.store().clone()).await;
     let t = Instant::now();
     let worker = {
         let crm = s.crm.clone();
@@ -717,7 +735,12 @@ async fn wakes(n: usize, duration: Duration) {
     };
     let done = Arc::new(AtomicBool::new(false));
     let busy = {
-        let (store, base, token, done) = (s.crm.store().clone(), s.base.clone(), s.token.clone(), done.clone());
+        let (store, base, token, done) = (
+            s.crm.store().clone(),
+            s.base.clone(),
+            s.token.clone(),
+            done.clone(),
+        );
         // As long as the burst lasts (bounded by ten loads' time).
         tokio::spawn(async move { load(&store, &base, &token, duration * 10, done).await })
     };
@@ -729,7 +752,11 @@ async fn wakes(n: usize, duration: Duration) {
     println!();
     println!("a burst of wakes (SQLite): {n} customers (generated in {generated:.1} s), each a clv wake due at once; value-tiers + clv score and segment each; an ingest load of {CONCURRENCY} clients beside it");
     println!(
-        "wakes: {fired} fired in {secs:.1} s = {rate:.0} customers/s; ingest p99 {:.2} ms during the burst ({:.0} events/s) against {:.2} ms idle ({:.0} events/s): {:.2}x",
+        "wakes alone: {alone} fired in {alone_secs:.1} s = {:.0} customers/s",
+        alone as f64 / alone_secs
+    );
+    println!(
+        "wakes beside the load: {fired} fired in {secs:.1} s = {rate:.0} customers/s; ingest p99 {:.2} ms during the burst ({:.0} events/s) against {:.2} ms idle ({:.0} events/s): {:.2}x",
         during.percentile_ms(0.99),
         during.per_second(),
         idle.percentile_ms(0.99),

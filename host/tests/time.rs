@@ -466,3 +466,105 @@ async fn a_nightly_schedule_runs_once_per_occurrence_across_hosts_and_once_after
     assert_eq!(status, 404);
     s.finish().await;
 }
+
+/// A served process is killed (SIGKILL) while it starts the jobs of many due
+/// schedules; another started on the same database starts the rest. Each
+/// schedule's occurrence started exactly one job, none was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_s_schedules_each_start_one_job() {
+    let Some(db) = Db::postgres() else { return };
+    const TENANTS: usize = 10;
+    const PER_TENANT: usize = 20;
+    const CUSTOMERS: i64 = 20_000;
+    let s = TestServer::start_idle(db, &[]).await;
+    let yesterday = stagecraft::domain::now_ms() - DAY;
+    {
+        let mut conn = s.crm.store().conn().await.unwrap();
+        for t in 0..TENANTS {
+            let tenant = format!("t{t}");
+            sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $1, 0)")
+                .bind(&tenant)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            // Enough customers that starting a rescore takes a moment.
+            sqlx::query(
+                "INSERT INTO customers (tenant_id, id, created_at, updated_at) \
+                 SELECT $1, 'c' || i, 0, 0 FROM generate_series(1, $2) AS i",
+            )
+            .bind(&tenant)
+            .bind(CUSTOMERS)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            for k in 0..PER_TENANT {
+                sqlx::query(
+                    "INSERT INTO schedules (id, tenant_id, cron, kind, next_at, runs, created_at, created_by) \
+                     VALUES ($1, $2, '0 3 * * *', 'rescore', $3, 0, 0, 'test')",
+                )
+                .bind(format!("sch-{t}-{k}"))
+                .bind(&tenant)
+                .bind(yesterday)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            }
+        }
+    }
+    let total = (TENANTS * PER_TENANT) as i64;
+    let counts = || async {
+        let mut conn = s.crm.store().conn().await.unwrap();
+        let ran: i64 = sqlx::query_scalar("SELECT CAST(SUM(runs) AS BIGINT) FROM schedules")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let jobs: Vec<i64> = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM jobs WHERE kind = 'rescore' \
+             GROUP BY CAST(params AS json)->>'schedule' ORDER BY 1",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        (ran, jobs)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = common::server::spawn_serve(
+        dir.path(),
+        s.database_url(),
+        common::server::free_port(),
+        &[],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (ran, _) = counts().await;
+        if ran > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no schedule ran");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let (ran_before, _) = counts().await;
+    assert!(ran_before < total, "the kill came after every schedule ran");
+    let _second = common::server::spawn_serve(
+        dir.path(),
+        s.database_url(),
+        common::server::free_port(),
+        &[],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let jobs = loop {
+        let (ran, jobs) = counts().await;
+        if ran == total {
+            break jobs;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ran} of {total} ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // One job per schedule (each job's params name its schedule), every
+    // schedule once: the runs add up and no params appear twice.
+    assert_eq!(jobs.len() as i64, total, "a job per schedule");
+    assert!(jobs.iter().all(|&n| n == 1), "a schedule started two jobs");
+    s.finish().await;
+}

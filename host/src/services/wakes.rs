@@ -213,6 +213,10 @@ impl Wakes {
                     n.due_at = n.due_at.map(|d| d.max(now + MIN_REWAKE_MS));
                 }
             }
+            // Its wake is taken already: cancelling it again is a statement
+            // per customer for nothing.
+            fx.wakes
+                .retain(|n| !(n.plugin == w.wake.plugin && n.due_at.is_none()));
             let mut outcome = EventOutcome::default();
             queue_effects(&mut writes, tenant, id, &mut fx, None, *now, &mut outcome);
             queue_failures(&mut writes, tenant, id, &failures, None, *now);

@@ -203,12 +203,23 @@ impl Clv {
 
     /// The first time after `now` at which the band or segments change with
     /// time alone, within [`WAKE_HORIZON_DAYS`]: they only move one way while
-    /// no purchase comes, so the first changed day is found by bisection.
+    /// no purchase comes, so the first changed day is found by bisection. Only
+    /// a customer who is `high` now can stop being so (the value only falls),
+    /// so the costly value is computed only for them; for the rest P(alive),
+    /// a closed form, decides.
     fn next_change(&self, now: Timestamp, c: &Customer) -> Option<Timestamp> {
         let s = self.summary(now, c)?;
         let first = c.metrics.first_order_at?;
-        let at = |t: f64| self.verdict(&Summary { t, ..s });
-        let today = at(s.t);
+        let today = self.verdict(&s);
+        let at = |t: f64| {
+            let s = Summary { t, ..s };
+            if today.1 {
+                self.verdict(&s)
+            } else {
+                let lost = self.p_alive(&s) < self.likely_lost_below;
+                (if lost { "lost" } else { "standard" }, false, lost)
+            }
+        };
         let (mut lo, mut hi) = (s.t, s.t + WAKE_HORIZON_DAYS as f64);
         if at(hi) == today {
             return None;
