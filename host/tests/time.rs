@@ -568,3 +568,35 @@ async fn a_killed_host_s_schedules_each_start_one_job() {
     assert!(jobs.iter().all(|&n| n == 1), "a schedule started two jobs");
     s.finish().await;
 }
+
+/// A claim holds its wakes from other hosts until its lease runs out, unless
+/// it lets go (its chunk failed): then they are due again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_holds_its_wakes_until_it_lets_go() {
+    let s = TestServer::start_idle(Db::Sqlite, &[]).await;
+    due_wakes(&s, 3).await;
+    let now = stagecraft::domain::now_ms();
+    let backend = s.crm.store().backend();
+    let mut conn = s.crm.store().conn().await.unwrap();
+    use stagecraft::store::claim_wakes;
+    let a = claim_wakes(&mut conn, backend, "a", now, now + 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 3);
+    let b = claim_wakes(&mut conn, backend, "b", now, now + 60_000, 10)
+        .await
+        .unwrap();
+    assert!(b.is_empty(), "held by a");
+    assert_eq!(
+        stagecraft::store::release_claim(&mut conn, "a")
+            .await
+            .unwrap(),
+        3
+    );
+    let again = claim_wakes(&mut conn, backend, "b", now, now + 60_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 3);
+    drop(conn);
+    s.finish().await;
+}

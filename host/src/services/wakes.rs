@@ -96,6 +96,13 @@ impl Wakes {
             let heartbeat = self.heartbeat(claim.clone());
             let worked = self.fire(&claim, host, claimed).await;
             heartbeat.abort();
+            if worked.is_err() {
+                // Nothing of the chunk was written (its transaction rolled
+                // back): its wakes are due again now rather than after the lease.
+                if let Ok(mut conn) = self.store.conn().await {
+                    let _ = store::release_claim(&mut conn, &claim).await;
+                }
+            }
             fired += worked?;
             // Requests get the writer (SQLite) and the cores between chunks.
             tokio::task::yield_now().await;

@@ -86,6 +86,18 @@ pub async fn release_wake(conn: &mut AnyConnection, claim: &str, w: &DueWake) ->
     Ok(())
 }
 
+/// Lets go of every wake `claim` holds (its work failed): they are due again
+/// at once, for any host, instead of after the lease.
+pub async fn release_claim(conn: &mut AnyConnection, claim: &str) -> Result<u64> {
+    Ok(
+        sqlx::query("UPDATE wakes SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = $1")
+            .bind(claim)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// Deletes the wakes `claim` still holds and returns them: those, and only
 /// those, are fired by the caller's transaction.
 pub async fn take_wakes(conn: &mut AnyConnection, claim: &str) -> Result<Vec<DueWake>> {
