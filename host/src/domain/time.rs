@@ -51,6 +51,20 @@ pub fn de_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D:
     }
 }
 
+/// The latest time the host evaluates at: the end of year 9999 (UTC).
+pub const LATEST: i64 = 253_402_300_799_999;
+
+/// Checks a `now` a client gives (a rescore's, a dry-run's, an import's): from
+/// 1970 to the end of year 9999, so that every window computed back from it
+/// (90 days of touchpoints) is a time too.
+pub fn check_as_of(now: i64) -> Result<(), String> {
+    if (0..=LATEST).contains(&now) {
+        Ok(())
+    } else {
+        Err(format!("now {now} is before 1970 or after the year 9999"))
+    }
+}
+
 /// The host's one clock: everything the host does "now" (the `now` plugins are
 /// told, when a wake is due, when a follow-up is done) reads it, so tests and
 /// demos can move time ("46 days later") without sleeping, and every service of

@@ -162,7 +162,9 @@ impl From<ImportError> for ApiError {
     fn from(e: ImportError) -> Self {
         match e {
             ImportError::Store(s) => s.into(),
-            e @ ImportError::Header(_) => ApiError::Unprocessable(e.to_string()),
+            e @ (ImportError::Header(_) | ImportError::Invalid(_)) => {
+                ApiError::Unprocessable(e.to_string())
+            }
             e @ ImportError::Read(_) => ApiError::bad_request("bad_body", e.to_string()),
             e @ ImportError::Internal(_) => ApiError::Internal(e.to_string()),
         }

@@ -86,6 +86,9 @@ impl ImportReport {
 pub enum ImportError {
     #[error("the CSV header is unusable: {0}")]
     Header(String),
+    /// A parameter of the import itself (its `now`).
+    #[error("{0}")]
+    Invalid(String),
     #[error("the input could not be read: {0}")]
     Read(String),
     #[error(transparent)]
@@ -600,6 +603,9 @@ impl<'a> EventBatch<'a> {
         tenant: &'a str,
         now: Option<i64>,
     ) -> Result<Self, ImportError> {
+        if let Some(n) = now {
+            crate::domain::time::check_as_of(n).map_err(ImportError::Invalid)?;
+        }
         Ok(EventBatch {
             imports,
             tenant,

@@ -68,6 +68,7 @@ impl Jobs {
         now: Option<i64>,
     ) -> Result<String, RegistryError> {
         let as_of = now.unwrap_or_else(|| self.clock.now());
+        crate::domain::time::check_as_of(as_of).map_err(RegistryError::Invalid)?;
         let mut tx = self.store.begin().await?;
         let job = self
             .create_rescore(&mut tx, tenant, actor, json!({ "by": actor, "now": as_of }))

@@ -346,6 +346,7 @@ impl Registry {
         };
         let top = c.top.unwrap_or(20).min(200);
         let now = c.now.unwrap_or_else(|| self.clock.now());
+        crate::domain::time::check_as_of(now).map_err(RegistryError::Invalid)?;
         let inline_rules = c.rules.is_some();
         let (active, candidate, pair) = self.dry_run_pair(tenant, name, &c).await?;
         let mut conn = self.store.conn().await?;
