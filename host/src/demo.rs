@@ -209,6 +209,10 @@ fn stories() -> Vec<Story> {
     ]
 }
 
+/// The agent the demo's token is labelled for: the story customers are theirs,
+/// so the console's "My follow-ups" has work in the demo.
+pub const DEMO_AGENT: &str = "demo admin";
+
 /// Creates the story customers (skipping any that exist) and records their events.
 /// Returns how many events were recorded.
 pub async fn load_stories(crm: &Crm, tenant: &str) -> Result<usize, CrmError> {
@@ -220,6 +224,7 @@ pub async fn load_stories(crm: &Crm, tenant: &str) -> Result<usize, CrmError> {
             name: Some(s.name.to_string()),
             source: Some(s.source.to_string()),
             created_at: Some(now - s.joined_days_ago * DAY_MS),
+            owner: Some(DEMO_AGENT.to_string()),
             fields: serde_json::from_value(s.fields).expect("story fields are a JSON object"),
             ..Default::default()
         };

@@ -301,6 +301,15 @@ fn the_demo_starts_fresh_with_packs_and_data_and_prints_a_working_token() {
             Some(MAR_1_1997 + 180 * DAY + 7 * DAY),
             "{c2}"
         );
+        // The story customers are the demo agent's: its work list has them.
+        let work = get("/v1/follow-ups");
+        assert_eq!(work["owner"], "demo admin", "{work}");
+        let items: Vec<&Value> = ["overdue", "due_today", "later"]
+            .iter()
+            .flat_map(|p| work[p].as_array().unwrap())
+            .collect();
+        assert!(!items.is_empty(), "{work}");
+        assert!(items.iter().all(|i| i["owner"] == "demo admin"));
         // No customer has two open follow-ups of one plugin and key, and none
         // names a stage the customer has left.
         for id in &ids {

@@ -272,7 +272,7 @@ pub async fn demo(
     let tenant = "demo";
     let token = crm
         .tokens()
-        .create(tenant, "cli", Role::Admin, "demo admin")
+        .create(tenant, "cli", Role::Admin, crate::demo::DEMO_AGENT)
         .await?;
     let mut lifecycle_taken = false;
     for p in packs {
