@@ -570,23 +570,30 @@ fn peak_mib() -> f64 {
 /// Bulk rescore of `n` generated customers (three orders each) by value-tiers and
 /// clv, results written back; beside it the floor: one plain SQL statement that
 /// writes the same score rows.
-async fn rescore(n: usize) {
-    let s = start(&Database::Sqlite, &[("value_tiers", false), ("clv", false)]).await;
-    let mut conn = s.crm.store().conn().await.unwrap();
-    let t = Instant::now();
-    // Generated in SQL (a recursive counter), realistic spreads of orders and spend.
+/// `n` customers `<prefix>0000000`.. of the bench tenant, generated in SQL (a
+/// recursive counter), with realistic spreads of orders and spend: three
+/// purchase days each.
+async fn generate_customers(conn: &mut sqlx::AnyConnection, n: usize, prefix: &str) {
     sqlx::query(
         "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1) \
          INSERT INTO customers (tenant_id, id, source, created_at, updated_at, orders, purchase_days, spend_cents, \
                                 first_order_at, last_order_at, last_contact_at, complaints, referrals) \
-         SELECT $2, printf('g%07d', i), 'web', 850000000000, 850000000000, 3, 3, 3000 + (i * 7919) % 90000, \
+         SELECT $2, $3 || printf('%07d', i), 'web', 850000000000, 850000000000, 3, 3, 3000 + (i * 7919) % 90000, \
                 860000000000 + (i % 97) * 86400000, 890000000000 - (i % 89) * 86400000, 890000000000, (i % 17 = 0), 0 FROM n",
     )
     .bind(n as i64)
     .bind(TENANT)
-    .execute(&mut *conn)
+    .bind(prefix)
+    .execute(conn)
     .await
     .unwrap();
+}
+
+async fn rescore(n: usize) {
+    let s = start(&Database::Sqlite, &[("value_tiers", false), ("clv", false)]).await;
+    let mut conn = s.crm.store().conn().await.unwrap();
+    let t = Instant::now();
+    generate_customers(&mut conn, n, "g").await;
     sqlx::query(
         "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1), k(j) AS (VALUES (0), (1), (2)) \
          INSERT INTO events (id, tenant_id, customer_id, kind, channel, at, day, amount_cents, fields, outcome, recorded_at) \
@@ -674,18 +681,7 @@ async fn wakes(n: usize, duration: Duration) {
     let t = Instant::now();
     // Customers with three purchase days each, as the rescore phase makes them,
     // and each a pending wake of clv, due far ahead for now.
-    sqlx::query(
-        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < $1 - 1) \
-         INSERT INTO customers (tenant_id, id, source, created_at, updated_at, orders, purchase_days, spend_cents, \
-                                first_order_at, last_order_at, last_contact_at, complaints, referrals) \
-         SELECT $2, printf('w%07d', i), 'web', 850000000000, 850000000000, 3, 3, 3000 + (i * 7919) % 90000, \
-                860000000000 + (i % 97) * 86400000, 890000000000 - (i % 89) * 86400000, 890000000000, (i % 17 = 0), 0 FROM n",
-    )
-    .bind(n as i64)
-    .bind(TENANT)
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    generate_customers(&mut conn, n, "w").await;
     sqlx::query(
         "INSERT INTO wakes (tenant_id, customer_id, plugin, due_at, set_at) \
          SELECT tenant_id, id, 'clv', 4102444800000, 890000000000 FROM customers WHERE tenant_id = $1 AND id LIKE 'w%'",

@@ -127,13 +127,3 @@ pub fn queue_wake_fired(batch: &mut Batch, w: &DueWake, fired_at: i64, host: &st
         ],
     );
 }
-
-/// The earliest due time of a wake no live lease holds, if any.
-pub async fn next_wake_due(conn: &mut AnyConnection, now: i64) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar(
-        "SELECT MIN(due_at) FROM wakes WHERE lease_until IS NULL OR lease_until < $1",
-    )
-    .bind(now)
-    .fetch_one(conn)
-    .await?)
-}
