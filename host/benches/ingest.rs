@@ -7,6 +7,10 @@
 //! clients posting events for a fixed time. Run by `cargo xtask bench`:
 //!   cargo bench -p stagecraft --bench ingest [-- --quick]
 
+/// mimalloc rather than glibc's malloc, as the server has it (see main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use reqwest::Client;
 use serde_json::json;
 use stagecraft::cli::service::install_plugin;

@@ -4,6 +4,10 @@
 //!
 //! `cargo xtask bench` runs this and prints per-customer times and ratios.
 
+/// mimalloc rather than glibc's malloc, as the server has it (see main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use stagecraft::runtime::{encode_batch, CallContext, Limits, Reads, Runtime};
 use stagecraft_plugin::snapshot::{Customer, Event, Fields, Metrics, Value};

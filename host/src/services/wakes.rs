@@ -85,27 +85,139 @@ impl Wakes {
     /// Fires every wake due now, chunk after chunk, until none is left that no
     /// live lease holds; returns how many this call fired. `host` names this
     /// process in the log of fired wakes.
+    ///
+    /// Two chunks are in hand at once: the next is claimed and evaluated (the
+    /// plugins, on a blocking thread) while the last one's results are written
+    /// (the writer), so a burst keeps both cores busy. A customer the write
+    /// changed after the next chunk read it is caught by its `rev` and woken
+    /// again in a later chunk, on what was written.
     pub async fn fire_due(&self, host: &str) -> Result<usize, CrmError> {
         let mut fired = 0;
+        let mut ready: Option<Chunk> = None;
+        let events = &self.packs.metrics().events;
+        let mut events_seen = events.get();
+        let mut held = Duration::ZERO;
         loop {
-            let claim = format!("{host}/{}", uuid::Uuid::now_v7().simple());
-            let claimed = self.claim(&claim).await?;
-            if claimed.is_empty() {
+            // A burst gives way to live traffic: while events are being
+            // stored, the writer is left free at least as long as the last
+            // chunk's write held it, so events wait at most about one chunk.
+            let events_now = events.get();
+            if events_now != events_seen {
+                events_seen = events_now;
+                tokio::time::sleep(held).await;
+            }
+            let next = match self.claim_chunk(host).await {
+                Ok(next) => next,
+                Err(e) => {
+                    if let Some(c) = ready {
+                        self.let_go(c).await;
+                    }
+                    return Err(e);
+                }
+            };
+            if next.is_none() && ready.is_none() {
                 return Ok(fired);
             }
-            let heartbeat = self.heartbeat(claim.clone());
-            let worked = self.fire(&claim, host, claimed).await;
-            heartbeat.abort();
-            if worked.is_err() {
-                // Nothing of the chunk was written (its transaction rolled
-                // back): its wakes are due again now rather than after the lease.
-                if let Ok(mut conn) = self.store.conn().await {
-                    let _ = store::release_claim(&mut conn, &claim).await;
+            let evaluating = async {
+                match next {
+                    Some(c) => Some(self.evaluate_chunk(c).await),
+                    None => None,
                 }
+            };
+            let writing = async {
+                match ready.take() {
+                    Some(c) => {
+                        let started = std::time::Instant::now();
+                        let written = self.write_chunk(host, c).await;
+                        held = started.elapsed();
+                        Some(written)
+                    }
+                    None => None,
+                }
+            };
+            let (evaluated, written) = tokio::join!(evaluating, writing);
+            let evaluated = evaluated.transpose();
+            let written = written.transpose();
+            match (evaluated, written) {
+                (Ok(next), Ok(n)) => {
+                    fired += n.unwrap_or(0);
+                    ready = next;
+                }
+                (Ok(Some(next)), Err(e)) => {
+                    self.let_go(next).await;
+                    return Err(e);
+                }
+                (Ok(None), Err(e)) | (Err(e), _) => return Err(e),
             }
-            fired += worked?;
             // Requests get the writer (SQLite) and the cores between chunks.
             tokio::task::yield_now().await;
+        }
+    }
+
+    /// Claims the next chunk and starts its heartbeat; `None` when nothing is due.
+    async fn claim_chunk(&self, host: &str) -> Result<Option<Chunk>, CrmError> {
+        let claim = format!("{host}/{}", uuid::Uuid::now_v7().simple());
+        let claimed = self.claim(&claim).await?;
+        if claimed.is_empty() {
+            return Ok(None);
+        }
+        let heartbeat = self.heartbeat(claim.clone());
+        Ok(Some(Chunk {
+            claim,
+            heartbeat,
+            woken: claimed
+                .into_iter()
+                .map(|wake| Woken {
+                    wake,
+                    rev: None,
+                    result: None,
+                })
+                .collect(),
+        }))
+    }
+
+    /// Evaluates a claimed chunk; on failure lets go of its claim.
+    async fn evaluate_chunk(&self, mut chunk: Chunk) -> Result<Chunk, CrmError> {
+        // Customers of one tenant woken at one time are evaluated together (a
+        // burst due at midnight is one group per tenant).
+        let mut groups: BTreeMap<(String, i64), Vec<DueWake>> = BTreeMap::new();
+        for w in std::mem::take(&mut chunk.woken) {
+            groups
+                .entry((w.wake.tenant_id.clone(), w.wake.due_at))
+                .or_default()
+                .push(w.wake);
+        }
+        for ((tenant, due), wakes) in groups {
+            match self.evaluate(&tenant, due, wakes).await {
+                Ok(woken) => chunk.woken.extend(woken),
+                Err(e) => {
+                    self.let_go(chunk).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(chunk)
+    }
+
+    /// Writes an evaluated chunk; on failure lets go of its claim (nothing of
+    /// it was written: its transaction rolled back), so its wakes are due again
+    /// now rather than after the lease.
+    async fn write_chunk(&self, host: &str, mut chunk: Chunk) -> Result<usize, CrmError> {
+        let woken = std::mem::take(&mut chunk.woken);
+        let written = self.write(&chunk.claim, host, woken).await;
+        if written.is_err() {
+            self.let_go(chunk).await;
+        } else {
+            chunk.heartbeat.abort();
+        }
+        written
+    }
+
+    /// Stops a chunk's heartbeat and releases what its claim still holds.
+    async fn let_go(&self, chunk: Chunk) {
+        chunk.heartbeat.abort();
+        if let Ok(mut conn) = self.store.conn().await {
+            let _ = store::release_claim(&mut conn, &chunk.claim).await;
         }
     }
 
@@ -150,45 +262,39 @@ impl Wakes {
         })
     }
 
-    /// Evaluates the claimed wakes' customers, then writes what they caused in
-    /// one transaction with the wakes taken; returns how many fired.
-    async fn fire(
-        &self,
-        claim: &str,
-        host: &str,
-        claimed: Vec<DueWake>,
-    ) -> Result<usize, CrmError> {
-        // Customers of one tenant woken at one time are evaluated together (a
-        // burst due at midnight is one group per tenant).
-        let mut groups: BTreeMap<(String, i64), Vec<DueWake>> = BTreeMap::new();
-        for w in claimed {
-            groups
-                .entry((w.tenant_id.clone(), w.due_at))
-                .or_default()
-                .push(w);
-        }
-        let mut woken: Vec<Woken> = Vec::new();
-        for ((tenant, due), wakes) in groups {
-            woken.extend(self.evaluate(&tenant, due, wakes).await?);
-        }
+    /// Writes what the evaluated wakes caused in one transaction with the
+    /// wakes taken; returns how many fired.
+    async fn write(&self, claim: &str, host: &str, woken: Vec<Woken>) -> Result<usize, CrmError> {
         let fired_at = self.clock.now();
         let mut tx = self.store.begin().await?;
         // The customers first, as an event locks them (its customer, then its
         // wakes): taking the wakes first would deadlock with an event
         // replacing one. The new `rev` also tells events whose plugins ran
-        // ahead on these customers not to keep what they computed.
-        let mut lock = store::Batch::new();
-        let mut customers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        // ahead on these customers not to keep what they computed; and where
+        // the `rev` is not the one read before the evaluation, what was
+        // computed is stale: that wake is let go, to fire in a later chunk.
+        let mut read: BTreeMap<&str, Vec<(&str, i64)>> = BTreeMap::new();
         for w in &woken {
-            customers
-                .entry(&w.wake.tenant_id)
-                .or_default()
-                .push(&w.wake.customer_id);
+            if let Some(rev) = w.rev {
+                read.entry(&w.wake.tenant_id)
+                    .or_default()
+                    .push((&w.wake.customer_id, rev));
+            }
         }
-        for (tenant, ids) in customers {
-            store::queue_bump_revs(&mut lock, tenant, &ids);
+        let mut current: HashSet<(String, String)> = HashSet::new();
+        for (tenant, revs) in read {
+            for id in store::bump_revs_if_unchanged(tx.conn(), tenant, &revs).await? {
+                current.insert((tenant.to_string(), id));
+            }
         }
-        lock.run(tx.conn()).await?;
+        let (woken, stale): (Vec<Woken>, Vec<Woken>) = woken.into_iter().partition(|w| {
+            // A customer gone is fired with nothing to write.
+            w.result.is_none()
+                || current.contains(&(w.wake.tenant_id.clone(), w.wake.customer_id.clone()))
+        });
+        for w in &stale {
+            store::release_wake(tx.conn(), claim, &w.wake).await?;
+        }
         // Only what the claim still holds fires: a wake replaced or taken over
         // meanwhile is not.
         let held: HashSet<DueWake> = store::take_wakes(tx.conn(), claim)
@@ -278,9 +384,13 @@ impl Wakes {
         wakes: Vec<DueWake>,
     ) -> Result<Vec<Woken>, CrmError> {
         let ids: Vec<String> = wakes.iter().map(|w| w.customer_id.clone()).collect();
-        let batch: Vec<(CustomerRecord, Vec<EventRecord>)> = {
+        // The revs first: a change between them and the load shows as a
+        // different rev at the write, and that customer is done again.
+        let (mut revs, batch): (_, Vec<(CustomerRecord, Vec<EventRecord>)>) = {
             let mut conn = self.store.conn().await?;
-            store::load_customers(&mut conn, tenant, &ids, due, RECENT_EVENTS).await?
+            let revs = store::customer_revs(&mut conn, tenant, &ids).await?;
+            let batch = store::load_customers(&mut conn, tenant, &ids, due, RECENT_EVENTS).await?;
+            (revs, batch)
         };
         let by_plugin: BTreeMap<&str, &str> = wakes
             .iter()
@@ -307,18 +417,31 @@ impl Wakes {
         let mut results = results;
         Ok(wakes
             .into_iter()
-            .map(|w| Woken {
-                result: results.remove(&w.customer_id),
-                wake: w,
+            .map(|w| {
+                let result = results.remove(&w.customer_id);
+                Woken {
+                    rev: result.as_ref().and(revs.remove(&w.customer_id)),
+                    result,
+                    wake: w,
+                }
             })
             .collect())
     }
 }
 
-/// A wake and what its evaluation gave: the effects and the plugins'
-/// failures, or `None` if the customer no longer exists.
+/// Claimed wakes on their way: claimed, then evaluated, then written.
+struct Chunk {
+    claim: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+    woken: Vec<Woken>,
+}
+
+/// A wake and what its evaluation gave: the customer's `rev` read before it,
+/// the effects and the plugins' failures, or `None` if the customer no longer
+/// exists.
 struct Woken {
     wake: DueWake,
+    rev: Option<i64>,
     result: Option<(
         crate::pipeline::Effects,
         Vec<crate::pipeline::FailureReport>,

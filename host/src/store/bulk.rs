@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 const ROWS_PER_INSERT: usize = super::batch::MAX_ROWS;
 
 /// A JSON array of strings `$n` as a subquery, for `x IN (...)`.
-fn json_list(conn: &AnyConnection, n: usize) -> String {
+pub(super) fn json_list(conn: &AnyConnection, n: usize) -> String {
     if is_postgres(conn) {
         format!("SELECT value FROM json_array_elements_text(${n}::json) AS l(value)")
     } else {

@@ -15,6 +15,7 @@
 use super::{Batch, Result};
 use crate::store::Backend;
 use sqlx::AnyConnection;
+use std::collections::{HashMap, HashSet};
 
 /// A due wake as claimed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, sqlx::FromRow)]
@@ -126,4 +127,58 @@ pub fn queue_wake_fired(batch: &mut Batch, w: &DueWake, fired_at: i64, host: &st
             host.into(),
         ],
     );
+}
+
+/// The `rev` of each of the customers `ids` that exists: read before a wake's
+/// customer is loaded, so that [`bump_revs_if_unchanged`] can tell whether
+/// anything changed it between that read and the write.
+pub async fn customer_revs(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    ids: &[String],
+) -> Result<HashMap<String, i64>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!(
+        "SELECT id, rev FROM customers WHERE tenant_id = $1 AND id IN ({})",
+        super::bulk::json_list(conn, 2)
+    );
+    let rows: Vec<(String, i64)> = sqlx::query_as(&sql)
+        .bind(tenant)
+        .bind(serde_json::to_string(ids).expect("strings serialise"))
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Locks the customers `read` (id and the `rev` read before their evaluation)
+/// by bumping their `rev`, and returns those whose `rev` was still the one
+/// read: what was computed for the others is stale (an event or another wake
+/// changed them since) and must not be written.
+pub async fn bump_revs_if_unchanged(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    read: &[(&str, i64)],
+) -> Result<HashSet<String>> {
+    if read.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<&str> = read.iter().map(|(id, _)| *id).collect();
+    let sql = format!(
+        "UPDATE customers SET rev = rev + 1 WHERE tenant_id = $1 AND id IN ({}) RETURNING id, rev",
+        super::bulk::json_list(conn, 2)
+    );
+    let bumped: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(&sql)
+        .bind(tenant)
+        .bind(serde_json::to_string(&ids).expect("strings serialise"))
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(read
+        .iter()
+        .filter(|(id, rev)| bumped.get(*id) == Some(&(rev + 1)))
+        .map(|(id, _)| id.to_string())
+        .collect())
 }
