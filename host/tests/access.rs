@@ -81,6 +81,7 @@ fn routes(job: &str) -> Vec<(Method, String, Option<Value>, Role)> {
         (Method::GET, format!("/v1/jobs/{job}"), None, Viewer),
         (Method::GET, "/v1/jobs".into(), None, Viewer),
         (Method::GET, "/v1/schedules".into(), None, Viewer),
+        (Method::GET, "/v1/changes".into(), None, Viewer),
         (Method::GET, "/v1/schedules/sch-none".into(), None, Viewer),
         (Method::GET, "/v1/follow-ups".into(), None, Agent),
         (
@@ -230,6 +231,7 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
                 | "/v1/import/customers"
                 | "/v1/jobs"
                 | "/v1/schedules"
+                | "/v1/changes"
                 | "/v1/follow-ups"
         ) || r.1.starts_with("/v1/analytics");
         if own {
@@ -239,6 +241,7 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
                 ("GET", "/v1/customers") => assert_eq!(body["customers"], json!([]), "{body}"),
                 ("GET", "/v1/plugins") => assert_eq!(body["plugins"], json!([]), "{body}"),
                 ("GET", "/v1/jobs") => assert_eq!(body["jobs"], json!([]), "{body}"),
+                ("GET", "/v1/changes") => assert_eq!(body["changes"], json!([]), "{body}"),
                 ("GET", "/v1/follow-ups") => assert_eq!(body["overdue"], json!([]), "{body}"),
                 ("GET", "/v1/analytics/segments") => {
                     assert_eq!(body["segments"], json!([]), "{body}")

@@ -29,6 +29,8 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     pub database_url: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// How many days the change feed keeps changes (default 30).
+    pub change_retention_days: Option<u32>,
 }
 
 /// The settings after flags, environment, the config file and defaults are
@@ -51,6 +53,17 @@ pub struct Settings {
     /// wakes a killed host held wait for another (`STAGECRAFT_WAKE_LEASE_MS`,
     /// default 30 s).
     pub wake_lease: std::time::Duration,
+    /// How long the change feed keeps changes (`change_retention_days` in the
+    /// config file or `STAGECRAFT_CHANGE_RETENTION_DAYS`, default 30 days).
+    pub change_retention: std::time::Duration,
+}
+
+/// A number of days, 1 to 3650.
+fn days(v: &str) -> Result<std::time::Duration, String> {
+    match v.trim().parse::<u64>() {
+        Ok(d) if (1..=3650).contains(&d) => Ok(std::time::Duration::from_secs(d * 24 * 3600)),
+        _ => Err(format!("must be a number of days from 1 to 3650: {v:?}")),
+    }
 }
 
 /// Milliseconds from the environment variable `name`, if set; an unreadable
@@ -89,6 +102,12 @@ impl Settings {
             wake_lease: env_ms("STAGECRAFT_WAKE_LEASE_MS")?
                 .unwrap_or(crate::services::wakes::LEASE)
                 .max(std::time::Duration::from_millis(100)),
+            change_retention: match std::env::var("STAGECRAFT_CHANGE_RETENTION_DAYS") {
+                Ok(v) => {
+                    days(&v).map_err(|e| anyhow::anyhow!("STAGECRAFT_CHANGE_RETENTION_DAYS {e}"))?
+                }
+                Err(_) => crate::services::changes::RETENTION,
+            },
         })
     }
 }
@@ -118,13 +137,21 @@ impl Settings {
             .clone()
             .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite:{}", data_dir.join("stagecraft.db").display()));
-        Settings::for_database(
+        let mut settings = Settings::for_database(
             listen
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
             database_url,
             data_dir,
-        )
+        )?;
+        if let (Some(d), Err(_)) = (
+            file.change_retention_days,
+            std::env::var("STAGECRAFT_CHANGE_RETENTION_DAYS"),
+        ) {
+            settings.change_retention =
+                days(&d.to_string()).map_err(|e| anyhow::anyhow!("change_retention_days {e}"))?;
+        }
+        Ok(settings)
     }
 }
 
@@ -138,6 +165,7 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Crm> {
         .await?
         .with_chunk_lease(settings.chunk_lease)
         .with_wake_lease(settings.wake_lease)
+        .with_change_retention(settings.change_retention)
         .with_sync_interval(settings.sync_interval);
     crm.load_all().await?;
     Ok(crm)
@@ -161,7 +189,8 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
     let helper = crm.jobs().help_with_jobs();
     let waker = crm.wakes().run();
     let scheduler = crm.schedules().run();
-    let _stop = AbortOnDrop(vec![watcher, helper, waker, scheduler]);
+    let pruner = crm.changes().run();
+    let _stop = AbortOnDrop(vec![watcher, helper, waker, scheduler, pruner]);
     crate::http::serve(listener, crm, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -7,6 +7,7 @@
 //! JSON (a string, a number, a boolean, or `{"time": ms}`), so API clients never
 //! see the plugin contract's encoding.
 
+pub mod changes;
 pub mod plugin;
 pub mod text;
 pub mod time;

@@ -3,6 +3,7 @@
 //! translates: the work happens in [`crate::services`].
 
 mod analytics;
+mod changes;
 mod console;
 mod customers;
 pub mod error;
@@ -50,6 +51,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(analytics::routes())
         .merge(plugins::routes())
         .merge(schedules::routes())
+        .merge(changes::routes())
         .routes(routes!(me))
         .routes(routes!(audit))
         .routes(routes!(create_token))

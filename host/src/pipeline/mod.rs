@@ -53,11 +53,13 @@ pub enum PipelineError {
     KeyReused(String, String),
 }
 
+mod changes;
 mod evaluate;
 mod input;
 mod record;
 mod writes;
 
+pub(crate) use changes::{queue_band_changes, queue_segment_changes, stage_changed, tags_changed};
 pub(crate) use evaluate::{evaluate, reevaluate, render, Evaluated, Strikes, Trigger};
 pub use input::EventInput;
 use record::Inputs;

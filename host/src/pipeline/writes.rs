@@ -179,6 +179,7 @@ pub(super) fn queue_writes(
     // Every plugin's scores and segments in a few statements of the batch, over
     // what was read before the plugins ran.
     let previous = store::queue_scores_over(writes, tenant, scores_before, &scores, ev_id);
+    changes::queue_band_changes(writes, tenant, &scores, &previous, ev_id, now);
     for ((_, s), prev) in scores.iter().zip(previous) {
         outcome.scores.insert(
             s.plugin.clone(),
@@ -192,9 +193,10 @@ pub(super) fn queue_writes(
             },
         );
     }
-    for (joined, left) in
-        store::queue_memberships_over(writes, tenant, segments_before, &segment_sets, now)
-    {
+    let memberships =
+        store::queue_memberships_over(writes, tenant, segments_before, &segment_sets, now);
+    changes::queue_segment_changes(writes, tenant, &segment_sets, &memberships, ev_id, now);
+    for (joined, left) in memberships {
         outcome.segments_joined.extend(joined);
         outcome.segments_left.extend(left);
     }
@@ -225,8 +227,10 @@ pub(crate) fn queue_effects(
     now: i64,
     outcome: &mut EventOutcome,
 ) {
+    let mut changes = Vec::new();
     for mv in &fx.stage_moves {
         store::queue_stage_moves(writes, tenant, &[(customer_id, mv)], ev_id, now);
+        changes.push(changes::stage_changed(customer_id, mv, ev_id));
         outcome.stage = Some(StageChange {
             from: mv.from.clone(),
             to: mv.to.clone(),
@@ -240,6 +244,12 @@ pub(crate) fn queue_effects(
     for t in &fx.tags_removed {
         store::queue_remove_tag(writes, tenant, customer_id, t);
     }
+    changes.extend(changes::tags_changed(
+        customer_id,
+        &fx.tags_added,
+        &fx.tags_removed,
+        ev_id,
+    ));
     outcome.tags_added = std::mem::take(&mut fx.tags_added);
     outcome.tags_removed = std::mem::take(&mut fx.tags_removed);
     for f in &fx.fields_set {
@@ -251,6 +261,8 @@ pub(crate) fn queue_effects(
     // Per plugin and key an answer either closes or opens (updates): `effects`
     // keeps its last word, so the order of these writes does not matter.
     for c in &fx.follow_ups_closed {
+        let done = changes::follow_up_closed(customer_id, c, ev_id);
+        store::queue_change_if_open_follow_up(writes, tenant, &done, &c.plugin, &c.key, now);
         store::queue_close_follow_up(writes, tenant, customer_id, &c.plugin, &c.key, now);
     }
     outcome.follow_ups_closed = std::mem::take(&mut fx.follow_ups_closed);
@@ -266,8 +278,10 @@ pub(crate) fn queue_effects(
             ev_id,
             now,
         );
+        changes.push(changes::follow_up_created(customer_id, &f, ev_id));
         outcome.follow_ups.push(f);
     }
+    store::queue_changes(writes, tenant, &changes, now);
     for w in &fx.wakes {
         store::queue_wake(writes, tenant, customer_id, &w.plugin, w.due_at, ev_id, now);
     }

@@ -2,6 +2,7 @@
 //! a row is suspended for its tenant and the previous pair restored.
 
 use super::CrmError;
+use crate::domain::changes::{ChangeType, NewChange};
 use crate::domain::time::Clock;
 use crate::packs::{ActivePack, Packs};
 use crate::store::{self, Store};
@@ -79,6 +80,12 @@ impl Breaker {
             &json!({ "reason": reason, "restored": restored }),
         )
         .await?;
+        let suspended = NewChange {
+            kind: ChangeType::PluginSuspended,
+            customer_id: None,
+            data: json!({ "plugin": name, "version": version, "reason": reason, "restored": restored }),
+        };
+        store::insert_changes(tx.conn(), tenant, &[suspended], at).await?;
         store::notify_change(&mut tx, tenant).await?;
         tx.commit().await?;
         self.packs

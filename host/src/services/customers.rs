@@ -2,6 +2,7 @@
 //! customer view, lists, timelines and follow-ups.
 
 use super::{invalid, CrmError};
+use crate::domain::changes::{ChangeType, NewChange};
 use crate::domain::text::text_problem;
 use crate::domain::{
     self, field_value_from_json, time::Clock, CustomerRecord, FieldEntry, ALWAYS_SENSITIVE,
@@ -11,7 +12,7 @@ use crate::pipeline::PipelineError;
 use crate::runtime::{is_valid_tag, Reason};
 use crate::store::{self, NewCustomer, StageMove, Store};
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
+use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
 
 /// A customer as a client creates it.
@@ -283,8 +284,20 @@ impl Customers {
     ) -> Result<String, CrmError> {
         let c = validate_customer(input, self.clock.now())?;
         let id = c.id.clone();
+        let created = NewChange::customer(
+            ChangeType::CustomerCreated,
+            &c.id,
+            json!({
+                "name": c.name,
+                "source": c.source,
+                "owner": c.owner,
+                "tags": c.tags,
+                "fields": public_fields(&c.fields),
+            }),
+        );
         let mut tx = self.store.begin().await?;
         store::insert_customer(tx.conn(), tenant, &c).await?;
+        store::insert_changes(tx.conn(), tenant, &[created], c.created_at).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -360,12 +373,19 @@ impl Customers {
                 store::remove_field(tx.conn(), tenant, id, k).await?;
             }
         }
+        let mut changes = Vec::new();
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
         for t in &patch.add_tags {
-            store::add_tag(tx.conn(), tenant, id, t).await?;
+            if store::add_tag(tx.conn(), tenant, id, t).await? {
+                added.push(t.clone());
+            }
         }
         for t in &patch.remove_tags {
-            store::remove_tag(tx.conn(), tenant, id, t).await?;
+            if store::remove_tag(tx.conn(), tenant, id, t).await? {
+                removed.push(t.clone());
+            }
         }
+        changes.extend(crate::pipeline::tags_changed(id, &added, &removed, None));
         if let Some(stage) = &patch.stage {
             if current.stage.as_deref() != Some(stage.as_str()) {
                 let mv = StageMove {
@@ -381,8 +401,13 @@ impl Customers {
                     plugin_version: "-".into(),
                 };
                 store::move_stage(tx.conn(), tenant, id, &mv, None, now).await?;
+                changes.push(crate::pipeline::stage_changed(id, &mv, None));
             }
         }
+        if let Some(updated) = profile_updated(id, &current, &patch, &set) {
+            changes.insert(0, updated);
+        }
+        store::insert_changes(tx.conn(), tenant, &changes, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -505,11 +530,83 @@ impl Customers {
         id: &str,
         follow_up: i64,
     ) -> Result<bool, CrmError> {
+        let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        if !store::complete_follow_up(tx.conn(), tenant, id, follow_up, self.clock.now()).await? {
+        if !store::complete_follow_up(tx.conn(), tenant, id, follow_up, now).await? {
             return Ok(false);
         }
+        let done = NewChange::customer(
+            ChangeType::FollowUpDone,
+            id,
+            json!({ "follow_up_id": follow_up, "by": "user" }),
+        );
+        store::insert_changes(tx.conn(), tenant, &[done], now).await?;
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// The fields a change record may show: those not sensitive, by key.
+fn public_fields(fields: &[FieldEntry]) -> BTreeMap<String, Json> {
+    fields
+        .iter()
+        .filter(|f| !f.sensitive && !ALWAYS_SENSITIVE.contains(&f.key.as_str()))
+        .map(|f| (f.key.clone(), domain::field_value_to_json(&f.value)))
+        .collect()
+}
+
+/// The record of a profile update: the keys it changed (`name`, `source`,
+/// `owner`, `fields.<key>`) and their new values, sensitive fields by key
+/// only; `None` if the patch changed none of them (tags and the stage have
+/// records of their own).
+fn profile_updated(
+    id: &str,
+    current: &domain::CustomerRecord,
+    patch: &CustomerPatch,
+    set: &[FieldEntry],
+) -> Option<NewChange> {
+    let mut changed: Vec<String> = Vec::new();
+    let mut values = serde_json::Map::new();
+    let mut profile = |key: &str, new: Option<&str>, old: Option<&str>| {
+        if let Some(new) = new {
+            let new = Some(new).filter(|v| !v.is_empty());
+            if new != old {
+                changed.push(key.to_string());
+                values.insert(key.to_string(), json!(new));
+            }
+        }
+    };
+    profile("name", patch.name.as_deref(), current.name.as_deref());
+    profile("source", patch.source.as_deref(), current.source.as_deref());
+    profile("owner", patch.owner.as_deref(), current.owner.as_deref());
+    let mut fields = serde_json::Map::new();
+    for f in set {
+        let was = current.fields.iter().find(|c| c.key == f.key);
+        if was.is_some_and(|w| w.value == f.value && w.sensitive == f.sensitive) {
+            continue;
+        }
+        changed.push(format!("fields.{}", f.key));
+        let sensitive = f.sensitive
+            || was.is_some_and(|w| w.sensitive)
+            || ALWAYS_SENSITIVE.contains(&f.key.as_str());
+        if !sensitive {
+            fields.insert(f.key.clone(), domain::field_value_to_json(&f.value));
+        }
+    }
+    for (k, v) in &patch.fields {
+        if v.is_null() && current.fields.iter().any(|c| &c.key == k) {
+            changed.push(format!("fields.{k}"));
+            fields.insert(k.clone(), Json::Null);
+        }
+    }
+    if changed.is_empty() {
+        return None;
+    }
+    values.insert("fields".into(), Json::Object(fields));
+    values.insert("changed".into(), json!(changed));
+    Some(NewChange::customer(
+        ChangeType::CustomerUpdated,
+        id,
+        Json::Object(values),
+    ))
 }

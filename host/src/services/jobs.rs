@@ -5,7 +5,10 @@
 use super::registry::{CustomerFailure, RegistryError, LISTED_FAILURES, RESCORE_CHUNK};
 use crate::domain::{time::Clock, CustomerRecord, EventRecord};
 use crate::packs::Packs;
-use crate::pipeline::{reevaluate, Effects, Evaluated, Strikes, RECENT_EVENTS};
+use crate::pipeline::{
+    queue_band_changes, queue_segment_changes, reevaluate, Effects, Evaluated, Strikes,
+    RECENT_EVENTS,
+};
 use crate::runtime::CallContext;
 use crate::store::{self, Store, StoreError};
 use serde_json::json;
@@ -278,6 +281,9 @@ impl Jobs {
                 mv.from = c.stage.clone();
                 moves.push((c.id.as_str(), mv));
             }
+            let tag_changes =
+                crate::pipeline::tags_changed(&c.id, &fx.tags_added, &fx.tags_removed, None);
+            store::queue_changes(&mut writes, tenant, &tag_changes, now);
             for t in &fx.tags_added {
                 store::queue_add_tag(&mut writes, tenant, &c.id, t);
             }
@@ -299,9 +305,18 @@ impl Jobs {
         let mut tx = self.store.begin().await?;
         let moved: Vec<(&str, &store::StageMove)> = moves.iter().map(|(id, m)| (*id, m)).collect();
         store::move_stages(tx.conn(), tenant, &moved, None, now).await?;
+        let stage_changes: Vec<_> = moved
+            .iter()
+            .filter(|(_, mv)| mv.from.as_deref() != Some(mv.to.as_str()))
+            .map(|(id, mv)| crate::pipeline::stage_changed(id, mv, None))
+            .collect();
+        store::queue_changes(&mut writes, tenant, &stage_changes, now);
         // Every plugin's writes in one batch: one round trip on SQLite.
-        store::queue_scores(tx.conn(), &mut writes, tenant, &scores, None).await?;
-        store::queue_memberships(tx.conn(), &mut writes, tenant, &memberships, now).await?;
+        let previous = store::queue_scores(tx.conn(), &mut writes, tenant, &scores, None).await?;
+        queue_band_changes(&mut writes, tenant, &scores, &previous, None, now);
+        let changed =
+            store::queue_memberships(tx.conn(), &mut writes, tenant, &memberships, now).await?;
+        queue_segment_changes(&mut writes, tenant, &memberships, &changed, None, now);
         // Events whose plugins ran ahead of the writer on these customers'
         // old scores and segments must not keep those results.
         let ids_read: Vec<&str> = batch.iter().map(|(c, _)| c.id.as_str()).collect();

@@ -12,12 +12,14 @@
 //! - [`Wakes`]: the timers plugins set (`wake-at`), fired by every host.
 //! - [`Schedules`]: cron expressions per tenant that start rescores.
 //! - [`Breaker`]: suspends a version that keeps failing.
+//! - [`Changes`]: the change feed every write path records into.
 //! - [`Tokens`]: tenants and API tokens.
 //! - [`Reports`]: the audit log and the analytics.
 //!
 //! [`Crm`] composes them: the application state the edges hold.
 
 pub mod breaker;
+pub mod changes;
 pub mod customers;
 pub mod events;
 pub mod group_commit;
@@ -30,6 +32,7 @@ pub mod tokens;
 pub mod wakes;
 
 pub use breaker::Breaker;
+pub use changes::{ChangePage, Changes};
 pub use customers::{CustomerInput, CustomerPatch, CustomerView, Customers, WorkList};
 pub use events::Events;
 pub use import::{ImportError, ImportReport, Imports};
@@ -80,6 +83,7 @@ pub struct Crm {
     reports: Reports,
     wakes: Wakes,
     schedules: Schedules,
+    changes: Changes,
     packs: Packs,
     store: Store,
     clock: Clock,
@@ -111,6 +115,7 @@ impl Crm {
             schedules: Schedules::new(store.clone(), jobs, c.clone()),
             wakes: Wakes::new(store.clone(), packs.clone(), c),
             tokens: Tokens::new(store.clone()),
+            changes: Changes::new(store.clone()),
             reports: Reports::new(store.clone(), packs.clone(), clock.clone()),
             packs,
             store,
@@ -183,6 +188,15 @@ impl Crm {
     }
     pub fn schedules(&self) -> &Schedules {
         &self.schedules
+    }
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Sets how long the change feed keeps changes (default [`changes::RETENTION`]).
+    pub fn with_change_retention(mut self, retention: std::time::Duration) -> Crm {
+        self.changes.set_retention(retention);
+        self
     }
 
     /// What `tenant` runs now (for rendering reasons in its language).

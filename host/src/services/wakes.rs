@@ -22,7 +22,8 @@ use crate::domain::time::Clock;
 use crate::domain::{CustomerRecord, EventRecord};
 use crate::packs::Packs;
 use crate::pipeline::{
-    queue_effects, queue_failures, reevaluate, EventOutcome, Strikes, RECENT_EVENTS,
+    queue_band_changes, queue_effects, queue_failures, queue_segment_changes, reevaluate,
+    EventOutcome, Strikes, RECENT_EVENTS,
 };
 use crate::runtime::CallContext;
 use crate::store::{self, DueWake, Store};
@@ -359,14 +360,17 @@ impl Wakes {
                 .filter(|(t, _, _)| t == tenant)
                 .map(|(_, id, s)| (id.clone(), s.clone()))
                 .collect();
-            store::queue_scores(tx.conn(), &mut writes, tenant, &s, None).await?;
+            let previous = store::queue_scores(tx.conn(), &mut writes, tenant, &s, None).await?;
+            queue_band_changes(&mut writes, tenant, &s, &previous, None, fired_at);
             // Memberships carry the time they were set: one call per due time.
             let mut by_time: BTreeMap<i64, Vec<store::SegmentSet>> = BTreeMap::new();
             for (_, at, m) in memberships.iter().filter(|(t, _, _)| t == tenant) {
                 by_time.entry(*at).or_default().push(m.clone());
             }
             for (at, sets) in by_time {
-                store::queue_memberships(tx.conn(), &mut writes, tenant, &sets, at).await?;
+                let changed =
+                    store::queue_memberships(tx.conn(), &mut writes, tenant, &sets, at).await?;
+                queue_segment_changes(&mut writes, tenant, &sets, &changed, None, at);
             }
         }
         writes.run(tx.conn()).await?;

@@ -16,6 +16,7 @@ pub mod dry_run;
 pub use dry_run::*;
 
 use super::CrmError;
+use crate::domain::changes::{ChangeType, NewChange};
 use crate::domain::{time::Clock, CustomerRecord, EventRecord};
 use crate::packs::ActivePack;
 use crate::packs::Packs;
@@ -416,6 +417,12 @@ impl Registry {
             &json!({ "from": from, "to": pair, "reason": reason }),
         )
         .await?;
+        let activated = NewChange {
+            kind: ChangeType::PluginActivated,
+            customer_id: None,
+            data: json!({ "plugin": name, "from": from, "to": pair, "actor": actor, "reason": reason }),
+        };
+        store::insert_changes(tx.conn(), tenant, &[activated], at).await?;
         store::notify_change(&mut tx, tenant).await?;
         tx.commit().await?;
         self.packs.reset_health(tenant, name, &pair.version);
@@ -452,6 +459,12 @@ impl Registry {
             &json!({ "from": from, "to": to, "reason": reason }),
         )
         .await?;
+        let rolled_back = NewChange {
+            kind: ChangeType::PluginRolledBack,
+            customer_id: None,
+            data: json!({ "plugin": name, "from": from, "to": to, "actor": actor, "reason": reason }),
+        };
+        store::insert_changes(tx.conn(), tenant, &[rolled_back], at).await?;
         store::notify_change(&mut tx, tenant).await?;
         tx.commit().await?;
         self.packs
