@@ -812,5 +812,134 @@ fn main() {
         if want("wakes") {
             wakes(if quick { 50_000 } else { 1_000_000 }, duration).await;
         }
+        if want("webhooks") {
+            webhooks(duration, if quick { 10_000 } else { 100_000 }).await;
+        }
     });
+}
+
+/// A local receiver that answers 200 to every POST and counts them.
+async fn counting_receiver() -> (String, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, count)
+}
+
+/// `s`'s application allowed to deliver to the local receiver, with a
+/// subscription of `TENANT` to every change there.
+async fn subscribe_all(s: &Server, url: &str) -> Crm {
+    use stagecraft::services::webhooks::{egress, DeliveryPolicy};
+    let crm = s.crm.clone().with_webhooks(
+        egress::Egress {
+            allow: egress::parse_ranges("127.0.0.0/8").unwrap(),
+            allow_http: true,
+            ..Default::default()
+        },
+        DeliveryPolicy::default(),
+    );
+    crm.webhooks()
+        .create(
+            TENANT,
+            "bench",
+            serde_json::from_value(json!({"url": url})).unwrap(),
+        )
+        .await
+        .unwrap();
+    crm
+}
+
+/// Issue 22: ingest with one subscription to every change type (its
+/// dispatcher delivering to a local receiver as the load runs) against the
+/// same without, alternated; then the dispatcher alone on `n` queued changes.
+async fn webhooks(duration: Duration, n: usize) {
+    let packs = [("b2b_trade", true), ("value_tiers", false)];
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut delivered = 0;
+    for _ in 0..2 {
+        without.push(measure(start(&Database::Sqlite, &packs).await, duration).await);
+        let s = start(&Database::Sqlite, &packs).await;
+        let (url, count) = counting_receiver().await;
+        let crm = subscribe_all(&s, &url).await;
+        let dispatcher = crm.webhooks().run("bench".into());
+        with.push(measure(s, duration).await);
+        dispatcher.abort();
+        delivered += count.load(Ordering::Relaxed);
+    }
+    let mean =
+        |ls: &[Load], f: &dyn Fn(&Load) -> f64| ls.iter().map(f).sum::<f64>() / ls.len() as f64;
+    let (w_rate, w_p99) = (
+        mean(&with, &|l| l.per_second()),
+        mean(&with, &|l| l.percentile_ms(0.99)),
+    );
+    let (n_rate, n_p99) = (
+        mean(&without, &|l| l.per_second()),
+        mean(&without, &|l| l.percentile_ms(0.99)),
+    );
+    println!();
+    println!("ingest with a webhook subscription to every change type, SQLite, b2b-trade + value-tiers, {duration:?} each, alternated twice");
+    println!("{:<36} {:>10} {:>9}", "", "events/s", "p99 ms");
+    println!("{:<36} {:>10.0} {:>9.2}", "no subscription", n_rate, n_p99);
+    println!(
+        "{:<36} {:>10.0} {:>9.2}",
+        "one subscription, all types", w_rate, w_p99
+    );
+    println!(
+        "  runs: without {:?}, with {:?} events/s; {delivered} deliveries made during the loads",
+        without
+            .iter()
+            .map(|l| l.per_second().round())
+            .collect::<Vec<_>>(),
+        with.iter()
+            .map(|l| l.per_second().round())
+            .collect::<Vec<_>>()
+    );
+    let cost = 1.0 - w_rate / n_rate;
+    println!(
+        "target: within 15% of ingest without subscriptions -> {:.1}% slower, {}",
+        cost * 100.0,
+        verdict(cost <= 0.15)
+    );
+
+    // The dispatcher alone: `n` changes queued (an import of `n` customers),
+    // then delivered.
+    let s = start(&Database::Sqlite, &[]).await;
+    let (url, count) = counting_receiver().await;
+    let crm = subscribe_all(&s, &url).await;
+    let mut csv = String::from("id\n");
+    for i in 0..n {
+        csv.push_str(&format!("w{i:07}\n"));
+    }
+    crm.imports()
+        .import_customers(TENANT, csv.as_bytes(), &|_| {})
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let dispatcher = crm.webhooks().run("bench".into());
+    while (count.load(Ordering::Relaxed) as usize) < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    dispatcher.abort();
+    let rate = n as f64 / seconds;
+    println!();
+    println!("webhook dispatcher alone, SQLite: {n} changes to one local receiver in {seconds:.2} s = {rate:.0} deliveries/s (chunks of 256 sent at once, each signed)");
+    println!(
+        "target: >= 2,000 deliveries/s -> {rate:.0}, {}",
+        verdict(rate >= 2000.0)
+    );
+    s.finish().await;
 }

@@ -2,7 +2,8 @@
 //! several services in one process each count their own). `GET /metrics` renders it.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the host exports.
@@ -23,6 +24,14 @@ pub struct Metrics {
     pub job_customers: IntCounterVec,
     /// Wakes fired by this host (contract 0.2.0 timers).
     pub wakes_fired: IntCounter,
+    /// Webhook delivery attempts by this host, by outcome: `delivered`,
+    /// `failed` (to be retried), `dead`.
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_seconds: HistogramVec,
+    /// Deliveries waiting (all hosts), and the age of the oldest, as this host
+    /// last read them.
+    pub webhook_queue: IntGauge,
+    pub webhook_oldest_seconds: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,8 +77,39 @@ impl Metrics {
         registry
             .register(Box::new(wakes_fired.clone()))
             .expect("unique metric");
+        let webhook_queue = IntGauge::new(
+            "stagecraft_webhook_queue_depth",
+            "Webhook deliveries waiting to be sent (every host's)",
+        )
+        .expect("metric definition");
+        registry
+            .register(Box::new(webhook_queue.clone()))
+            .expect("unique metric");
+        let webhook_oldest_seconds = Gauge::new(
+            "stagecraft_webhook_oldest_undelivered_seconds",
+            "Age of the oldest webhook delivery still waiting",
+        )
+        .expect("metric definition");
+        registry
+            .register(Box::new(webhook_oldest_seconds.clone()))
+            .expect("unique metric");
         Metrics {
             wakes_fired,
+            webhook_queue,
+            webhook_oldest_seconds,
+            webhook_deliveries: counter(
+                "stagecraft_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome",
+                &["outcome"],
+            ),
+            webhook_seconds: histogram(
+                "stagecraft_webhook_delivery_seconds",
+                "Time one webhook delivery attempt took",
+                &[],
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
             http_requests: counter(
                 "stagecraft_http_requests_total",
                 "HTTP requests by route, method and status",

@@ -82,6 +82,50 @@ fn routes(job: &str) -> Vec<(Method, String, Option<Value>, Role)> {
         (Method::GET, "/v1/jobs".into(), None, Viewer),
         (Method::GET, "/v1/schedules".into(), None, Viewer),
         (Method::GET, "/v1/changes".into(), None, Viewer),
+        (Method::GET, "/v1/webhooks".into(), None, Integrator),
+        (
+            Method::POST,
+            "/v1/webhooks".into(),
+            j(json!({"url": "https://93.184.216.34/hook"})),
+            Integrator,
+        ),
+        (Method::GET, "/v1/webhooks/wh_none".into(), None, Integrator),
+        (
+            Method::PATCH,
+            "/v1/webhooks/wh_none".into(),
+            j(json!({"enabled": false})),
+            Integrator,
+        ),
+        (
+            Method::DELETE,
+            "/v1/webhooks/wh_none".into(),
+            None,
+            Integrator,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/wh_none/rotate-secret".into(),
+            None,
+            Integrator,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/wh_none/deliveries".into(),
+            None,
+            Integrator,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/wh_none/deliveries/1/redeliver".into(),
+            None,
+            Integrator,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/wh_none/test".into(),
+            None,
+            Integrator,
+        ),
         (Method::GET, "/v1/schedules/sch-none".into(), None, Viewer),
         (Method::GET, "/v1/follow-ups".into(), None, Agent),
         (
@@ -232,6 +276,7 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
                 | "/v1/jobs"
                 | "/v1/schedules"
                 | "/v1/changes"
+                | "/v1/webhooks"
                 | "/v1/follow-ups"
         ) || r.1.starts_with("/v1/analytics");
         if own {
@@ -242,6 +287,7 @@ async fn every_route_checks_the_role_and_the_tenant(db: Db) {
                 ("GET", "/v1/plugins") => assert_eq!(body["plugins"], json!([]), "{body}"),
                 ("GET", "/v1/jobs") => assert_eq!(body["jobs"], json!([]), "{body}"),
                 ("GET", "/v1/changes") => assert_eq!(body["changes"], json!([]), "{body}"),
+                ("GET", "/v1/webhooks") => assert_eq!(body["webhooks"], json!([]), "{body}"),
                 ("GET", "/v1/follow-ups") => assert_eq!(body["overdue"], json!([]), "{body}"),
                 ("GET", "/v1/analytics/segments") => {
                     assert_eq!(body["segments"], json!([]), "{body}")

@@ -56,6 +56,13 @@ pub struct Settings {
     /// How long the change feed keeps changes (`change_retention_days` in the
     /// config file or `STAGECRAFT_CHANGE_RETENTION_DAYS`, default 30 days).
     pub change_retention: std::time::Duration,
+    /// Where webhooks may go (`STAGECRAFT_WEBHOOK_ALLOW`: address ranges allowed
+    /// although internal; `STAGECRAFT_WEBHOOK_ALLOW_HTTP=1`).
+    pub webhook_egress: crate::services::webhooks::egress::Egress,
+    /// How deliveries are tried (`STAGECRAFT_WEBHOOK_TIMEOUT_MS`,
+    /// `STAGECRAFT_WEBHOOK_RETRY_MS` for the first retry's delay,
+    /// `STAGECRAFT_WEBHOOK_LEASE_MS`).
+    pub webhook_policy: crate::services::webhooks::DeliveryPolicy,
 }
 
 /// A number of days, 1 to 3650.
@@ -102,6 +109,21 @@ impl Settings {
             wake_lease: env_ms("STAGECRAFT_WAKE_LEASE_MS")?
                 .unwrap_or(crate::services::wakes::LEASE)
                 .max(std::time::Duration::from_millis(100)),
+            webhook_egress: crate::services::webhooks::egress::Egress::from_env()
+                .map_err(|e| anyhow::anyhow!(e))?,
+            webhook_policy: {
+                let mut p = crate::services::webhooks::DeliveryPolicy::default();
+                if let Some(t) = env_ms("STAGECRAFT_WEBHOOK_TIMEOUT_MS")? {
+                    p.timeout = t.max(std::time::Duration::from_millis(100));
+                }
+                if let Some(t) = env_ms("STAGECRAFT_WEBHOOK_RETRY_MS")? {
+                    p.first_delay = t;
+                }
+                if let Some(t) = env_ms("STAGECRAFT_WEBHOOK_LEASE_MS")? {
+                    p.lease = t.max(std::time::Duration::from_millis(100));
+                }
+                p
+            },
             change_retention: match std::env::var("STAGECRAFT_CHANGE_RETENTION_DAYS") {
                 Ok(v) => {
                     days(&v).map_err(|e| anyhow::anyhow!("STAGECRAFT_CHANGE_RETENTION_DAYS {e}"))?
@@ -166,6 +188,10 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Crm> {
         .with_chunk_lease(settings.chunk_lease)
         .with_wake_lease(settings.wake_lease)
         .with_change_retention(settings.change_retention)
+        .with_webhooks(
+            settings.webhook_egress.clone(),
+            settings.webhook_policy.clone(),
+        )
         .with_sync_interval(settings.sync_interval);
     crm.load_all().await?;
     Ok(crm)
@@ -190,7 +216,8 @@ pub async fn serve(crm: Crm, listen: &str, banner: Option<String>) -> anyhow::Re
     let waker = crm.wakes().run();
     let scheduler = crm.schedules().run();
     let pruner = crm.changes().run();
-    let _stop = AbortOnDrop(vec![watcher, helper, waker, scheduler, pruner]);
+    let dispatcher = crm.webhooks().run(crate::services::jobs::host_id());
+    let _stop = AbortOnDrop(vec![watcher, helper, waker, scheduler, pruner, dispatcher]);
     crate::http::serve(listener, crm, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -11,6 +11,7 @@ mod import;
 pub mod openapi;
 mod plugins;
 mod schedules;
+mod webhooks;
 pub mod wire;
 
 pub use error::ApiError;
@@ -52,6 +53,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(plugins::routes())
         .merge(schedules::routes())
         .merge(changes::routes())
+        .merge(webhooks::routes())
         .routes(routes!(me))
         .routes(routes!(audit))
         .routes(routes!(create_token))
@@ -76,7 +78,7 @@ pub fn app(crm: Crm) -> Router {
                 ),
         ),
     );
-    let doc = Arc::new(doc);
+    let doc = Arc::new(openapi::served(&doc));
     api.merge(console::routes())
         .route(
             "/openapi.json",

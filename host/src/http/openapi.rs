@@ -25,7 +25,7 @@ pub const SERVICE: &str = "service";
                        Every route but /healthz, /metrics, /openapi.json and the console needs `Authorization: Bearer <token>`; \
                        errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, crate::services::webhooks::WebhookPayload)),
     modifiers(&BearerAuth),
     tags(
         (name = "customers", description = "Customers, their events and timeline"),
@@ -38,6 +38,37 @@ pub const SERVICE: &str = "service";
 pub struct ApiDoc;
 
 struct BearerAuth;
+
+/// The document as served: `doc` with the OpenAPI 3.1 `webhooks` object (the
+/// messages a webhook subscription receives), which utoipa does not model.
+pub fn served(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut v = serde_json::to_value(doc).expect("the document serialises");
+    let header = |name: &str, what: &str| {
+        serde_json::json!({"name": name, "in": "header", "required": true,
+                           "description": what, "schema": {"type": "string"}})
+    };
+    v["webhooks"] = serde_json::json!({
+        "change": {
+            "post": {
+                "summary": "A change, sent to every subscription whose types include it",
+                "description": "Standard Webhooks: verify `webhook-signature` (`v1,` HMAC-SHA256 of \
+                    `{webhook-id}.{webhook-timestamp}.{body}` with the subscription's secret) with any \
+                    Standard Webhooks library. Delivered at least once: a redelivery carries the same \
+                    `webhook-id`. Answer 2xx within 10 s; anything else is retried with backoff for 3 days. \
+                    A customer's changes arrive in order.",
+                "parameters": [
+                    header("webhook-id", "The change's id: the same on every redelivery"),
+                    header("webhook-timestamp", "Seconds since the epoch when this attempt was signed"),
+                    header("webhook-signature", "`v1,<base64>`, space-separated; two while a rotated-out secret still signs"),
+                ],
+                "requestBody": {"required": true, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/WebhookPayload"}}}},
+                "responses": {"200": {"description": "Received (any 2xx)"}}
+            }
+        }
+    });
+    v
+}
 
 impl Modify for BearerAuth {
     fn modify(&self, api: &mut utoipa::openapi::OpenApi) {

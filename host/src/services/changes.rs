@@ -100,13 +100,7 @@ impl Changes {
 
     /// Gives committed changes their place in the feed (PostgreSQL).
     pub async fn sequence(&self) -> Result<u64, CrmError> {
-        if self.store.backend() == store::Backend::Sqlite {
-            return Ok(0);
-        }
-        let mut tx = self.store.begin().await?;
-        let n = store::sequence_changes(tx.conn(), store::Backend::Postgres).await?;
-        tx.commit().await?;
-        Ok(n)
+        Ok(store::sequence_changes(&self.store).await?)
     }
 
     /// This host's housekeeping: prunes what the retention lets go of, at start

@@ -284,20 +284,8 @@ impl Customers {
     ) -> Result<String, CrmError> {
         let c = validate_customer(input, self.clock.now())?;
         let id = c.id.clone();
-        let created = NewChange::customer(
-            ChangeType::CustomerCreated,
-            &c.id,
-            json!({
-                "name": c.name,
-                "source": c.source,
-                "owner": c.owner,
-                "tags": c.tags,
-                "fields": public_fields(&c.fields),
-            }),
-        );
         let mut tx = self.store.begin().await?;
-        store::insert_customer(tx.conn(), tenant, &c).await?;
-        store::insert_changes(tx.conn(), tenant, &[created], c.created_at).await?;
+        insert_customer(&mut tx, tenant, &c).await?;
         tx.commit().await?;
         Ok(id)
     }
@@ -544,6 +532,29 @@ impl Customers {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// Inserts a new customer and records `customer.created`: the one way a
+/// customer is made (the API, the importers).
+pub(crate) async fn insert_customer(
+    tx: &mut store::Tx,
+    tenant: &str,
+    c: &NewCustomer,
+) -> Result<(), store::StoreError> {
+    let created = NewChange::customer(
+        ChangeType::CustomerCreated,
+        &c.id,
+        json!({
+            "name": c.name,
+            "source": c.source,
+            "owner": c.owner,
+            "tags": c.tags,
+            "fields": public_fields(&c.fields),
+        }),
+    );
+    store::insert_customer(tx.conn(), tenant, c).await?;
+    store::insert_changes(tx.conn(), tenant, &[created], c.created_at).await?;
+    Ok(())
 }
 
 /// The fields a change record may show: those not sensitive, by key.

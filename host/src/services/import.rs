@@ -448,7 +448,7 @@ impl Imports {
         if store::customer_exists(tx.conn(), tenant, &c.id).await? {
             return Ok(false);
         }
-        store::insert_customer(tx.conn(), tenant, &c).await?;
+        super::customers::insert_customer(tx, tenant, &c).await?;
         Ok(true)
     }
 
@@ -645,7 +645,7 @@ impl<'a> EventBatch<'a> {
                 return Ok(());
             }
             if !store::customer_exists(tx.conn(), self.tenant, &c.id).await? {
-                store::insert_customer(tx.conn(), self.tenant, &c).await?;
+                super::customers::insert_customer(tx, self.tenant, &c).await?;
             }
         }
         let packs = self.imports.packs.for_tenant(self.tenant);

@@ -13,6 +13,7 @@
 //! - [`Schedules`]: cron expressions per tenant that start rescores.
 //! - [`Breaker`]: suspends a version that keeps failing.
 //! - [`Changes`]: the change feed every write path records into.
+//! - [`Webhooks`]: subscriptions to it, delivered signed by every host.
 //! - [`Tokens`]: tenants and API tokens.
 //! - [`Reports`]: the audit log and the analytics.
 //!
@@ -30,6 +31,7 @@ pub mod reports;
 pub mod schedules;
 pub mod tokens;
 pub mod wakes;
+pub mod webhooks;
 
 pub use breaker::Breaker;
 pub use changes::{ChangePage, Changes};
@@ -42,6 +44,7 @@ pub use reports::Reports;
 pub use schedules::{ScheduleInput, Schedules};
 pub use tokens::Tokens;
 pub use wakes::Wakes;
+pub use webhooks::Webhooks;
 
 /// What the services hand to the edges as they are stored: plain data.
 pub use crate::store::{
@@ -84,6 +87,7 @@ pub struct Crm {
     wakes: Wakes,
     schedules: Schedules,
     changes: Changes,
+    webhooks: Webhooks,
     packs: Packs,
     store: Store,
     clock: Clock,
@@ -116,6 +120,7 @@ impl Crm {
             wakes: Wakes::new(store.clone(), packs.clone(), c),
             tokens: Tokens::new(store.clone()),
             changes: Changes::new(store.clone()),
+            webhooks: Webhooks::new(store.clone(), clock.clone(), packs.metrics().clone()),
             reports: Reports::new(store.clone(), packs.clone(), clock.clone()),
             packs,
             store,
@@ -191,6 +196,20 @@ impl Crm {
     }
     pub fn changes(&self) -> &Changes {
         &self.changes
+    }
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
+    /// Sets where webhooks may go and how they are tried (defaults: no
+    /// internal address, https only; 10 s per attempt, retried for 3 days).
+    pub fn with_webhooks(
+        mut self,
+        egress: webhooks::egress::Egress,
+        policy: webhooks::DeliveryPolicy,
+    ) -> Crm {
+        self.webhooks.configure(egress, policy);
+        self
     }
 
     /// Sets how long the change feed keeps changes (default [`changes::RETENTION`]).

@@ -14,7 +14,7 @@
 //! whenever the later is visible the earlier is too and gets the lower `pos`.
 
 use super::batch::{Batch, Bind};
-use super::{from_json, to_json, Backend, Result};
+use super::{from_json, to_json, Backend, Result, Store};
 use crate::domain::changes::{Change, ChangeType, NewChange};
 use sqlx::{AnyConnection, Row};
 
@@ -61,12 +61,20 @@ pub async fn insert_changes(
 }
 
 /// Gives committed changes their place in the feed (PostgreSQL; SQLite's is
-/// their `seq`); returns how many. Run it in a transaction of its own and
-/// commit: the advisory lock it takes lasts until then.
-pub async fn sequence_changes(conn: &mut AnyConnection, backend: Backend) -> Result<u64> {
-    if backend == Backend::Sqlite {
+/// their `seq`), in a transaction of its own; returns how many.
+pub async fn sequence_changes(store: &Store) -> Result<u64> {
+    if store.backend() == Backend::Sqlite {
         return Ok(0);
     }
+    let mut tx = store.begin().await?;
+    let given = sequence_in(tx.conn()).await?;
+    tx.commit().await?;
+    Ok(given)
+}
+
+/// [`sequence_changes`] inside a transaction: the advisory lock it takes (one
+/// sequencer at a time) lasts until the commit.
+async fn sequence_in(conn: &mut AnyConnection) -> Result<u64> {
     sqlx::query("SELECT pg_advisory_xact_lock(7310522)")
         .execute(&mut *conn)
         .await?;

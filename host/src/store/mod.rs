@@ -31,6 +31,7 @@ mod plugins;
 mod readers;
 mod schedules;
 mod wakes;
+mod webhooks;
 
 pub use analytics::*;
 pub use auth::*;
@@ -44,6 +45,7 @@ pub use plugins::*;
 pub use readers::ReadConn;
 pub use schedules::*;
 pub use wakes::*;
+pub use webhooks::*;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyTransactionManager};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, TransactionManager};

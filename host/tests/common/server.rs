@@ -103,14 +103,34 @@ impl TestServer {
         TestServer::start_inner(db, packs, Clock::system(), false).await
     }
 
+    /// A server whose `Crm` is set up by `configure` before it serves (and
+    /// whose workers run).
+    pub async fn start_configured(
+        db: Db,
+        packs: &[Pack<'_>],
+        configure: impl FnOnce(Crm) -> Crm,
+    ) -> TestServer {
+        TestServer::start_inner_with(db, packs, Clock::system(), true, configure).await
+    }
+
     async fn start_inner(db: Db, packs: &[Pack<'_>], clock: Clock, waker: bool) -> TestServer {
+        TestServer::start_inner_with(db, packs, clock, waker, |c| c).await
+    }
+
+    async fn start_inner_with(
+        db: Db,
+        packs: &[Pack<'_>],
+        clock: Clock,
+        waker: bool,
+        configure: impl FnOnce(Crm) -> Crm,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = fresh_database(&db, dir.path()).await;
         let store = Store::connect(&url).await.unwrap();
         let db_url = url.clone();
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache");
         let runtime = Runtime::new(test_limits(), Some(cache)).unwrap();
-        let crm = Crm::with_clock(store, Packs::new(runtime), clock);
+        let crm = configure(Crm::with_clock(store, Packs::new(runtime), clock));
         let tenant = "acme".to_string();
         let token = crm
             .tokens()
