@@ -14,12 +14,42 @@ use stagecraft_plugin::snapshot::{self, Metrics};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(try_from = "serde_json::Value")]
 pub enum FieldJson {
     Text(String),
     Number(f64),
     Boolean(bool),
     Time { time: i64 },
+}
+
+impl TryFrom<serde_json::Value> for FieldJson {
+    type Error = String;
+
+    /// Says what a field value may be (an untagged enum's error said only
+    /// that it matched no variant).
+    fn try_from(v: serde_json::Value) -> Result<FieldJson, String> {
+        use serde_json::Value as J;
+        match &v {
+            J::String(s) => return Ok(FieldJson::Text(s.clone())),
+            J::Number(n) => {
+                if let Some(f) = n.as_f64() {
+                    return Ok(FieldJson::Number(f));
+                }
+            }
+            J::Bool(b) => return Ok(FieldJson::Boolean(*b)),
+            J::Object(o) if o.len() == 1 => {
+                if let Some(t) = o.get("time").and_then(J::as_i64) {
+                    return Ok(FieldJson::Time { time: t });
+                }
+            }
+            _ => {}
+        }
+        let shown = v.to_string();
+        let shown: String = shown.chars().take(60).collect();
+        Err(format!(
+            "a field value is text, a number, a boolean or {{\"time\": ms}}, not {shown}"
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +85,30 @@ pub struct CustomerJson {
     pub fields: BTreeMap<String, FieldJson>,
     #[serde(default)]
     pub events: Vec<EventJson>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_field_value_is_named_with_what_a_value_may_be() {
+        let e = serde_json::from_str::<Vec<CustomerJson>>(
+            r#"[{"id": "c1", "fields": {"seats": [1, 2]}}]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("a field value is text, a number, a boolean or {\"time\": ms}, not [1,2]"),
+            "{e}"
+        );
+        let ok: Vec<CustomerJson> = serde_json::from_str(
+            r#"[{"id": "c1", "fields": {"a": "x", "b": 2.5, "c": true, "d": {"time": 7}}}]"#,
+        )
+        .unwrap();
+        assert!(matches!(ok[0].fields["d"], FieldJson::Time { time: 7 }));
+        assert!(matches!(ok[0].fields["b"], FieldJson::Number(n) if n == 2.5));
+    }
 }
 
 fn fields(map: &BTreeMap<String, FieldJson>) -> snapshot::Fields<'_> {

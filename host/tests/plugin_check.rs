@@ -64,6 +64,31 @@ fn check_accepts_value_tiers_and_prints_its_manifest() {
     assert!(v["digest"].as_str().unwrap().starts_with("sha256:"));
 }
 
+/// `stagecraft plugin check X | head -3`: the reader goes away before the
+/// output is written; that ends the command quietly, not with a panic.
+#[test]
+fn a_reader_that_stops_early_is_no_panic() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagecraft"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "plugin",
+            "check",
+            wasm_path("value_tiers").to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pipe closed before the check (a compile) is done and prints.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}
+
 #[test]
 fn check_rejects_a_file_that_is_not_wasm() {
     let dir = tempfile::tempdir().unwrap();

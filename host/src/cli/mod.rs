@@ -317,11 +317,17 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Value::Null) => ExitCode::SUCCESS,
         Ok(out) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&out).expect("JSON values serialize")
-            );
-            ExitCode::SUCCESS
+            use std::io::Write;
+            let text = serde_json::to_string_pretty(&out).expect("JSON values serialize");
+            // A reader that stopped early (`| head`) is not a failure of ours;
+            // `println!` panicked on it.
+            match writeln!(std::io::stdout().lock(), "{text}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("error: cannot write the output: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

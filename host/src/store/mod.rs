@@ -203,7 +203,20 @@ impl Store {
                 Backend::Postgres => 16,
             })
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|e| match backend {
+                // SQLite's own message ("unable to open database file") names
+                // no file.
+                Backend::Sqlite => {
+                    let path = url
+                        .trim_start_matches("sqlite:")
+                        .split('?')
+                        .next()
+                        .unwrap_or("");
+                    StoreError::Unavailable(format!("cannot open the SQLite database {path}: {e}"))
+                }
+                Backend::Postgres => e.into(),
+            })?;
         match backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
@@ -448,6 +461,16 @@ pub(super) mod tests {
             .fetch_one(&mut *conn)
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_is_named() {
+        let e = Store::connect("sqlite:/no-such-dir-stagecraft/sub/crm.db")
+            .await
+            .err()
+            .expect("no such directory")
+            .to_string();
+        assert!(e.contains("/no-such-dir-stagecraft/sub/crm.db"), "{e}");
     }
 
     /// The writer's connection is held apart from the pool, so rolling back a
