@@ -651,3 +651,29 @@ async fn internal_destinations_are_refused_at_registration_and_at_delivery(db: D
     );
     s.finish().await;
 }
+
+/// On SQLite every write waits for the one writer, and every host's
+/// dispatcher looks several times a second: with nothing to send it only
+/// reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_dispatcher_takes_no_write_transaction() {
+    let s = TestServer::start_configured(Db::Sqlite, &[], local).await;
+    let (status, _) = s.post("/v1/customers", json!({"id": "c1"})).await;
+    assert_eq!(status, 201);
+    let commits = || s.crm.store().write_stats().totals().0;
+    let before = commits();
+    for _ in 0..5 {
+        assert_eq!(s.crm.webhooks().work("idle").await.unwrap(), 0);
+    }
+    assert_eq!(commits(), before, "no subscription: nothing written");
+    // With a subscription that has heard everything, still nothing.
+    let receiver = Receiver::default();
+    let port = receiver.start().await;
+    subscribe(&s, &format!("http://127.0.0.1:{port}/hook"), json!([])).await;
+    let before = commits();
+    for _ in 0..5 {
+        s.crm.webhooks().work("idle").await.unwrap();
+    }
+    assert_eq!(commits(), before, "nothing new: nothing written");
+    s.finish().await;
+}

@@ -448,3 +448,26 @@ pub async fn delivery_backlog(conn: &mut AnyConnection) -> Result<(i64, Option<i
             .await?;
     Ok(row)
 }
+
+/// Whether a dispatcher has anything to do now, read without taking the
+/// writer (SQLite has one, and every host looks several times a second):
+/// (a subscription has changes it has not queued, a delivery is due, a
+/// subscription has been failing since before `failing_before`).
+pub async fn dispatch_waiting(
+    conn: &mut AnyConnection,
+    now: i64,
+    failing_before: i64,
+) -> Result<(bool, bool, bool)> {
+    let (new, due, failing): (i64, i64, i64) = sqlx::query_as(
+        "SELECT \
+           (SELECT COUNT(*) FROM (SELECT 1 FROM webhooks w WHERE w.enabled = 1 AND w.cursor < \
+              (SELECT COALESCE(MAX(c.pos), 0) FROM changes c WHERE c.tenant_id = w.tenant_id) LIMIT 1) a), \
+           (SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE status = 'pending' AND next_at <= $1 LIMIT 1) b), \
+           (SELECT COUNT(*) FROM (SELECT 1 FROM webhooks WHERE enabled = 1 AND failing_since < $2 LIMIT 1) f)",
+    )
+    .bind(now)
+    .bind(failing_before)
+    .fetch_one(conn)
+    .await?;
+    Ok((new > 0, due > 0, failing > 0))
+}

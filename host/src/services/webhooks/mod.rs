@@ -461,9 +461,27 @@ impl Webhooks {
 
     /// One round of the dispatcher; returns how many deliveries it attempted.
     pub async fn work(&self, host: &str) -> Result<usize, CrmError> {
-        self.fan_out().await?;
-        self.disable_failing().await?;
-        let attempted = self.deliver_due(host).await?;
+        // PostgreSQL: committed changes get their place before anyone looks.
+        store::sequence_changes(&self.store).await?;
+        let now = self.clock.now();
+        let failing_before = now - self.policy.horizon.as_millis() as i64;
+        // Only reads until there is work: an idle dispatcher must not take
+        // SQLite's one writer several times a second on every host.
+        let (new, due, failing) = {
+            let mut conn = self.store.conn().await?;
+            store::dispatch_waiting(&mut conn, now, failing_before).await?
+        };
+        if new {
+            self.fan_out().await?;
+        }
+        if failing {
+            self.disable_failing().await?;
+        }
+        let attempted = if new || due {
+            self.deliver_due(host).await?
+        } else {
+            0
+        };
         let mut conn = self.store.conn().await?;
         let (depth, oldest) = store::delivery_backlog(&mut conn).await?;
         self.metrics.webhook_queue.set(depth);
@@ -474,7 +492,6 @@ impl Webhooks {
 
     /// Turns every subscription's new changes into deliveries.
     async fn fan_out(&self) -> Result<(), CrmError> {
-        store::sequence_changes(&self.store).await?;
         let backend = self.store.backend();
         let mut tx = self.store.begin().await?;
         let subs = store::take_webhooks(tx.conn(), backend, 1000).await?;
