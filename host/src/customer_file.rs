@@ -87,30 +87,6 @@ pub struct CustomerJson {
     pub events: Vec<EventJson>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bad_field_value_is_named_with_what_a_value_may_be() {
-        let e = serde_json::from_str::<Vec<CustomerJson>>(
-            r#"[{"id": "c1", "fields": {"seats": [1, 2]}}]"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("a field value is text, a number, a boolean or {\"time\": ms}, not [1,2]"),
-            "{e}"
-        );
-        let ok: Vec<CustomerJson> = serde_json::from_str(
-            r#"[{"id": "c1", "fields": {"a": "x", "b": 2.5, "c": true, "d": {"time": 7}}}]"#,
-        )
-        .unwrap();
-        assert!(matches!(ok[0].fields["d"], FieldJson::Time { time: 7 }));
-        assert!(matches!(ok[0].fields["b"], FieldJson::Number(n) if n == 2.5));
-    }
-}
-
 fn fields(map: &BTreeMap<String, FieldJson>) -> snapshot::Fields<'_> {
     snapshot::Fields(
         map.iter()
@@ -159,4 +135,28 @@ impl CustomerJson {
 /// Parses a JSON array of customers.
 pub fn parse(json: &str) -> Result<Vec<CustomerJson>, serde_json::Error> {
     serde_json::from_str(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_field_value_is_named_with_what_a_value_may_be() {
+        let e = serde_json::from_str::<Vec<CustomerJson>>(
+            r#"[{"id": "c1", "fields": {"seats": [1, 2]}}]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("a field value is text, a number, a boolean or {\"time\": ms}, not [1,2]"),
+            "{e}"
+        );
+        let ok: Vec<CustomerJson> = serde_json::from_str(
+            r#"[{"id": "c1", "fields": {"a": "x", "b": 2.5, "c": true, "d": {"time": 7}}}]"#,
+        )
+        .unwrap();
+        assert!(matches!(ok[0].fields["d"], FieldJson::Time { time: 7 }));
+        assert!(matches!(ok[0].fields["b"], FieldJson::Number(n) if n == 2.5));
+    }
 }

@@ -467,8 +467,7 @@ pub(super) mod tests {
     async fn a_database_that_cannot_be_opened_is_named() {
         let e = Store::connect("sqlite:/no-such-dir-stagecraft/sub/crm.db")
             .await
-            .err()
-            .expect("no such directory")
+            .expect_err("no such directory")
             .to_string();
         assert!(e.contains("/no-such-dir-stagecraft/sub/crm.db"), "{e}");
     }
