@@ -8,6 +8,7 @@ mod common;
 
 use common::server::{pack, send, Db, Pack, TestServer};
 use serde_json::{json, Value};
+use stagecraft::domain::now_ms;
 use stagecraft::pipeline::{record_events, EventInput, EventJob};
 use std::collections::{BTreeMap, HashSet};
 
@@ -29,13 +30,6 @@ fn standard_packs() -> Vec<Pack<'static>> {
         },
         pack("value_tiers"),
     ]
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Every change after `after`, following `next` `limit` at a time; and the

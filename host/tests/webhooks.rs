@@ -9,6 +9,7 @@ mod common;
 
 use common::server::{Db, Pack, TestServer};
 use serde_json::{json, Value};
+use stagecraft::domain::now_ms;
 use stagecraft::services::webhooks::egress::{parse_ranges, Egress};
 use stagecraft::services::webhooks::DeliveryPolicy;
 use stagecraft::Crm;
@@ -173,13 +174,6 @@ async fn two_hosts_deliver_ten_thousand_changes_each_once_postgres() {
 }
 
 const DAY: i64 = 86_400_000;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 /// A webhook receiver on 127.0.0.1 that verifies every signature.
 #[derive(Clone, Default)]
